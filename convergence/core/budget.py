@@ -1,0 +1,69 @@
+"""Run budgets (calls, cost, seconds) and early stopping."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from convergence.config.models import BudgetConfig, EarlyStoppingConfig
+
+
+@dataclass(slots=True)
+class Budget:
+    """Counts what the run has spent. ``reserve_call`` is checked before every
+    target call so ``max_calls`` is never exceeded, even under concurrency."""
+
+    cfg: BudgetConfig
+    calls: int = 0
+    cost_usd: float = 0.0
+    prior_seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    exhausted: str | None = None
+
+    def elapsed(self) -> float:
+        return self.prior_seconds + (time.monotonic() - self.started)
+
+    def remaining_seconds(self) -> float | None:
+        if self.cfg.max_seconds is None:
+            return None
+        return max(0.0, self.cfg.max_seconds - self.elapsed())
+
+    def reserve_call(self) -> bool:
+        if self.exhausted:
+            return False
+        if self.cfg.max_calls is not None and self.calls >= self.cfg.max_calls:
+            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached"
+            return False
+        if self.cfg.max_cost_usd is not None and self.cost_usd >= self.cfg.max_cost_usd:
+            self.exhausted = f"budget: max_cost_usd (${self.cfg.max_cost_usd}) reached"
+            return False
+        remaining = self.remaining_seconds()
+        if remaining is not None and remaining <= 0:
+            self.exhausted = f"budget: max_seconds ({self.cfg.max_seconds}s) reached"
+            return False
+        self.calls += 1
+        return True
+
+    def charge(self, cost_usd: float, extra_attempts: int = 0) -> None:
+        """Record the cost of a finished call; retries count as calls too."""
+        self.cost_usd += cost_usd
+        self.calls += max(0, extra_attempts)
+
+
+@dataclass(slots=True)
+class EarlyStopper:
+    cfg: EarlyStoppingConfig
+    best: float | None = None
+    stale: int = 0
+
+    def update(self, best_score: float | None) -> bool:
+        """Feed the best score after a generation; True means stop now."""
+        if best_score is None:
+            self.stale += 1
+        elif self.best is None or best_score >= self.best + self.cfg.min_improvement:
+            self.best = best_score
+            self.stale = 0
+        else:
+            self.best = max(self.best, best_score)
+            self.stale += 1
+        return self.cfg.enabled and self.stale >= self.cfg.patience

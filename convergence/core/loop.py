@@ -1,0 +1,339 @@
+"""The optimization loop.
+
+One generation: proposals -> de-duplicate against the run -> evaluate every
+(configuration x test case) under one concurrency limit -> score -> select
+(elites survive without re-evaluation) -> proposers observe -> early stopping
+and budget checks. Every case result is persisted as it lands, and each
+generation's proposals are persisted before evaluation, so ``resume`` replays
+the run exactly and only pays for what never finished.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import anyio
+import numpy as np
+
+from convergence.config.loader import LoadedConfig, resolve_path
+from convergence.core.budget import Budget, EarlyStopper
+from convergence.core.space import SearchSpace, config_hash
+from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
+from convergence.society.base import Proposal, ProposalContext
+from convergence.society.society import Society
+from convergence.storage.store import Store
+from convergence.targets.base import Target
+
+
+class LoopEvents(Protocol):
+    """Progress hooks for the CLI or a notebook; all optional."""
+
+    def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None: ...
+    def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None: ...
+    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None: ...
+    def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class _NoEvents:
+    def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None:
+        pass
+
+    def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None:
+        pass
+
+    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
+        pass
+
+    def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    run_id: int
+    study: str
+    status: str
+    stop_reason: str
+    best: TrialRecord | None
+    trials: list[TrialRecord]
+    generations_run: int
+    total_calls: int
+    total_cost_usd: float
+    elapsed_seconds: float
+    cached_cases: int = 0
+    resumed: bool = False
+    output_files: list[str] = field(default_factory=list)
+
+
+class Optimizer:
+    """Runs one study from a loaded config. Targets, evaluator and store are
+    injectable so tests and embedding applications can reuse them."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        store: Store,
+        *,
+        target: Target | None = None,
+        cases: list[TestCase] | None = None,
+        events: LoopEvents | None = None,
+        society: Society | None = None,
+    ):
+        from convergence.evaluation.cases import load_test_cases
+        from convergence.evaluation.scorer import Evaluator
+
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.store = store
+        self.events: LoopEvents = events or _NoEvents()
+        self.space = SearchSpace.from_config(self.cfg.search_space)
+        self.cases = cases if cases is not None else load_test_cases(self.cfg.evaluation.test_cases, loaded.base_dir)
+        if not self.cases:
+            raise ValueError("no test cases: the optimization needs at least one")
+        self.evaluator = Evaluator(self.cfg.evaluation, loaded.base_dir)
+        self.society = society or Society.from_config(self.cfg.optimization, self.space)
+        self._target = target
+        self.opt = self.cfg.optimization
+
+    # ------------------------------------------------------------------ public
+
+    async def run(self, *, resume: bool = False) -> RunOutcome:
+        from convergence.targets.factory import build_target
+        from convergence.targets.runner import CallRunner
+
+        tcfg = self.cfg.resolved_target
+        target = self._target or build_target(tcfg, self.loaded.base_dir, self.opt.execution.concurrency)
+        self.runner = CallRunner(
+            target, retry=tcfg.retry, timeout_seconds=tcfg.timeout_seconds,
+            rate_limit_per_second=tcfg.rate_limit_per_second,
+        )
+        try:
+            return await self._run(resume)
+        finally:
+            if self._target is None:
+                with anyio.CancelScope(shield=True):
+                    await target.aclose()
+
+    # ------------------------------------------------------------------ internals
+
+    async def _run(self, resume: bool) -> RunOutcome:
+        study = self.cfg.study_name
+        cached: dict[str, dict[str, CaseResult]] = {}
+        stored_gens: dict[int, list[dict[str, Any]]] = {}
+        budget = Budget(self.opt.budget)
+        seed = self.opt.seed
+        if resume:
+            prev = await self.store.latest_unfinished_run(study)
+            if prev is None:
+                raise ResumeError(f"no unfinished run of study '{study}' to resume in {self.store.path}")
+            run_id = prev.id
+            seed = prev.seed
+            await self.store.mark_running(run_id)
+            cached = await self.store.case_results(run_id)
+            stored_gens = {g.number: g.proposals for g in await self.store.generations(run_id)}
+            budget.prior_seconds = prev.elapsed_seconds
+            for by_case in cached.values():
+                for r in by_case.values():
+                    budget.calls += r.call.attempts
+                    budget.cost_usd += r.call.cost_usd
+            self.events.message(
+                f"resuming run {run_id}: {sum(len(v) for v in cached.values())} finished case results reused"
+            )
+        else:
+            if seed is None:
+                seed = secrets.randbits(32)
+            run_id = await self.store.start_run(
+                study, self.loaded.raw, seed, str(self.loaded.path)
+            )
+            await self.store.save_test_cases(run_id, self.cases)
+        assert seed is not None
+        self.run_id = run_id
+        self.budget = budget
+        started = time.monotonic()
+        warm = []
+        if self.opt.warm_start and not stored_gens.get(0):
+            warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
+                    if self.space.contains(c)]
+            if warm:
+                self.events.message(f"warm start: {len(warm)} best configuration(s) from earlier runs of '{study}'")
+
+        stopper = EarlyStopper(self.opt.execution.early_stopping)
+        evo = self.opt.evolution
+        population: list[TrialRecord] = []
+        history: list[TrialRecord] = []
+        seen: set[str] = set()
+        best: TrialRecord | None = None
+        stop_reason = f"completed {evo.generations} generation(s)"
+        status = "finished"
+        gens_run = 0
+        self._cached_hits = 0
+        try:
+            for gen in range(evo.generations):
+                rng = np.random.default_rng([seed, gen])
+                if gen in stored_gens:
+                    proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
+                else:
+                    n_new = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, len(population))
+                    proposals = self._warm_proposals(warm, seen) if gen == 0 else []
+                    ctx = ProposalContext(self.space, gen, population, history, rng, seen)
+                    proposals += await self.society.propose(ctx, n_new - len(proposals))
+                    if not proposals:
+                        stop_reason = "search space exhausted: every configuration was evaluated"
+                        break
+                    await self.store.record_generation_start(
+                        run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
+                                      for p in proposals]
+                    )
+                seen.update(p.config_hash for p in proposals)
+                self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
+                new = await self._evaluate_generation(gen, proposals, cached, best)
+                gens_run += 1
+                usable = [t for t in new if t.usable]
+                history.extend(usable)
+                self.society.observe(new)
+                population = sorted(population + usable, key=lambda t: -t.score)[: evo.population_size]
+                gen_best = max(usable, key=lambda t: t.score, default=None)
+                if gen_best is not None and (best is None or gen_best.score > best.score):
+                    best = gen_best
+                mean = float(np.mean([t.score for t in usable])) if usable else None
+                await self.store.record_generation_end(
+                    run_id, gen, gen_best.score if gen_best else None, mean, len(new)
+                )
+                self.events.generation_finished(gen, best, new)
+                if budget.exhausted:
+                    stop_reason = budget.exhausted
+                    status = "stopped"
+                    break
+                if stopper.update(best.score if best else None) and gen < evo.generations - 1:
+                    stop_reason = (
+                        f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement} "
+                        f"for {stopper.stale} generation(s)"
+                    )
+                    break
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) else "failed"
+            with anyio.CancelScope(shield=True):
+                await self.store.finish_run(
+                    run_id, status, f"{type(exc).__name__}: {exc}"[:500], total_calls=budget.calls,
+                    total_cost_usd=budget.cost_usd, elapsed_seconds=budget.elapsed(),
+                )
+            raise
+        elapsed = budget.elapsed()
+        await self.store.finish_run(
+            run_id, status, stop_reason, total_calls=budget.calls, total_cost_usd=budget.cost_usd,
+            elapsed_seconds=elapsed,
+        )
+        trials = await self.store.trials(run_id)
+        return RunOutcome(
+            run_id=run_id, study=study, status=status, stop_reason=stop_reason, best=best, trials=trials,
+            generations_run=gens_run, total_calls=budget.calls, total_cost_usd=budget.cost_usd,
+            elapsed_seconds=elapsed, cached_cases=self._cached_hits, resumed=resume,
+        )
+
+    def _warm_proposals(self, warm: list[dict[str, Any]], seen: set[str]) -> list[Proposal]:
+        out = []
+        for c in warm[: self.opt.evolution.population_size]:
+            c = self.space.canonical(c)
+            h = config_hash(c)
+            if h not in seen:
+                seen.add(h)
+                out.append(Proposal(c, h, "warm_start"))
+        return out
+
+    async def _evaluate_generation(
+        self, gen: int, proposals: Sequence[Proposal], cached: dict[str, dict[str, CaseResult]],
+        best: TrialRecord | None,
+    ) -> list[TrialRecord]:
+        limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
+        results: list[list[CaseResult]] = [[] for _ in proposals]
+        remaining = self.budget.remaining_seconds()
+        with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
+            async with anyio.create_task_group() as tg:
+                for i, p in enumerate(proposals):
+                    resolved = self.space.resolve(p.config)
+                    hits = cached.get(p.config_hash, {})
+                    for case in self.cases:
+                        hit = hits.get(case.id)
+                        if hit is not None:
+                            self._cached_hits += 1
+                            results[i].append(hit)
+                            self.events.case_finished(p, hit, True)
+                        else:
+                            tg.start_soon(self._eval_case, p, resolved, case, limiter, results[i])
+        if scope.cancelled_caught and not self.budget.exhausted:
+            self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
+        trials: list[TrialRecord] = []
+        for p, case_results in zip(proposals, results):
+            trial = self._score(gen, p, case_results)
+            await self.store.record_trial(self.run_id, trial)
+            if trial.usable and (best is None or trial.score > best.score):
+                best = trial
+            self.events.trial_finished(trial, best)
+            trials.append(trial)
+        return trials
+
+    async def _eval_case(
+        self, p: Proposal, params: dict[str, Any], case: TestCase, limiter: anyio.CapacityLimiter,
+        sink: list[CaseResult],
+    ) -> None:
+        async with limiter:
+            if not self.budget.reserve_call():
+                return
+            call: CallResult = await self.runner.run(params, case)
+            self.budget.charge(call.cost_usd, call.attempts - 1)
+            metrics = await self.evaluator.evaluate(case, call)
+            result = CaseResult(case.id, call, metrics)
+            sink.append(result)
+            await self.store.record_case(self.run_id, p.config_hash, result)
+        self.events.case_finished(p, result, False)
+
+    def _score(self, gen: int, p: Proposal, case_results: list[CaseResult]) -> TrialRecord:
+        n_errors = sum(1 for r in case_results if r.call.error)
+        trial = TrialRecord(
+            config=p.config, config_hash=p.config_hash, generation=gen, proposer=p.proposer,
+            n_cases=len(case_results), n_errors=n_errors,
+        )
+        if len(case_results) < len(self.cases):
+            trial.status = "partial"
+        elif case_results and n_errors == len(case_results):
+            trial.status = "failed"
+        if case_results:
+            agg = self.evaluator.aggregate(case_results)
+            trial.score = agg.score
+            trial.metrics = agg.means
+            trial.normalized = agg.normalized
+            trial.thresholds_passed = agg.thresholds_passed
+            trial.cost_usd = sum(r.call.cost_usd for r in case_results)
+            trial.latency_ms = float(np.mean([r.call.latency_ms for r in case_results]))
+        return trial
+
+
+class ResumeError(Exception):
+    pass
+
+
+async def optimize(
+    config_path: str, *, resume: bool = False, events: LoopEvents | None = None, write_outputs: bool = True
+) -> RunOutcome:
+    """Programmatic entry point: ``await optimize("optimization.yaml")``."""
+    from convergence.config.loader import load_config
+
+    loaded = load_config(config_path)
+    store = await Store.open(resolve_path(loaded.base_dir, loaded.config.storage.path))
+    try:
+        outcome = await Optimizer(loaded, store, events=events).run(resume=resume)
+        if write_outputs:
+            from convergence.outputs import write_outputs as _write
+
+            outcome.output_files = [str(p) for p in await _write(loaded, store, outcome.run_id)]
+        return outcome
+    finally:
+        await store.close()

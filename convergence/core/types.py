@@ -1,0 +1,87 @@
+"""Plain data passed between the loop, targets, evaluation and storage.
+
+Dataclasses with slots: these objects are created per test-case call (up to
+thousands per second), so they stay small and cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Config = dict[str, Any]
+"""A configuration: parameter name -> chosen value (categorical labels, not
+resolved values, so it stays small, hashable and readable)."""
+
+
+@dataclass(slots=True, frozen=True)
+class TestCase:
+    id: str
+    input: Any
+    expected: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def variables(self) -> dict[str, Any]:
+        """Template variables: ``input``, ``expected``, ``metadata`` and, when
+        the input is a mapping, each of its keys."""
+        out: dict[str, Any] = {}
+        if isinstance(self.input, dict):
+            out.update(self.input)
+        out["input"] = self.input
+        out["expected"] = self.expected
+        out["metadata"] = self.metadata
+        out["case_id"] = self.id
+        return out
+
+
+@dataclass(slots=True)
+class CallResult:
+    """What one target call produced. ``error`` set means the call failed
+    (after retries); the case then scores as a failure."""
+
+    output: Any = None
+    latency_ms: float = 0.0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+    error: str | None = None
+    raw: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class CaseResult:
+    case_id: str
+    call: CallResult
+    metrics: dict[str, float]
+    """Raw metric values (e.g. accuracy 1.0, latency_ms 830.0)."""
+
+
+@dataclass(slots=True)
+class TrialRecord:
+    """One configuration evaluated on the test cases."""
+
+    config: Config
+    config_hash: str
+    generation: int
+    proposer: str
+    score: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Per-metric mean of raw values over the test cases."""
+    normalized: dict[str, float] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    n_cases: int = 0
+    n_errors: int = 0
+    status: str = "complete"
+    """complete | partial (budget or time cut it short) | failed (every case errored)."""
+    trial_id: int | None = None
+    thresholds_passed: bool = True
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "complete"

@@ -1,0 +1,48 @@
+"""The proposer interface: how agents of the society contribute to a generation.
+
+A proposer gets a read-only view of the study so far and a slot count, and
+returns configurations. It learns from results through :meth:`observe`, which
+the loop calls once per generation, in a fixed order, so a seeded run repeats.
+Later agents (RLP, SAO, learned schedulers) plug in through the same two calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from convergence.core.space import SearchSpace
+from convergence.core.types import Config, TrialRecord
+
+
+@dataclass(slots=True)
+class ProposalContext:
+    space: SearchSpace
+    generation: int
+    population: list[TrialRecord]
+    """Current survivors, best first."""
+    history: list[TrialRecord]
+    """Every usable trial of this run so far (plus warm-start results)."""
+    rng: np.random.Generator
+    seen: set[str] = field(default_factory=set)
+    """Hashes already evaluated or proposed; proposers may use it to avoid repeats."""
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    name: str
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
+        ...
+
+    def observe(self, trials: Sequence[TrialRecord]) -> None:
+        ...
+
+
+@dataclass(slots=True)
+class Proposal:
+    config: Config
+    config_hash: str
+    proposer: str

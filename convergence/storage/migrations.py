@@ -1,0 +1,85 @@
+"""Versioned schema. Append a migration; never edit a released one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE studies (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            study_id INTEGER NOT NULL REFERENCES studies(id),
+            status TEXT NOT NULL,            -- running | finished | stopped | failed
+            stop_reason TEXT,
+            seed INTEGER,
+            config_json TEXT NOT NULL,
+            config_path TEXT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            total_calls INTEGER NOT NULL DEFAULT 0,
+            total_cost_usd REAL NOT NULL DEFAULT 0,
+            elapsed_seconds REAL NOT NULL DEFAULT 0
+        );
+        CREATE INDEX runs_study ON runs(study_id, id);
+        CREATE TABLE test_cases (
+            run_id INTEGER NOT NULL,
+            case_id TEXT NOT NULL,
+            input_json TEXT NOT NULL,
+            expected_json TEXT,
+            PRIMARY KEY (run_id, case_id)
+        ) WITHOUT ROWID;
+        CREATE TABLE generations (
+            run_id INTEGER NOT NULL,
+            number INTEGER NOT NULL,
+            proposals_json TEXT NOT NULL,    -- [{config, hash, proposer}] as proposed, for exact resume
+            best_score REAL,
+            mean_score REAL,
+            n_new INTEGER,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, number)
+        ) WITHOUT ROWID;
+        CREATE TABLE trials (
+            id INTEGER PRIMARY KEY,
+            run_id INTEGER NOT NULL,
+            config_hash TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            proposer TEXT NOT NULL,
+            config_json TEXT NOT NULL,
+            status TEXT NOT NULL,            -- complete | partial | failed
+            score REAL,
+            metrics_json TEXT,
+            normalized_json TEXT,
+            cost_usd REAL,
+            latency_ms REAL,
+            n_cases INTEGER,
+            n_errors INTEGER,
+            thresholds_passed INTEGER,
+            finished_at REAL,
+            UNIQUE (run_id, config_hash)
+        );
+        CREATE TABLE case_results (
+            run_id INTEGER NOT NULL,
+            config_hash TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            output TEXT,
+            error TEXT,
+            latency_ms REAL,
+            cost_usd REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            attempts INTEGER,
+            metrics_json TEXT,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, config_hash, case_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]

@@ -1,0 +1,271 @@
+"""Write a run's report files: results.json, results.csv, report.md, plots and
+the exported best configuration, as ``OutputConfig`` asks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from convergence.config.models import OutputConfig
+from convergence.core.types import TrialRecord
+from convergence.reporting import plots
+from convergence.reporting.export import EXTENSIONS, export_config
+from convergence.reporting.importance import parameter_importance
+from convergence.reporting.model import RunReport
+from convergence.reporting.pareto import pareto_front
+
+TOP_N = 10
+FRONT_ROWS = 50
+"""The Markdown lists at most this many front trials; results.json has them all."""
+PLOT_TITLES: dict[str, str] = {
+    "score_over_time": "Score over generations",
+    "cost_vs_quality": "Cost vs quality",
+    "parameter_importance": "Parameter importance",
+    "pareto_front": "Pareto front",
+}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _kept_trials(report: RunReport, front: list[TrialRecord], save_all: bool) -> list[TrialRecord]:
+    """Every trial, or (``save_all_experiments: false``) just the best and the Pareto front."""
+    if save_all:
+        return list(report.trials)
+    keep = {id(t) for t in front}
+    if report.best is not None:
+        keep.add(id(report.best))
+    return [t for t in report.trials if id(t) in keep]
+
+
+# --------------------------------------------------------------------------- json
+
+
+def results_document(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
+                     trials: list[TrialRecord]) -> dict[str, Any]:
+    best, worst = report.best, report.worst
+    doc: dict[str, Any] = {
+        "run": {
+            "run_id": report.run_id,
+            "study": report.study,
+            "status": report.status,
+            "stop_reason": report.stop_reason,
+            "started_at": report.started_at,
+            "finished_at": report.finished_at,
+            "seed": report.seed,
+            "total_calls": report.total_calls,
+            "total_cost_usd": report.total_cost_usd,
+            "elapsed_seconds": report.elapsed_seconds,
+            "n_trials": len(report.trials),
+            "n_usable_trials": len(report.usable),
+            "parameters": report.parameters,
+            "metric_directions": report.metric_directions,
+            "metric_weights": report.metric_weights,
+        },
+        "best": None if best is None else {**asdict(best), "resolved_config": report.resolved_best},
+        "worst": None if worst is None else asdict(worst),
+        "pareto_front": [asdict(t) for t in front],
+        "generations": [asdict(g) for g in report.generation_summaries()],
+        "parameter_importance": importance,
+        "trials": [asdict(t) for t in trials],
+    }
+    return _clean(doc)
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def csv_columns(report: RunReport) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """Fixed columns, then one per metric and one per parameter, each named
+    after it; a name that clashes with an earlier column gets a
+    ``metric.``/``param.`` prefix. Returns (columns, metric->col, param->col)."""
+    columns = ["run_id", "trial_id", "generation", "proposer", "status", "score",
+               "cost_usd", "latency_ms", "n_cases", "n_errors"]
+    metrics = list(report.metric_directions)
+    for t in report.trials:
+        metrics += [m for m in t.metrics if m not in metrics]
+    params = list(report.parameters)
+    for t in report.trials:
+        params += [p for p in t.config if p not in params]
+    metric_col: dict[str, str] = {}
+    for m in metrics:
+        metric_col[m] = m if m not in columns else f"metric.{m}"
+        columns.append(metric_col[m])
+    param_col: dict[str, str] = {}
+    for p in params:
+        param_col[p] = p if p not in columns else f"param.{p}"
+        columns.append(param_col[p])
+    return columns, metric_col, param_col
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def write_csv(report: RunReport, trials: list[TrialRecord], path: Path) -> Path:
+    columns, metric_col, param_col = csv_columns(report)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for t in trials:
+            row: dict[str, Any] = {
+                "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation,
+                "proposer": t.proposer, "status": t.status, "score": t.score, "cost_usd": t.cost_usd,
+                "latency_ms": t.latency_ms, "n_cases": t.n_cases, "n_errors": t.n_errors,
+            }
+            row.update({metric_col[m]: v for m, v in t.metrics.items()})
+            row.update({param_col[p]: _cell(v) for p, v in t.config.items()})
+            writer.writerow(row)
+    return path
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _num(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _md(value: Any, limit: int | None = None) -> str:
+    """A table cell: pipes escaped, newlines as <br>, optionally shortened."""
+    s = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool) -> list[str]:
+    metrics = list(report.metric_directions)
+    header = (["rank"] if ranked else []) + ["trial", "gen", "proposer", "score"] + metrics + [
+        "cost (USD)", "latency (ms)"] + report.parameters
+    rows = []
+    for i, t in enumerate(trials, 1):
+        rows.append((([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation), _md(t.proposer),
+                     _num(t.score)] + [_num(t.metrics.get(m)) for m in metrics]
+                     + [_num(t.cost_usd), _num(t.latency_ms)]
+                     + [_md(t.config.get(p, ""), 40) for p in report.parameters]))
+    return _table(header, rows)
+
+
+def render_markdown(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
+                    plot_files: Sequence[Path]) -> str:
+    best, worst = report.best, report.worst
+    out = [f"# Convergence report — {_md(report.study)}, run {report.run_id}", ""]
+    out += [f"- **Status:** {report.status}", f"- **Stop reason:** {report.stop_reason or '—'}",
+            f"- **Started:** {report.started_at}; **finished:** {report.finished_at or '—'}",
+            f"- **Seed:** {report.seed if report.seed is not None else '—'}", ""]
+    out += ["## Budget used", "", f"- Calls: {report.total_calls}",
+            f"- Cost: ${report.total_cost_usd:.4f}", f"- Time: {report.elapsed_seconds:.1f} s",
+            f"- Trials: {len(report.trials)} ({len(report.usable)} complete)", ""]
+    out += ["## Best configuration", ""]
+    if best is None:
+        out += ["No trial completed, so there is no best configuration.", ""]
+    else:
+        resolved = report.resolved_best or {}
+        names = list(dict.fromkeys([*report.parameters, *best.config]))
+        rows = []
+        for p in names:
+            label = best.config.get(p, "")
+            value = resolved.get(p, label)
+            rows.append([_md(p), _md(label), "" if value == label else _md(value)])
+        out += _table(["parameter", "value", "resolved value (if different)"], rows) + [""]
+        out += [f"Best score **{_num(best.score)}** (trial {_num(best.trial_id)}, generation "
+                f"{best.generation}, proposed by {_md(best.proposer)}); worst complete trial scored "
+                f"**{_num(worst.score if worst else None)}**.", ""]
+        if best.metrics:
+            out += _table(["metric", "best trial mean", "direction", "weight"],
+                          [[_md(m), _num(v), report.metric_directions.get(m, "—"),
+                            _num(report.metric_weights.get(m))] for m, v in best.metrics.items()]) + [""]
+    out += [f"## Top {TOP_N} trials", ""] + _trial_table(report, report.ranked[:TOP_N], True) + [""]
+    out += ["## Pareto front", "",
+            f"{len(front)} trial(s) no other complete trial beats on every metric at once"
+            + (f" (best {FRONT_ROWS} by score shown; all in results.json):" if len(front) > FRONT_ROWS else ":"), ""]
+    shown = front if len(front) <= FRONT_ROWS else sorted(front, key=lambda t: -t.score)[:FRONT_ROWS]
+    out += _trial_table(report, shown, False) + [""]
+    out += ["## Generations", ""] + _table(
+        ["generation", "best", "mean", "trials", "new"],
+        [[str(g.number), _num(g.best_score), _num(g.mean_score), str(g.n_trials), str(g.n_new)]
+         for g in report.generation_summaries()]) + [""]
+    out += ["## Parameter importance", "",
+            "Share of the score's variance each parameter explains on its own (grouped by value, "
+            "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "
+            "read it as a ranking.", ""]
+    out += _table(["parameter", "share"], [[_md(p), f"{v:.1%}"] for p, v in importance.items()]) + [""]
+    if plot_files:
+        out += ["## Plots", ""]
+        for f in plot_files:
+            title = PLOT_TITLES.get(f.stem, f.stem)
+            out.append(f"![{title}]({f.name})" if f.suffix == ".png" else f"- [{title}]({f.name})")
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- all
+
+
+_CHARTS: dict[str, Callable[[RunReport, dict[str, float]], plots.Chart]] = {
+    "score_over_time": lambda r, imp: plots.score_over_time(r),
+    "cost_vs_quality": lambda r, imp: plots.cost_vs_quality(r),
+    "parameter_importance": lambda r, imp: plots.importance_chart(imp, r),
+    "pareto_front": lambda r, imp: plots.pareto_chart(r),
+}
+
+
+def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[Path]:
+    """Write every file ``cfg`` asks for into ``out_dir``; return the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = pareto_front(report.trials, report.metric_directions)
+    importance = parameter_importance(report.trials, report.parameters)
+    trials = _kept_trials(report, front, cfg.save_all_experiments)
+    written: list[Path] = []
+
+    plot_files: list[Path] = []
+    for name in dict.fromkeys(cfg.visualizations):
+        files = plots.render(_CHARTS[name](report, importance), out_dir / name, cfg.plot_format)
+        plot_files.append(files[0])
+        written += [f for f in files if f not in written]
+
+    if "json" in cfg.formats:
+        path = out_dir / "results.json"
+        doc = results_document(report, front, importance, trials)
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        written.append(path)
+    if "csv" in cfg.formats:
+        written.append(write_csv(report, trials, out_dir / "results.csv"))
+    if "markdown" in cfg.formats:
+        path = out_dir / "report.md"
+        path.write_text(render_markdown(report, front, importance, plot_files), encoding="utf-8")
+        written.append(path)
+
+    export = cfg.export_best_config
+    if export.enabled and report.best is not None:
+        path = Path(export.output_path) if export.output_path else Path(f"best_config.{EXTENSIONS[export.format]}")
+        path = path if path.is_absolute() else out_dir / path
+        export_config(report, export.format, path)
+        written.append(path)
+    return written

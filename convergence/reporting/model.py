@@ -1,0 +1,101 @@
+"""The input of every report: one run, read back from the store.
+
+Reporting is pure: it turns a :class:`RunReport` into files and never talks to
+the database, so the storage layer builds this object and tests can build it
+from hand-made :class:`TrialRecord` objects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from convergence.core.types import Config, TrialRecord
+
+
+@dataclass(slots=True, frozen=True)
+class GenerationSummary:
+    """One generation at a glance. Scores are over usable trials (NaN if none)."""
+
+    number: int
+    best_score: float
+    mean_score: float
+    n_trials: int
+    n_new: int
+    """Trials whose configuration had not been evaluated in an earlier generation."""
+
+
+def _scored(t: TrialRecord) -> bool:
+    return t.usable and math.isfinite(t.score)
+
+
+def summarize_generations(trials: list[TrialRecord]) -> list[GenerationSummary]:
+    """Per-generation summaries derived from the trials themselves, for callers
+    (and the storage layer) that do not keep generation rows."""
+    seen: set[str] = set()
+    out: list[GenerationSummary] = []
+    for number in sorted({t.generation for t in trials}):
+        gen = [t for t in trials if t.generation == number]
+        scores = [t.score for t in gen if _scored(t)]
+        new = {t.config_hash for t in gen} - seen
+        seen |= {t.config_hash for t in gen}
+        out.append(
+            GenerationSummary(
+                number=number,
+                best_score=max(scores) if scores else math.nan,
+                mean_score=sum(scores) / len(scores) if scores else math.nan,
+                n_trials=len(gen),
+                n_new=sum(1 for t in gen if t.config_hash in new),
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class RunReport:
+    """Everything a report shows about one run. ``trials`` are in evaluation
+    order: that order breaks score ties (the earlier trial wins)."""
+
+    run_id: int
+    study: str
+    status: str
+    stop_reason: str | None
+    started_at: str
+    finished_at: str | None
+    seed: int | None
+    trials: list[TrialRecord]
+    generations: list[GenerationSummary] = field(default_factory=list)
+    metric_directions: dict[str, str] = field(default_factory=dict)
+    """metric -> ``higher_is_better`` | ``lower_is_better``."""
+    metric_weights: dict[str, float] = field(default_factory=dict)
+    parameters: list[str] = field(default_factory=list)
+    resolved_best: Config | None = None
+    """The best configuration's values as the target receives them (labels
+    resolved); what export writes."""
+    total_calls: int = 0
+    total_cost_usd: float = 0.0
+    elapsed_seconds: float = 0.0
+
+    @property
+    def usable(self) -> list[TrialRecord]:
+        """Complete trials with a finite score: the only ones that can win."""
+        return [t for t in self.trials if _scored(t)]
+
+    @property
+    def ranked(self) -> list[TrialRecord]:
+        """Usable trials, best score first; ties keep evaluation order."""
+        return sorted(self.usable, key=lambda t: -t.score)  # sorted() is stable
+
+    @property
+    def best(self) -> TrialRecord | None:
+        ranked = self.ranked
+        return ranked[0] if ranked else None
+
+    @property
+    def worst(self) -> TrialRecord | None:
+        ranked = self.ranked
+        return ranked[-1] if ranked else None
+
+    def generation_summaries(self) -> list[GenerationSummary]:
+        """The stored summaries, or ones derived from the trials when absent."""
+        return self.generations or summarize_generations(self.trials)

@@ -1,0 +1,314 @@
+"""Reports a user reads after a run: files, plots, Pareto front, importance, export.
+
+Reporting is pure, so each test builds a RunReport from TrialRecords it makes
+itself — exactly what the storage layer hands over after a real run.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from convergence.config.models import ExportBestConfig, OutputConfig
+from convergence.core.types import TrialRecord
+from convergence.reporting import plots
+from convergence.reporting.export import export_config
+from convergence.reporting.files import csv_columns, write_reports
+from convergence.reporting.importance import parameter_importance
+from convergence.reporting.model import RunReport, summarize_generations
+from convergence.reporting.pareto import non_dominated, pareto_front
+
+DIRECTIONS = {"accuracy": "higher_is_better", "latency_ms": "lower_is_better", "cost": "lower_is_better"}
+WEIGHTS = {"accuracy": 0.7, "latency_ms": 0.2, "cost": 0.1}
+LONG_PROMPT = 'You are careful.\nThink step by step.\n  Answer with "yes" or \'no\' only: \\n | done'
+SHORT_PROMPT = "You are careful.\nThink step by step.\nQ: {{ input }}"
+
+
+def trial(i: int, gen: int, score: float, *, status: str = "complete", cost: float = 0.001,
+          latency: float = 300.0, **config: object) -> TrialRecord:
+    return TrialRecord(
+        config=dict(config), config_hash=f"h{json.dumps(config, sort_keys=True)}", generation=gen,
+        proposer="evolution" if gen else "random", score=score,
+        metrics={"accuracy": score, "latency_ms": latency, "cost": cost}, cost_usd=cost,
+        latency_ms=latency, n_cases=10, n_errors=0 if status == "complete" else 10, status=status,
+        trial_id=i,
+    )
+
+
+def make_report(n: int = 30, seed: int = 0, cost: bool = True) -> RunReport:
+    """A run where the model drives the score, the temperature nudges it and
+    ``noise`` does nothing."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i in range(n):
+        model = ["small", "medium", "large"][i % 3]
+        temp = round(float(rng.uniform(0, 1)), 3)
+        noise = str(rng.choice(["a", "b", "c", "d"]))
+        score = {"small": 0.2, "medium": 0.5, "large": 0.8}[model] + 0.1 * (1 - temp) + rng.normal(0, 0.02)
+        trials.append(trial(i + 1, i // 10, float(score), cost=float(rng.uniform(0.001, 0.01)) if cost else 0.0,
+                            latency=float(rng.uniform(100, 900)), model=model, temperature=temp, noise=noise,
+                            prompt="long" if i % 2 else "short"))
+    trials.append(trial(n + 1, 2, 0.0, status="failed", model="small", temperature=0.5, noise="a", prompt="short"))
+    report = RunReport(
+        run_id=7, study="qa-bot", status="finished", stop_reason="patience exhausted (3 generations)",
+        started_at="2025-01-01T10:00:00", finished_at="2025-01-01T10:05:00", seed=seed, trials=trials,
+        generations=summarize_generations(trials), metric_directions=dict(DIRECTIONS),
+        metric_weights=dict(WEIGHTS), parameters=["model", "temperature", "noise", "prompt"],
+        total_calls=10 * len(trials), total_cost_usd=sum(t.cost_usd for t in trials), elapsed_seconds=300.0,
+    )
+    best = report.best
+    assert best is not None
+    report.resolved_best = {**best.config, "prompt": LONG_PROMPT if best.config["prompt"] == "long" else SHORT_PROMPT}
+    return report
+
+
+def is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_best_is_highest_complete_score_and_ties_go_to_the_earlier_trial() -> None:
+    trials = [trial(1, 0, 0.5, model="a"), trial(2, 0, 0.9, model="b"), trial(3, 1, 0.9, model="c"),
+              trial(4, 1, 5.0, status="failed", model="d"), trial(5, 1, 0.1, model="e")]
+    report = RunReport(1, "s", "finished", None, "t0", None, None, trials)
+    assert report.best is trials[1]
+    assert report.worst is trials[4]
+    assert [t.trial_id for t in report.ranked] == [2, 3, 1, 5]
+    gens = report.generation_summaries()
+    assert [(g.number, g.best_score, g.n_trials, g.n_new) for g in gens] == [(0, 0.9, 2, 2), (1, 0.9, 3, 3)]
+
+
+# --------------------------------------------------------------------------- pareto
+
+
+def test_pareto_front_on_a_hand_checked_example_with_mixed_directions() -> None:
+    directions = {"accuracy": "higher_is_better", "latency_ms": "lower_is_better"}
+
+    def t(i: int, acc: float, lat: float, status: str = "complete") -> TrialRecord:
+        return TrialRecord({"i": i}, str(i), 0, "p", score=acc, metrics={"accuracy": acc, "latency_ms": lat},
+                           status=status, trial_id=i)
+
+    trials = [
+        t(1, 0.9, 500),  # front: most accurate
+        t(2, 0.8, 200),  # front: trade-off
+        t(3, 0.8, 300),  # dominated by 2 (same accuracy, slower)
+        t(4, 0.5, 100),  # front: fastest
+        t(5, 0.4, 150),  # dominated by 4
+        t(6, 0.8, 200),  # equal to 2: neither dominates, both on the front
+        t(7, 0.99, 50, status="failed"),  # would dominate everything but is not usable
+        t(8, 0.7, 600),  # dominated by 1 and 2
+    ]
+    assert [x.trial_id for x in pareto_front(trials, directions)] == [1, 2, 4, 6]
+    # Flipping latency to higher-is-better changes the answer: 8 now wins on latency.
+    flipped = {"accuracy": "higher_is_better", "latency_ms": "higher_is_better"}
+    assert [x.trial_id for x in pareto_front(trials, flipped)] == [1, 8]
+
+
+def test_non_dominated_matches_brute_force_and_handles_10k_points() -> None:
+    rng = np.random.default_rng(3)
+    for m in (2, 3):
+        v = rng.integers(0, 6, (80, m)).astype(float)
+        brute = [not any(np.all(v[j] >= v[i]) and np.any(v[j] > v[i]) for j in range(len(v))) for i in range(len(v))]
+        assert non_dominated(v).tolist() == brute
+    x = rng.random(10_000)
+    start = time.perf_counter()
+    assert non_dominated(np.column_stack([x, -x])).all()  # worst case: every point on the front
+    assert non_dominated(rng.random((10_000, 3))).sum() < 10_000
+    assert time.perf_counter() - start < 10
+
+
+# --------------------------------------------------------------------------- importance
+
+
+def test_importance_ranks_the_parameter_that_drives_the_score_above_noise() -> None:
+    report = make_report(n=60)
+    imp = parameter_importance(report.trials, report.parameters)
+    assert list(imp)[0] == "model"
+    assert imp["model"] > imp["noise"]
+    assert imp["model"] > imp["prompt"]
+    assert math.isclose(sum(imp.values()), 1.0)
+
+
+def test_importance_of_a_continuous_parameter_uses_quantile_bins() -> None:
+    rng = np.random.default_rng(5)
+    trials = []
+    for i in range(80):
+        temp, seed = float(rng.uniform(0, 2)), int(rng.integers(0, 1000))
+        trials.append(trial(i, 0, 1 - temp / 2 + float(rng.normal(0, 0.05)), temperature=temp, seed=seed))
+    imp = parameter_importance(trials, ["temperature", "seed"])
+    assert imp["temperature"] > 0.8 > imp["seed"]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_write_reports_writes_parseable_json_csv_markdown_and_png_plots(tmp_path: Path) -> None:
+    report = make_report()
+    cfg = OutputConfig(visualizations=["score_over_time", "cost_vs_quality", "parameter_importance", "pareto_front"])
+    written = write_reports(report, tmp_path, cfg)
+    assert sorted(written) == sorted(tmp_path.iterdir())
+    best = report.best
+    assert best is not None
+
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["run"]["stop_reason"] == report.stop_reason
+    assert doc["best"]["trial_id"] == best.trial_id and doc["best"]["config"] == best.config
+    assert doc["best"]["resolved_config"]["prompt"] == report.resolved_best["prompt"]  # type: ignore[index]
+    assert len(doc["trials"]) == len(report.trials)
+    assert {t["trial_id"] for t in doc["pareto_front"]} == {
+        t.trial_id for t in pareto_front(report.trials, report.metric_directions)}
+    assert [g["number"] for g in doc["generations"]] == [0, 1, 2]
+
+    with (tmp_path / "results.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(report.trials)
+    for row, t in zip(rows, report.trials):
+        assert int(row["trial_id"]) == t.trial_id and float(row["score"]) == t.score
+        assert row["model"] == t.config["model"] and float(row["temperature"]) == t.config["temperature"]
+        assert float(row["latency_ms"]) == t.latency_ms and row["status"] == t.status
+    assert rows[-1]["status"] == "failed"
+
+    md = (tmp_path / "report.md").read_text()
+    assert report.stop_reason in md  # type: ignore[operator]
+    assert f"| model | {best.config['model']} |" in md
+    assert f"| temperature | {best.config['temperature']} |" in md
+    assert f"{best.score:.4g}" in md and f"{report.worst.score:.4g}" in md  # type: ignore[union-attr]
+    assert "You are careful.<br>Think step by step." in md  # resolved multi-line prompt, table-safe
+    for name in cfg.visualizations:
+        assert f"({name}.png)" in md
+        assert is_png(tmp_path / f"{name}.png")
+
+    exported = yaml.safe_load((tmp_path / "best_config.yaml").read_text())
+    assert exported == report.resolved_best
+
+
+def test_html_plots_are_interactive_pages_holding_the_trial_data(tmp_path: Path) -> None:
+    report = make_report()
+    cfg = OutputConfig(formats=["markdown"], plot_format="html",
+                       visualizations=["score_over_time", "cost_vs_quality", "parameter_importance", "pareto_front"],
+                       export_best_config=ExportBestConfig(enabled=False))
+    written = write_reports(report, tmp_path, cfg)
+    assert sorted(written) == sorted(tmp_path.iterdir())
+    assert (tmp_path / "plotly.min.js").stat().st_size > 100_000  # works offline
+    best = report.best
+    assert best is not None
+    page = (tmp_path / "score_over_time.html").read_text()
+    assert 'src="plotly.min.js"' in page and "best so far" in page
+    assert f"trial {best.trial_id} (gen {best.generation}" in page  # hover text of the best trial
+    assert str(best.score) in page
+    assert "noise" in (tmp_path / "parameter_importance.html").read_text()
+    assert "[Score over generations](score_over_time.html)" in (tmp_path / "report.md").read_text()
+
+
+def test_cost_vs_quality_falls_back_to_latency_and_says_so_when_nothing_cost_money() -> None:
+    free = plots.cost_vs_quality(make_report(cost=False))
+    assert free.x_label == "mean latency (ms)" and free.note and "$0" in free.note
+    paid = plots.cost_vs_quality(make_report(cost=True))
+    assert paid.x_label == "cost per trial (USD)" and paid.note is None
+    front = paid.series[1]
+    assert front.emphasis and front.x == sorted(front.x)
+    # No point off the front is both cheaper and better than a front point.
+    dots = paid.series[0]
+    for fx, fy in zip(front.x, front.y):
+        assert not any(x < fx and y > fy for x, y in zip(dots.x, dots.y))
+
+
+def test_pareto_plot_uses_the_two_heaviest_metrics() -> None:
+    chart = plots.pareto_chart(make_report())
+    assert chart.x_label == "accuracy (higher is better)"
+    assert chart.y_label == "latency_ms (lower is better)"
+    # Higher-is-better x: the staircase climbs before it moves right, never past an attained corner.
+    assert chart.series[1].step_where == "pre"
+    assert plots.cost_vs_quality(make_report()).series[1].step_where == "post"
+
+
+def test_save_all_experiments_false_keeps_only_best_and_front(tmp_path: Path) -> None:
+    report = make_report()
+    write_reports(report, tmp_path, OutputConfig(save_all_experiments=False, visualizations=[]))
+    doc = json.loads((tmp_path / "results.json").read_text())
+    front_ids = {t.trial_id for t in pareto_front(report.trials, report.metric_directions)}
+    assert {t["trial_id"] for t in doc["trials"]} == front_ids | {report.best.trial_id}  # type: ignore[union-attr]
+    assert len(doc["trials"]) < len(report.trials)
+
+
+def test_a_run_without_any_complete_trial_still_gets_a_report(tmp_path: Path) -> None:
+    trials = [trial(1, 0, 0.0, status="failed", model="x")]
+    report = RunReport(3, "s", "failed", "every call failed", "t0", "t1", None, trials,
+                       metric_directions=dict(DIRECTIONS), parameters=["model"])
+    written = write_reports(report, tmp_path, OutputConfig())
+    names = {p.name for p in written}
+    assert "best_config.yaml" not in names and {"results.json", "results.csv", "report.md"} <= names
+    assert json.loads((tmp_path / "results.json").read_text())["best"] is None
+    assert "no best configuration" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="no complete trial"):
+        export_config(report, "yaml")
+
+
+def test_csv_prefixes_a_parameter_whose_name_clashes_with_a_fixed_column() -> None:
+    report = RunReport(1, "s", "finished", None, "t0", None, None, [TrialRecord({"score": "x"}, "h", 0, "p", 0.5)],
+                       metric_directions={"accuracy": "higher_is_better"}, parameters=["score"])
+    columns, _, params = csv_columns(report)
+    assert params == {"score": "param.score"} and columns.count("score") == 1
+
+
+# --------------------------------------------------------------------------- export
+
+
+TRICKY = {
+    "system_prompt": 'Line one\nline "two"\n\t\'three\'  \n"""triple"""\\ end ',
+    "stop": ["\n\n", "###"],
+    "temperature": 0.7,
+    "max_tokens": 256,
+    "json_mode": True,
+    "top_k": None,
+    "nested": {"a": [1, 2.5, "ü"], "b": {}},
+}
+
+
+def test_exported_python_module_imports_and_equals_the_best_config(tmp_path: Path) -> None:
+    report = make_report()
+    report.resolved_best = dict(TRICKY)
+    path = tmp_path / "best_config.py"
+    text = export_config(report, "python", path)
+    assert path.read_text() == text
+    spec = importlib.util.spec_from_file_location("exported_best", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.BEST_CONFIG == TRICKY
+    assert module.METADATA["run_id"] == 7 and module.METADATA["score"] == report.best.score  # type: ignore[union-attr]
+    sys.modules.pop("exported_best", None)
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_yaml_and_json_exports_round_trip(tmp_path: Path, fmt: str) -> None:
+    report = make_report()
+    report.resolved_best = dict(TRICKY)
+    text = export_config(report, fmt, tmp_path / f"best.{fmt}")  # type: ignore[arg-type]
+    if fmt == "yaml":
+        assert yaml.safe_load(text) == TRICKY
+        assert "run 7" in text.splitlines()[1]
+        assert "|" in text  # multi-line prompts stay readable as blocks
+    else:
+        doc = json.loads(text)
+        assert doc["config"] == TRICKY and doc["metadata"]["run_id"] == 7
+    assert (tmp_path / f"best.{fmt}").read_text() == text
+
+
+def test_exporting_a_plain_config_needs_no_run() -> None:
+    text = export_config({"model": "gpt-4o-mini", "temperature": 0.2}, "python")
+    namespace: dict[str, object] = {}
+    exec(compile(text, "<export>", "exec"), namespace)
+    assert namespace["BEST_CONFIG"] == {"model": "gpt-4o-mini", "temperature": 0.2}

@@ -322,7 +322,7 @@ class Store:
             "SELECT trials.config_json, MAX(trials.score) AS s FROM trials "
             "JOIN runs ON runs.id = trials.run_id JOIN studies ON studies.id = runs.study_id "
             "WHERE studies.name = ? AND trials.status = 'complete' AND runs.id != ? "
-            "GROUP BY trials.config_hash ORDER BY s DESC LIMIT ?",
+            "GROUP BY trials.config_hash ORDER BY s DESC, MIN(trials.id) LIMIT ?",
             (study, exclude_run if exclude_run is not None else -1, k),
         ) as cur:
             rows = await cur.fetchall()

@@ -1,0 +1,3 @@
+from convergence.cli.app import main
+
+main()

@@ -1,0 +1,352 @@
+"""The ``convergence`` command line.
+
+Heavy modules (LiteLLM, Weave, llama.cpp, matplotlib) are imported inside the
+commands that need them so ``--help`` and ``validate`` start in a blink.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="convergence",
+    help="Find the best configuration for an LLM call or an API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigArg = typer.Argument(Path("optimization.yaml"), help="The optimization YAML file.")
+DB_OPT = typer.Option(None, "--db", help="Project database (default: from --config, else .convergence/convergence.db).")
+CFG_OPT = typer.Option(None, "--config", "-c", help="A YAML file whose storage.path locates the database.")
+
+
+def _load(path: Path) -> Any:
+    from convergence.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]config error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _db_path(db: Optional[Path], config: Optional[Path]) -> Path:
+    if db is not None:
+        return db
+    if config is not None:
+        from convergence.config.loader import resolve_path
+
+        loaded = _load(config)
+        return resolve_path(loaded.base_dir, loaded.config.storage.path)
+    default = Path("optimization.yaml")
+    if default.exists():
+        from convergence.config.loader import ConfigError, load_config, resolve_path
+
+        try:
+            loaded = load_config(default)
+            return resolve_path(loaded.base_dir, loaded.config.storage.path)
+        except ConfigError:
+            pass
+    return Path(".convergence/convergence.db")
+
+
+def _run_async(fn: Any, *args: Any) -> Any:
+    import anyio
+
+    return anyio.run(fn, *args)
+
+
+async def _open_store(path: Path) -> Any:
+    from convergence.storage.store import Store
+
+    if not path.exists():
+        err.print(f"[red]no database at {path}[/] (run `convergence optimize` first, or pass --db/--config)")
+        raise typer.Exit(2)
+    return await Store.open(path)
+
+
+# --------------------------------------------------------------------------- optimize
+
+
+@app.command()
+def optimize(
+    config: Path = ConfigArg,
+    resume: bool = typer.Option(False, "--resume", help="Continue the study's last unfinished run; finished case results are reused, not re-paid."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_outputs: bool = typer.Option(False, "--no-outputs", help="Skip reports, plots and best-config export."),
+) -> None:
+    """Run the optimization described by CONFIG."""
+    loaded = _load(config)
+    from convergence.targets.factory import missing_env_vars
+
+    missing = missing_env_vars(loaded.config.resolved_target)
+    if missing:
+        err.print(f"[red]missing environment variable(s):[/] {', '.join(missing)} (needed by the target in {config})")
+        raise typer.Exit(2)
+    _run_async(_optimize, loaded, resume, quiet, no_outputs)
+
+
+async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool) -> None:
+    from convergence.cli.progress import RichEvents
+    from convergence.config.loader import resolve_path
+    from convergence.core.loop import Optimizer, ResumeError
+    from convergence.evaluation.cases import TestCaseError
+    from convergence.storage.store import Store
+
+    cfg = loaded.config
+    db_path = resolve_path(loaded.base_dir, cfg.storage.path)
+    store = await Store.open(db_path)
+    try:
+        try:
+            optimizer = Optimizer(loaded, store)
+        except (TestCaseError, ValueError) as exc:
+            err.print(f"[red]error[/] {exc}")
+            raise typer.Exit(2) from None
+        t = cfg.resolved_target
+        console.print(
+            f"[bold]Convergence[/] study [cyan]{cfg.study_name}[/]: {t.type} target, "
+            f"{len(optimizer.space.names)} parameter(s), {len(optimizer.cases)} test case(s), "
+            f"{cfg.optimization.evolution.generations} generation(s) x {cfg.optimization.evolution.population_size}, "
+            f"concurrency {cfg.optimization.execution.concurrency}, algorithm {cfg.optimization.algorithm}"
+        )
+        try:
+            with RichEvents(console, quiet) as events:
+                optimizer.events = events
+                outcome = await optimizer.run(resume=resume)
+        except ResumeError as exc:
+            err.print(f"[red]cannot resume:[/] {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print(f"[yellow]interrupted[/]; continue with: convergence optimize {loaded.path} --resume")
+            raise typer.Exit(130) from None
+        _print_outcome(outcome, optimizer)
+        if not no_outputs and outcome.trials:
+            from convergence.outputs import write_outputs
+
+            paths = await write_outputs(loaded, store, outcome.run_id)
+            console.print("[bold]Written:[/]")
+            for p in paths:
+                console.print(f"  {p}")
+    finally:
+        await store.close()
+
+
+def _print_outcome(outcome: Any, optimizer: Any) -> None:
+    from convergence.cli.progress import short_config
+
+    usable = sorted([t for t in outcome.trials if t.usable], key=lambda t: -t.score)
+    console.print(
+        f"\n[bold]{outcome.status}[/]: {outcome.stop_reason} - run {outcome.run_id}, "
+        f"{len(outcome.trials)} trial(s), {outcome.total_calls} call(s), ${outcome.total_cost_usd:.4f}, "
+        f"{outcome.elapsed_seconds:.1f}s" + (f", {outcome.cached_cases} cached case result(s) reused" if outcome.cached_cases else "")
+    )
+    if not usable:
+        console.print("[yellow]no configuration completed every test case[/]")
+        return
+    metrics = list(optimizer.cfg.evaluation.metrics)
+    table = Table(title="Top configurations")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("errors", justify="right")
+    table.add_column("configuration")
+    for i, t in enumerate(usable[:8], 1):
+        table.add_row(str(i), f"{t.score:.4f}", *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics],
+                      str(t.n_errors), short_config(t.config, 80))
+    console.print(table)
+    if len(usable) > 1:
+        console.print(f"best {usable[0].score:.4f} vs worst {usable[-1].score:.4f} "
+                      f"(+{usable[0].score - usable[-1].score:.4f})")
+
+
+# --------------------------------------------------------------------------- validate, schema, init
+
+
+@app.command()
+def validate(config: Path = ConfigArg) -> None:
+    """Check CONFIG without running anything (no model is loaded, nothing is called)."""
+    loaded = _load(config)
+    from convergence.core.space import SearchSpace
+    from convergence.evaluation.cases import TestCaseError, load_test_cases
+    from convergence.targets.factory import missing_env_vars
+
+    cfg = loaded.config
+    problems: list[str] = []
+    try:
+        cases = load_test_cases(cfg.evaluation.test_cases, loaded.base_dir)
+    except TestCaseError as exc:
+        problems.append(str(exc))
+        cases = []
+    missing = missing_env_vars(cfg.resolved_target)
+    if missing:
+        problems.append(f"missing environment variable(s): {', '.join(missing)}")
+    space = SearchSpace.from_config(cfg.search_space)
+    t = cfg.resolved_target
+    size = space.size()
+    console.print(f"[bold]{config}[/]: study [cyan]{cfg.study_name}[/]")
+    console.print(f"  target: {t.type} " + (getattr(t, "model", None) or getattr(t, "endpoint", None) or getattr(t, "function", "")))
+    console.print(f"  parameters: {', '.join(space.names)} ({'continuous' if size == float('inf') else int(size)} configurations)")
+    console.print(f"  test cases: {len(cases)}")
+    console.print("  metrics: " + ", ".join(f"{k} (w={m.weight}, {m.direction})" for k, m in cfg.evaluation.metrics.items()))
+    evo = cfg.optimization.evolution
+    console.print(f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
+                  f"up to {evo.generations * evo.population_size * len(cases)} calls")
+    if problems:
+        for p in problems:
+            err.print(f"[red]error[/] {p}")
+        raise typer.Exit(2)
+    console.print("[green]valid[/]")
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to a file instead of stdout.")) -> None:
+    """Print the JSON Schema of optimization.yaml (for editor completion)."""
+    from convergence.config.models import ConvergenceConfig
+
+    text = json.dumps(ConvergenceConfig.model_json_schema(by_alias=False), indent=2)
+    if out:
+        out.write_text(text + "\n")
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(Path("."), help="Where to write optimization.yaml and a sample test set."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+) -> None:
+    """Write a starter optimization.yaml for the embedded local model."""
+    from convergence.cli.starter import write_starter
+
+    try:
+        paths = write_starter(directory, force=force)
+    except FileExistsError as exc:
+        err.print(f"[red]{exc}[/] (use --force to overwrite)")
+        raise typer.Exit(2) from None
+    for p in paths:
+        console.print(f"wrote {p}")
+    console.print(f"next: convergence optimize {directory / 'optimization.yaml'}")
+
+
+# --------------------------------------------------------------------------- runs, show, export
+
+
+@app.command()
+def runs(db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT,
+         study: Optional[str] = typer.Option(None, help="Only this study.")) -> None:
+    """List runs in the project database."""
+    _run_async(_runs, _db_path(db, config), study)
+
+
+async def _runs(path: Path, study: Optional[str]) -> None:
+    store = await _open_store(path)
+    try:
+        rows = await store.list_runs(study)
+        table = Table(title=f"Runs in {path}")
+        for col in ("run", "study", "status", "stop reason", "trials", "best", "calls", "cost $", "seconds"):
+            table.add_column(col)
+        for r in rows:
+            trials = await store.trials(r.id)
+            best = max((t.score for t in trials if t.usable), default=None)
+            table.add_row(str(r.id), r.study, r.status, (r.stop_reason or "")[:50], str(len(trials)),
+                          f"{best:.4f}" if best is not None else "-", str(r.total_calls),
+                          f"{r.total_cost_usd:.4f}", f"{r.elapsed_seconds:.1f}")
+        console.print(table)
+    finally:
+        await store.close()
+
+
+@app.command()
+def show(run: int = typer.Argument(..., help="Run id (see `convergence runs`)."),
+         db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT,
+         top: int = typer.Option(10, help="How many trials to list.")) -> None:
+    """Show one run: status, generations and its best trials."""
+    _run_async(_show, _db_path(db, config), run, top)
+
+
+async def _show(path: Path, run_id: int, top: int) -> None:
+    from convergence.cli.progress import short_config
+    from convergence.outputs import build_report
+
+    store = await _open_store(path)
+    try:
+        try:
+            report = await build_report(store, run_id)
+        except KeyError as exc:
+            err.print(f"[red]{exc.args[0]}[/]")
+            raise typer.Exit(2) from None
+        console.print(f"[bold]run {report.run_id}[/] study [cyan]{report.study}[/] - {report.status}: {report.stop_reason}")
+        console.print(f"  started {report.started_at}, finished {report.finished_at or '-'}, seed {report.seed}, "
+                      f"{report.total_calls} calls, ${report.total_cost_usd:.4f}, {report.elapsed_seconds:.1f}s")
+        gt = Table(title="Generations")
+        for col in ("gen", "trials", "best", "mean"):
+            gt.add_column(col, justify="right")
+        for g in report.generation_summaries():
+            gt.add_row(str(g.number + 1), str(g.n_trials), f"{g.best_score:.4f}", f"{g.mean_score:.4f}")
+        console.print(gt)
+        metrics = list(report.metric_directions) or sorted({k for t in report.trials for k in t.metrics})
+        tt = Table(title=f"Top {top} trials")
+        for col in ("#", "gen", "proposer", "score", *metrics, "errors", "configuration"):
+            tt.add_column(col)
+        for i, t in enumerate(report.ranked[:top], 1):
+            tt.add_row(str(i), str(t.generation + 1), t.proposer, f"{t.score:.4f}",
+                       *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics], str(t.n_errors),
+                       short_config(t.config, 70))
+        console.print(tt)
+    finally:
+        await store.close()
+
+
+@app.command("export")
+def export_cmd(run: int = typer.Argument(..., help="Run id."),
+               fmt: str = typer.Option("yaml", "--format", "-f", help="yaml | json | python"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (default: stdout)."),
+               db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT) -> None:
+    """Export the best configuration of RUN."""
+    if fmt not in ("yaml", "json", "python"):
+        err.print(f"[red]unknown format {fmt!r}[/]; expected yaml, json or python")
+        raise typer.Exit(2)
+    _run_async(_export, _db_path(db, config), run, fmt, out)
+
+
+async def _export(path: Path, run_id: int, fmt: str, out: Optional[Path]) -> None:
+    from convergence.outputs import build_report
+    from convergence.reporting.export import export_config
+
+    store = await _open_store(path)
+    try:
+        try:
+            report = await build_report(store, run_id)
+        except KeyError as exc:
+            err.print(f"[red]{exc.args[0]}[/]")
+            raise typer.Exit(2) from None
+        if report.best is None:
+            err.print(f"[red]run {run_id} has no completed trial to export[/]")
+            raise typer.Exit(1)
+        text = export_config(report, fmt, out)  # type: ignore[arg-type]
+        if out:
+            console.print(f"wrote {out}")
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

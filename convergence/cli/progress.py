@@ -1,0 +1,78 @@
+"""Rich progress display for ``convergence optimize``: a bar per generation,
+the live best score, and one line per finished generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from convergence.core.types import CaseResult, TrialRecord
+from convergence.society.base import Proposal
+
+
+def short_config(config: dict[str, Any], width: int = 60) -> str:
+    text = ", ".join(f"{k}={v!s:.24}" for k, v in config.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class RichEvents:
+    def __init__(self, console: Console, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]gen {task.fields[gen]}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("errors {task.fields[errors]}"),
+            TextColumn("best [green]{task.fields[best]}[/]"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=quiet,
+        )
+        self._task: Any = None
+        self._errors = 0
+        self._best = "-"
+
+    def __enter__(self) -> "RichEvents":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None:
+        self._errors = 0
+        self._task = self.progress.add_task(
+            "", total=n_trials * n_cases, gen=f"{generation + 1}/{total}", errors=0, best=self._best
+        )
+
+    def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None:
+        if result.call.error:
+            self._errors += 1
+        if self._task is not None:
+            self.progress.update(self._task, advance=1, errors=self._errors)
+
+    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
+        if best is not None:
+            self._best = f"{best.score:.4f}"
+            if self._task is not None:
+                self.progress.update(self._task, best=self._best)
+
+    def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
+        if self.quiet:
+            return
+        usable = [t for t in new if t.usable]
+        gen_best = max(usable, key=lambda t: t.score, default=None)
+        line = f"  generation {generation + 1}: {len(new)} new trial(s)"
+        if gen_best is not None:
+            line += f", best this generation {gen_best.score:.4f} ({short_config(gen_best.config)})"
+        if best is not None:
+            line += f"; best so far [green]{best.score:.4f}[/]"
+        self.progress.console.print(line)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[cyan]{text}[/]")

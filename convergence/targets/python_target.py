@@ -1,0 +1,125 @@
+"""A user's Python callable (``module:function``) as a target.
+
+Sync functions run in worker threads so a slow one never stalls the event
+loop; async ones are awaited directly. The YAML's folder goes on ``sys.path``
+so a ``my_target.py`` next to ``optimization.yaml`` just works.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from convergence.config.models import PythonTargetConfig
+from convergence.core.types import CallResult, Config, TestCase
+from convergence.targets.base import TargetError
+
+_RETRYABLE = (TimeoutError, ConnectionError, OSError)
+
+
+def load_callable(spec: str, base_dir: Path) -> Callable[..., Any]:
+    """Import ``module:attr`` (``attr`` may be dotted) with ``base_dir`` on
+    ``sys.path``; errors say which part is missing and where we looked."""
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise TargetError(f"function {spec!r}: expected 'module:function'", retryable=False)
+    folder = str(Path(base_dir).resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise TargetError(
+                f"function {spec!r}: module {exc.name!r} not found (looked in {folder} and sys.path)",
+                retryable=False,
+            ) from exc
+        raise TargetError(f"function {spec!r}: importing {module_name!r} failed: {exc}", retryable=False) from exc
+    except Exception as exc:
+        raise TargetError(
+            f"function {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}", retryable=False
+        ) from exc
+    obj: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in dir(obj) if not n.startswith("_"))[:15]
+            raise TargetError(
+                f"function {spec!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r} "
+                f"(has: {public})",
+                retryable=False,
+            )
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TargetError(f"function {spec!r}: {type(obj).__name__} is not callable", retryable=False)
+    return obj
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def to_call_result(value: Any) -> CallResult:
+    """A plain value is the output; a dict with ``output`` may add cost and tokens."""
+    if isinstance(value, CallResult):
+        return value
+    if isinstance(value, dict) and "output" in value:
+        try:
+            return CallResult(
+                output=value["output"],
+                cost_usd=float(value.get("cost_usd") or 0.0),
+                prompt_tokens=int(value.get("prompt_tokens") or 0),
+                completion_tokens=int(value.get("completion_tokens") or 0),
+                raw=value,
+            )
+        except (TypeError, ValueError) as exc:
+            raise TargetError(f"bad cost/token value in returned dict: {exc}", retryable=False) from None
+    return CallResult(output=value)
+
+
+class PythonTarget:
+    """Calls ``fn(params, input)`` for each (configuration, test case)."""
+
+    def __init__(self, cfg: PythonTargetConfig, base_dir: Path, *, max_threads: int | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.function
+        self._fn = load_callable(cfg.function, base_dir)
+        self._async = _is_async(self._fn)
+        self._max_threads = max_threads
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    def _thread_limiter(self) -> anyio.CapacityLimiter | None:
+        # Created lazily inside the event loop; without max_threads anyio's
+        # default pool (40 threads) applies.
+        if self._max_threads is not None and self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self._max_threads)
+        return self._limiter
+
+    async def call(self, params: Config, case: TestCase) -> CallResult:
+        try:
+            if self._async:
+                value = await self._fn(params, case.input)
+            else:
+                # abandon_on_cancel: a per-attempt timeout returns at once even
+                # though the thread itself cannot be interrupted.
+                value = await anyio.to_thread.run_sync(
+                    self._fn, params, case.input, abandon_on_cancel=True, limiter=self._thread_limiter()
+                )
+                if inspect.isawaitable(value):
+                    value = await value
+        except TargetError:
+            raise
+        except _RETRYABLE as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        except Exception as exc:
+            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+        return to_call_result(value)
+
+    async def aclose(self) -> None:
+        return None

@@ -22,7 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(soft_wrap=True)
+# piped output (CI logs, files) gets wide tables instead of wrapped cells
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigArg = typer.Argument(Path("optimization.yaml"), help="The optimization YAML file.")
@@ -342,6 +343,11 @@ async def _export(path: Path, run_id: int, fmt: str, out: Optional[Path]) -> Non
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
     finally:
         await store.close()
+
+
+from convergence.cli.traces import traces as _traces  # noqa: E402 - light module; imports stay lazy inside
+
+app.command("traces")(_traces)
 
 
 def main() -> None:

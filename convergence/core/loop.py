@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import anyio
 import numpy as np
@@ -27,6 +27,8 @@ from convergence.society.base import Proposal, ProposalContext
 from convergence.society.society import Society
 from convergence.storage.store import Store
 from convergence.targets.base import Target
+from convergence import tracing
+from convergence.tracing import views as trace_views
 
 
 class LoopEvents(Protocol):
@@ -99,6 +101,7 @@ class Optimizer:
         if not self.cases:
             raise ValueError("no test cases: the optimization needs at least one")
         self.evaluator = Evaluator(self.cfg.evaluation, loaded.base_dir)
+        self._case_order = {c.id: i for i, c in enumerate(self.cases)}
         self.society = society or Society.from_config(self.cfg.optimization, self.space)
         self._target = target
         self.opt = self.cfg.optimization
@@ -115,9 +118,18 @@ class Optimizer:
             target, retry=tcfg.retry, timeout_seconds=tcfg.timeout_seconds,
             rate_limit_per_second=tcfg.rate_limit_per_second,
         )
+        outcome: RunOutcome | None = None
+        error: BaseException | None = None
         try:
-            return await self._run(resume)
+            outcome = await self._run(resume)
+            return outcome
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
+            if tracing.current_run() is not None:
+                with anyio.CancelScope(shield=True):
+                    await tracing.end_run(outcome, error)
             if self._target is None:
                 with anyio.CancelScope(shield=True):
                     await target.aclose()
@@ -157,6 +169,8 @@ class Optimizer:
         assert seed is not None
         self.run_id = run_id
         self.budget = budget
+        await tracing.start_run(self.cfg.tracing.weave, self.store, study=study, run_id=run_id, seed=seed,
+                                config=self.loaded.raw, resume=resume, notify=self.events.message)
         started = time.monotonic()
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
@@ -184,7 +198,7 @@ class Optimizer:
                     n_new = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, len(population))
                     proposals = self._warm_proposals(warm, seen) if gen == 0 else []
                     ctx = ProposalContext(self.space, gen, population, history, rng, seen)
-                    proposals += await self.society.propose(ctx, n_new - len(proposals))
+                    proposals += await self._propose(gen, ctx, n_new - len(proposals))
                     if not proposals:
                         stop_reason = "search space exhausted: every configuration was evaluated"
                         break
@@ -248,26 +262,43 @@ class Optimizer:
                 out.append(Proposal(c, h, "warm_start"))
         return out
 
+    @tracing.traced("convergence.propose", inputs=trace_views.propose_inputs, output=trace_views.proposals_view)
+    async def _propose(self, gen: int, ctx: ProposalContext, n: int) -> list[Proposal]:
+        """The society's new proposals for one generation (a step of its own in a trace)."""
+        return await self.society.propose(ctx, n)
+
+    @tracing.traced("convergence.generation", inputs=trace_views.generation_inputs,
+                    output=trace_views.generation_output)
     async def _evaluate_generation(
         self, gen: int, proposals: Sequence[Proposal], cached: dict[str, dict[str, CaseResult]],
         best: TrialRecord | None,
     ) -> list[TrialRecord]:
-        limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
         results: list[list[CaseResult]] = [[] for _ in proposals]
         remaining = self.budget.remaining_seconds()
         with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
-            async with anyio.create_task_group() as tg:
-                for i, p in enumerate(proposals):
-                    resolved = self.space.resolve(p.config)
-                    hits = cached.get(p.config_hash, {})
-                    for case in self.cases:
-                        hit = hits.get(case.id)
-                        if hit is not None:
-                            self._cached_hits += 1
-                            results[i].append(hit)
-                            self.events.case_finished(p, hit, True)
-                        else:
-                            tg.start_soon(self._eval_case, p, resolved, case, limiter, results[i])
+            jobs: list[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]] = []
+            for i, p in enumerate(proposals):
+                resolved = self.space.resolve(p.config)
+                hits = cached.get(p.config_hash, {})
+                for case in self.cases:
+                    hit = hits.get(case.id)
+                    if hit is not None:
+                        self._cached_hits += 1
+                        results[i].append(hit)
+                        self.events.case_finished(p, hit, True)
+                    else:
+                        jobs.append((p, resolved, case, results[i]))
+            if jobs and tracing.active():
+                await self._eval_traced(gen, jobs)
+            elif jobs:
+                # `concurrency` long-lived workers pull (config x case) jobs in
+                # order from one shared iterator: the same cap and FIFO start
+                # order as one task per job behind a CapacityLimiter, without
+                # creating a task and a limiter wait for every evaluation.
+                queue = iter(jobs)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(min(self.opt.execution.concurrency, len(jobs))):
+                        tg.start_soon(self._eval_worker, queue)
         if scope.cancelled_caught and not self.budget.exhausted:
             self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
         trials: list[TrialRecord] = []
@@ -280,22 +311,56 @@ class Optimizer:
             trials.append(trial)
         return trials
 
-    async def _eval_case(
-        self, p: Proposal, params: dict[str, Any], case: TestCase, limiter: anyio.CapacityLimiter,
-        sink: list[CaseResult],
+    async def _eval_worker(
+        self, jobs: Iterator[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]]
     ) -> None:
-        async with limiter:
-            if not self.budget.reserve_call():
-                return
-            call: CallResult = await self.runner.run(params, case)
-            self.budget.charge(call.cost_usd, call.attempts - 1)
-            metrics = await self.evaluator.evaluate(case, call)
-            result = CaseResult(case.id, call, metrics)
-            sink.append(result)
-            await self.store.record_case(self.run_id, p.config_hash, result)
+        """One concurrency slot: evaluate jobs until the shared iterator is empty."""
+        for p, params, case, sink in jobs:
+            await self._eval_case(p, params, case, sink)
+
+    async def _eval_traced(
+        self, gen: int, jobs: list[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]]
+    ) -> None:
+        """Traced runs only: one task per trial, so each trial is the parent of its
+        case calls in Weave; one limiter of ``concurrency`` slots for the whole generation."""
+        limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
+        by_trial: dict[int, tuple[Proposal, dict[str, Any], list[TestCase], list[CaseResult]]] = {}
+        for p, params, case, sink in jobs:
+            by_trial.setdefault(id(sink), (p, params, [], sink))[2].append(case)
+        async with anyio.create_task_group() as tg:
+            for p, params, cases, sink in by_trial.values():
+                tg.start_soon(self._eval_trial, gen, p, params, cases, sink, limiter)
+
+    @tracing.traced("convergence.trial", inputs=trace_views.trial_inputs, output=trace_views.trial_output)
+    async def _eval_trial(
+        self, gen: int, p: Proposal, params: dict[str, Any], cases: list[TestCase], sink: list[CaseResult],
+        limiter: anyio.CapacityLimiter,
+    ) -> TrialRecord:
+        """One configuration on its pending test cases; returns its score so the trace shows it."""
+
+        async def one(case: TestCase) -> None:
+            async with limiter:
+                await self._eval_case(p, params, case, sink)
+
+        async with anyio.create_task_group() as tg:
+            for case in cases:
+                tg.start_soon(one, case)
+        return self._score(gen, p, sink)
+
+    async def _eval_case(self, p: Proposal, params: dict[str, Any], case: TestCase, sink: list[CaseResult]) -> None:
+        if not self.budget.reserve_call():
+            return
+        call: CallResult = await self.runner.run(params, case)
+        self.budget.charge(call.cost_usd, call.attempts - 1)
+        metrics = await self.evaluator.evaluate(case, call)
+        result = CaseResult(case.id, call, metrics)
+        sink.append(result)
+        await self.store.record_case(self.run_id, p.config_hash, result)
         self.events.case_finished(p, result, False)
 
     def _score(self, gen: int, p: Proposal, case_results: list[CaseResult]) -> TrialRecord:
+        # results arrive in completion order; fix the order so float sums (and a seeded run) repeat
+        case_results = sorted(case_results, key=lambda r: self._case_order[r.case_id])
         n_errors = sum(1 for r in case_results if r.call.error)
         trial = TrialRecord(
             config=p.config, config_hash=p.config_hash, generation=gen, proposer=p.proposer,

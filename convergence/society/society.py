@@ -15,6 +15,7 @@ from convergence.core.types import Config, TrialRecord
 from convergence.society.bandit import BanditProposer, RandomProposer
 from convergence.society.base import Proposal, ProposalContext, Proposer
 from convergence.society.evolutionary import EvolutionaryProposer
+from convergence.tracing import traced
 
 
 def allot(n: int, shares: Sequence[float]) -> list[int]:
@@ -28,6 +29,16 @@ def allot(n: int, shares: Sequence[float]) -> list[int]:
     for i in order[: n - sum(base)]:
         base[i] += 1
     return base
+
+
+@traced(
+    lambda proposer, ctx, k: f"convergence.propose.{proposer.name}",
+    inputs=lambda proposer, ctx, k: {"agent": proposer.name, "generation": ctx.generation, "slots": k},
+    output=lambda configs: {"n": len(configs), "configs": configs},
+)
+async def agent_step(proposer: Proposer, ctx: ProposalContext, k: int) -> list[Config]:
+    """One agent's turn: a traced unit so Weave shows who proposed what."""
+    return await proposer.propose(ctx, k)
 
 
 class Society:
@@ -66,8 +77,8 @@ class Society:
 
             async def run(i: int, proposer: Proposer, k: int, rng: np.random.Generator) -> None:
                 if k:
-                    results[i] = await proposer.propose(
-                        ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history, rng, seen), k
+                    results[i] = await agent_step(
+                        proposer, ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history, rng, seen), k
                     )
 
             # one child generator per member and round: results do not depend on scheduling

@@ -80,6 +80,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE run_traces (               -- where a traced run lives in Weave
+            run_id INTEGER NOT NULL,
+            call_id TEXT NOT NULL,              -- the Weave call id of convergence.run
+            project TEXT NOT NULL,              -- entity/project
+            url TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, call_id)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

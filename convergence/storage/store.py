@@ -52,8 +52,13 @@ class GenerationRow:
     finished_at: float | None
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+"""Built once: ``json.dumps`` with arguments builds a new encoder per call,
+and ``_dump`` runs for every case result."""
+
+
 def _dump(v: Any) -> str:
-    return json.dumps(v, separators=(",", ":"), default=str)
+    return _ENCODER.encode(v)
 
 
 def _output_text(v: Any) -> str | None:
@@ -74,6 +79,10 @@ class Store:
         self._trials: list[tuple[Any, ...]] = []
         self._lock = anyio.Lock()
         self._last_flush = time.monotonic()
+        self._flushes_pending = 0
+        """Flushes entered but not finished. While one is under way, buffered
+        writes start no other: hundreds of concurrent callers would otherwise
+        all queue on the lock (each holding a concurrency slot) for empty flushes."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -190,7 +199,9 @@ class Store:
             (run_id, config_hash, result.case_id, _output_text(c.output), c.error, c.latency_ms, c.cost_usd,
              c.prompt_tokens, c.completion_tokens, c.attempts, _dump(result.metrics), time.time())
         )
-        if len(self._cases) >= self._flush_rows or time.monotonic() - self._last_flush > self._flush_interval:
+        if not self._flushes_pending and (
+            len(self._cases) >= self._flush_rows or time.monotonic() - self._last_flush > self._flush_interval
+        ):
             await self.flush()
 
     async def record_trial(self, run_id: int, trial: TrialRecord) -> None:
@@ -199,11 +210,18 @@ class Store:
              trial.score, _dump(trial.metrics), _dump(trial.normalized), trial.cost_usd, trial.latency_ms,
              trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time())
         )
-        if time.monotonic() - self._last_flush > self._flush_interval:
+        if not self._flushes_pending and time.monotonic() - self._last_flush > self._flush_interval:
             await self.flush()
 
     async def flush(self) -> None:
         """Write buffered rows in one transaction."""
+        self._flushes_pending += 1
+        try:
+            await self._flush_locked()
+        finally:
+            self._flushes_pending -= 1
+
+    async def _flush_locked(self) -> None:
         async with self._lock:
             cases, self._cases = self._cases, []
             trials, self._trials = self._trials, []

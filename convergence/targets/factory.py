@@ -1,7 +1,9 @@
 """Build the target (and its runner) a config describes.
 
 LiteLLM is imported only when a LiteLLM target is built: importing it costs
-seconds, and HTTP or Python targets never need it.
+seconds, and HTTP or Python targets never need it. Likewise httpx and jinja2
+(the HTTP target) load only for HTTP configs, so ``validate`` and Python
+targets start faster.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from pathlib import Path
 
 from convergence.config.models import HTTPTargetConfig, LiteLLMTargetConfig, PythonTargetConfig
 from convergence.targets.base import Target
-from convergence.targets.http_target import HTTPTarget, missing_env
 from convergence.targets.python_target import PythonTarget
 from convergence.targets.runner import CallRunner
 
@@ -21,6 +22,8 @@ AnyTargetConfig = LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig
 def build_target(cfg: AnyTargetConfig, base_dir: Path, concurrency: int) -> Target:
     """The target for ``cfg``; ``concurrency`` sizes its connection or thread pool."""
     if isinstance(cfg, HTTPTargetConfig):
+        from convergence.targets.http_target import HTTPTarget
+
         return HTTPTarget(cfg, max_connections=concurrency)
     if isinstance(cfg, PythonTargetConfig):
         return PythonTarget(cfg, base_dir, max_threads=concurrency)
@@ -44,6 +47,8 @@ def build_runner(cfg: AnyTargetConfig, target: Target) -> CallRunner:
 def missing_env_vars(cfg: AnyTargetConfig) -> list[str]:
     """Env vars the target needs that are unset, checked before a run starts."""
     if isinstance(cfg, HTTPTargetConfig):
+        from convergence.targets.http_target import missing_env
+
         return missing_env(cfg)
     if isinstance(cfg, LiteLLMTargetConfig) and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
         return [cfg.api_key_env]

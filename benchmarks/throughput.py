@@ -65,6 +65,9 @@ class Scenario:
     population: int
     cases: int
     generations: int
+    tracing: bool = False
+    """``tracing.weave.enabled: true`` in the YAML (without W&B credentials this
+    measures the cost of tracing being configured but inactive)."""
 
     @property
     def n_evals(self) -> int:
@@ -95,6 +98,7 @@ def _scenario_yaml(s: Scenario, module: str) -> str:
           evolution: {{population_size: {s.population}, generations: {s.generations}, elite_size: 0}}
           execution: {{concurrency: {s.concurrency}, early_stopping: {{enabled: false}}}}
         storage: {{path: bench.db}}
+        tracing: {{weave: {{enabled: {str(s.tracing).lower()}}}}}
         """
     )
 
@@ -248,7 +252,7 @@ def _spawn(scenario: Scenario, folder: Path, profile: str | None = None, *, bare
     raise RuntimeError(f"scenario {scenario.name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def _throughput_scenarios(quick: bool) -> list[Scenario]:
+def _throughput_scenarios(quick: bool, tracing: bool = False) -> list[Scenario]:
     out = []
     cases = 8
     for c in (16, 64, 256):
@@ -259,7 +263,7 @@ def _throughput_scenarios(quick: bool) -> list[Scenario]:
         # full: ~5 s of ideal run time per C, at least 6 generations.
         ideal_s = 1.0 if quick else 5.0
         gens = max(3 if quick else 6, math.ceil(ideal_s * c / 0.050 / (population * cases)))
-        out.append(Scenario(f"c{c}", 0.050, c, population, cases, gens))
+        out.append(Scenario(f"c{c}", 0.050, c, population, cases, gens, tracing))
     return out
 
 
@@ -303,6 +307,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["throughput", "cpu", "memory", "cli"], action="append",
                     help="run only these sections (repeatable)")
     ap.add_argument("--profile", metavar="DIR", help="write a pyinstrument profile of each run into DIR")
+    ap.add_argument("--tracing", action="store_true",
+                    help="set tracing.weave.enabled in every scenario (inactive without W&B credentials)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--cli-probe", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -317,7 +323,7 @@ def main() -> None:
     sections = set(args.only or ["throughput", "cpu", "memory", "cli"])
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                           "platform": sys.platform, "load_before": os.getloadavg()[0]},
-                              "quick": args.quick}
+                              "quick": args.quick, "tracing_enabled": args.tracing}
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     profile_dir = Path(args.profile).resolve() if args.profile else None
     if profile_dir:
@@ -330,7 +336,7 @@ def main() -> None:
         root = Path(tmp)
         if "throughput" in sections:
             rows = []
-            for s in _throughput_scenarios(args.quick):
+            for s in _throughput_scenarios(args.quick, args.tracing):
                 log(f"throughput: C={s.concurrency} L={s.latency_s * 1000:g} ms, {s.n_evals} evaluations ...")
                 r = _spawn(s, root / s.name, prof(s.name))
                 limit = s.concurrency / s.latency_s

@@ -76,6 +76,17 @@ async def _open_store(path: Path) -> Any:
     return await Store.open(path)
 
 
+async def _report_or_exit(store: Any, run_id: int) -> Any:
+    """The run's report, or a clear message and exit code 2 for an unknown run."""
+    from convergence.outputs import build_report
+
+    try:
+        return await build_report(store, run_id)
+    except KeyError as exc:
+        err.print(f"[red]{exc.args[0]}[/]")
+        raise typer.Exit(2) from None
+
+
 # --------------------------------------------------------------------------- optimize
 
 
@@ -279,15 +290,10 @@ def show(run: int = typer.Argument(..., help="Run id (see `convergence runs`).")
 
 async def _show(path: Path, run_id: int, top: int) -> None:
     from convergence.cli.progress import short_config
-    from convergence.outputs import build_report
 
     store = await _open_store(path)
     try:
-        try:
-            report = await build_report(store, run_id)
-        except KeyError as exc:
-            err.print(f"[red]{exc.args[0]}[/]")
-            raise typer.Exit(2) from None
+        report = await _report_or_exit(store, run_id)
         console.print(f"[bold]run {report.run_id}[/] study [cyan]{report.study}[/] - {report.status}: {report.stop_reason}")
         console.print(f"  started {report.started_at}, finished {report.finished_at or '-'}, seed {report.seed}, "
                       f"{report.total_calls} calls, ${report.total_cost_usd:.4f}, {report.elapsed_seconds:.1f}s")
@@ -323,16 +329,11 @@ def export_cmd(run: int = typer.Argument(..., help="Run id."),
 
 
 async def _export(path: Path, run_id: int, fmt: str, out: Optional[Path]) -> None:
-    from convergence.outputs import build_report
     from convergence.reporting.export import export_config
 
     store = await _open_store(path)
     try:
-        try:
-            report = await build_report(store, run_id)
-        except KeyError as exc:
-            err.print(f"[red]{exc.args[0]}[/]")
-            raise typer.Exit(2) from None
+        report = await _report_or_exit(store, run_id)
         if report.best is None:
             err.print(f"[red]run {run_id} has no completed trial to export[/]")
             raise typer.Exit(1)

@@ -52,13 +52,13 @@ async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> Non
 
 async def test_buffered_case_results_and_trials_are_durable_after_close(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    async with await Store.open(db, flush_interval=3600, flush_rows=10_000) as store:
+    async with await Store.open(db, flush_interval=3600) as store:
         run_id = await store.start_run("s", {"a": 1}, seed=5, config_path=None)
         for i in range(50):
             call = CallResult(output={"answer": i}, latency_ms=1.5, cost_usd=0.001, prompt_tokens=3,
                               completion_tokens=2, attempts=2 if i == 0 else 1, error=None if i else "timeout: x")
-            await store.record_case(run_id, "h1", CaseResult(f"c{i}", call, {"acc": float(i % 2)}))
-        await store.record_trial(run_id, TrialRecord({"x": 1}, "h1", 0, "evolution", score=0.5, n_cases=50))
+            store.record_case(run_id, "h1", CaseResult(f"c{i}", call, {"acc": float(i % 2)}))
+        store.record_trial(run_id, TrialRecord({"x": 1}, "h1", 0, "evolution", score=0.5, n_cases=50))
         # nothing forced a flush yet: closing must write the buffer
     async with await Store.open(db) as store:
         cases = (await store.case_results(run_id))["h1"]
@@ -68,7 +68,7 @@ async def test_buffered_case_results_and_trials_are_durable_after_close(tmp_path
         [trial] = await store.trials(run_id)
         assert trial.score == 0.5 and trial.config == {"x": 1}
         # a later update of the same trial replaces it, it does not duplicate it
-        await store.record_trial(run_id, TrialRecord({"x": 1}, "h1", 0, "evolution", score=0.9, n_cases=50))
+        store.record_trial(run_id, TrialRecord({"x": 1}, "h1", 0, "evolution", score=0.9, n_cases=50))
         await store.flush()
         assert [t.score for t in await store.trials(run_id)] == [0.9]
 

@@ -190,48 +190,49 @@ class Optimizer:
         gens_run = 0
         self._cached_hits = 0
         try:
-            for gen in range(evo.generations):
-                rng = np.random.default_rng([seed, gen])
-                if gen in stored_gens:
-                    proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
-                else:
-                    n_new = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, len(population))
-                    proposals = self._warm_proposals(warm, seen) if gen == 0 else []
-                    ctx = ProposalContext(self.space, gen, population, history, rng, seen)
-                    proposals += await self._propose(gen, ctx, n_new - len(proposals))
-                    if not proposals:
-                        stop_reason = "search space exhausted: every configuration was evaluated"
+            async with self.store.autoflush():
+                for gen in range(evo.generations):
+                    rng = np.random.default_rng([seed, gen])
+                    if gen in stored_gens:
+                        proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
+                    else:
+                        n_new = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, len(population))
+                        proposals = self._warm_proposals(warm, seen) if gen == 0 else []
+                        ctx = ProposalContext(self.space, gen, population, history, rng, seen)
+                        proposals += await self._propose(gen, ctx, n_new - len(proposals))
+                        if not proposals:
+                            stop_reason = "search space exhausted: every configuration was evaluated"
+                            break
+                        self.store.record_generation_start(
+                            run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
+                                          for p in proposals]
+                        )
+                    seen.update(p.config_hash for p in proposals)
+                    self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
+                    new = await self._evaluate_generation(gen, proposals, cached, best)
+                    gens_run += 1
+                    usable = [t for t in new if t.usable]
+                    history.extend(usable)
+                    self.society.observe(new)
+                    population = sorted(population + usable, key=lambda t: -t.score)[: evo.population_size]
+                    gen_best = max(usable, key=lambda t: t.score, default=None)
+                    if gen_best is not None and (best is None or gen_best.score > best.score):
+                        best = gen_best
+                    mean = float(np.mean([t.score for t in usable])) if usable else None
+                    self.store.record_generation_end(
+                        run_id, gen, gen_best.score if gen_best else None, mean, len(new)
+                    )
+                    self.events.generation_finished(gen, best, new)
+                    if budget.exhausted:
+                        stop_reason = budget.exhausted
+                        status = "stopped"
                         break
-                    await self.store.record_generation_start(
-                        run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
-                                      for p in proposals]
-                    )
-                seen.update(p.config_hash for p in proposals)
-                self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
-                new = await self._evaluate_generation(gen, proposals, cached, best)
-                gens_run += 1
-                usable = [t for t in new if t.usable]
-                history.extend(usable)
-                self.society.observe(new)
-                population = sorted(population + usable, key=lambda t: -t.score)[: evo.population_size]
-                gen_best = max(usable, key=lambda t: t.score, default=None)
-                if gen_best is not None and (best is None or gen_best.score > best.score):
-                    best = gen_best
-                mean = float(np.mean([t.score for t in usable])) if usable else None
-                await self.store.record_generation_end(
-                    run_id, gen, gen_best.score if gen_best else None, mean, len(new)
-                )
-                self.events.generation_finished(gen, best, new)
-                if budget.exhausted:
-                    stop_reason = budget.exhausted
-                    status = "stopped"
-                    break
-                if stopper.update(best.score if best else None) and gen < evo.generations - 1:
-                    stop_reason = (
-                        f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement} "
-                        f"for {stopper.stale} generation(s)"
-                    )
-                    break
+                    if stopper.update(best.score if best else None) and gen < evo.generations - 1:
+                        stop_reason = (
+                            f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement} "
+                            f"for {stopper.stale} generation(s)"
+                        )
+                        break
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) else "failed"
             with anyio.CancelScope(shield=True):
@@ -273,23 +274,26 @@ class Optimizer:
         self, gen: int, proposals: Sequence[Proposal], cached: dict[str, dict[str, CaseResult]],
         best: TrialRecord | None,
     ) -> list[TrialRecord]:
-        results: list[list[CaseResult]] = [[] for _ in proposals]
+        self._live_best = best
+        slots = [_Slot(gen, p, self.space.resolve(p.config)) for p in proposals]
+        jobs: list[tuple[_Slot, TestCase]] = []
+        for slot in slots:
+            hits = cached.get(slot.proposal.config_hash, {})
+            for case in self.cases:
+                hit = hits.get(case.id)
+                if hit is not None:
+                    self._cached_hits += 1
+                    slot.results.append(hit)
+                    self.events.case_finished(slot.proposal, hit, True)
+                else:
+                    jobs.append((slot, case))
+                    slot.pending += 1
+            if not slot.pending:
+                self._complete(slot)
         remaining = self.budget.remaining_seconds()
         with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
-            jobs: list[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]] = []
-            for i, p in enumerate(proposals):
-                resolved = self.space.resolve(p.config)
-                hits = cached.get(p.config_hash, {})
-                for case in self.cases:
-                    hit = hits.get(case.id)
-                    if hit is not None:
-                        self._cached_hits += 1
-                        results[i].append(hit)
-                        self.events.case_finished(p, hit, True)
-                    else:
-                        jobs.append((p, resolved, case, results[i]))
             if jobs and tracing.active():
-                await self._eval_traced(gen, jobs)
+                await self._eval_traced(jobs)
             elif jobs:
                 # `concurrency` long-lived workers pull (config x case) jobs in
                 # order from one shared iterator: the same cap and FIFO start
@@ -302,61 +306,62 @@ class Optimizer:
         if scope.cancelled_caught and not self.budget.exhausted:
             self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
         trials: list[TrialRecord] = []
-        for p, case_results in zip(proposals, results):
-            trial = self._score(gen, p, case_results)
-            await self.store.record_trial(self.run_id, trial)
-            if trial.usable and (best is None or trial.score > best.score):
-                best = trial
-            self.events.trial_finished(trial, best)
+        for slot in slots:  # proposal order, so the store (and a seeded run) is deterministic
+            trial = slot.record or self._complete(slot)
+            self.store.record_trial(self.run_id, trial)
             trials.append(trial)
         return trials
 
-    async def _eval_worker(
-        self, jobs: Iterator[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]]
-    ) -> None:
-        """One concurrency slot: evaluate jobs until the shared iterator is empty."""
-        for p, params, case, sink in jobs:
-            await self._eval_case(p, params, case, sink)
+    def _complete(self, slot: "_Slot") -> TrialRecord:
+        """Score a trial the moment its last case lands (inside the generation,
+        where the loop has idle time) and tell the UI about the live best."""
+        slot.record = trial = self._score(slot.generation, slot.proposal, slot.results)
+        if trial.usable and (self._live_best is None or trial.score > self._live_best.score):
+            self._live_best = trial
+        self.events.trial_finished(trial, self._live_best)
+        return trial
 
-    async def _eval_traced(
-        self, gen: int, jobs: list[tuple[Proposal, dict[str, Any], TestCase, list[CaseResult]]]
-    ) -> None:
+    async def _eval_worker(self, jobs: Iterator[tuple["_Slot", TestCase]]) -> None:
+        """One concurrency slot: evaluate jobs until the shared iterator is empty."""
+        for slot, case in jobs:
+            await self._eval_case(slot, case)
+
+    async def _eval_traced(self, jobs: list[tuple["_Slot", TestCase]]) -> None:
         """Traced runs only: one task per trial, so each trial is the parent of its
         case calls in Weave; one limiter of ``concurrency`` slots for the whole generation."""
         limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
-        by_trial: dict[int, tuple[Proposal, dict[str, Any], list[TestCase], list[CaseResult]]] = {}
-        for p, params, case, sink in jobs:
-            by_trial.setdefault(id(sink), (p, params, [], sink))[2].append(case)
+        by_trial: dict[int, tuple[_Slot, list[TestCase]]] = {}
+        for slot, case in jobs:
+            by_trial.setdefault(id(slot), (slot, []))[1].append(case)
         async with anyio.create_task_group() as tg:
-            for p, params, cases, sink in by_trial.values():
-                tg.start_soon(self._eval_trial, gen, p, params, cases, sink, limiter)
+            for slot, cases in by_trial.values():
+                tg.start_soon(self._eval_trial, slot, cases, limiter)
 
     @tracing.traced("convergence.trial", inputs=trace_views.trial_inputs, output=trace_views.trial_output)
-    async def _eval_trial(
-        self, gen: int, p: Proposal, params: dict[str, Any], cases: list[TestCase], sink: list[CaseResult],
-        limiter: anyio.CapacityLimiter,
-    ) -> TrialRecord:
+    async def _eval_trial(self, slot: "_Slot", cases: list[TestCase], limiter: anyio.CapacityLimiter) -> TrialRecord:
         """One configuration on its pending test cases; returns its score so the trace shows it."""
 
         async def one(case: TestCase) -> None:
             async with limiter:
-                await self._eval_case(p, params, case, sink)
+                await self._eval_case(slot, case)
 
         async with anyio.create_task_group() as tg:
             for case in cases:
                 tg.start_soon(one, case)
-        return self._score(gen, p, sink)
+        return slot.record or self._score(slot.generation, slot.proposal, slot.results)
 
-    async def _eval_case(self, p: Proposal, params: dict[str, Any], case: TestCase, sink: list[CaseResult]) -> None:
-        if not self.budget.reserve_call():
-            return
-        call: CallResult = await self.runner.run(params, case)
-        self.budget.charge(call.cost_usd, call.attempts - 1)
-        metrics = await self.evaluator.evaluate(case, call)
-        result = CaseResult(case.id, call, metrics)
-        sink.append(result)
-        await self.store.record_case(self.run_id, p.config_hash, result)
-        self.events.case_finished(p, result, False)
+    async def _eval_case(self, slot: "_Slot", case: TestCase) -> None:
+        if self.budget.reserve_call():
+            call: CallResult = await self.runner.run(slot.params, case)
+            self.budget.charge(call.cost_usd, call.attempts - 1)
+            metrics = await self.evaluator.evaluate(case, call)
+            result = CaseResult(case.id, call, metrics)
+            slot.results.append(result)
+            self.store.record_case(self.run_id, slot.proposal.config_hash, result)
+            self.events.case_finished(slot.proposal, result, False)
+        slot.pending -= 1
+        if slot.pending == 0:
+            self._complete(slot)
 
     def _score(self, gen: int, p: Proposal, case_results: list[CaseResult]) -> TrialRecord:
         # results arrive in completion order; fix the order so float sums (and a seeded run) repeat
@@ -379,6 +384,18 @@ class Optimizer:
             trial.cost_usd = sum(r.call.cost_usd for r in case_results)
             trial.latency_ms = float(np.mean([r.call.latency_ms for r in case_results]))
         return trial
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One trial in flight: its results so far and how many cases are still out."""
+
+    generation: int
+    proposal: Proposal
+    params: dict[str, Any]
+    results: list[CaseResult] = field(default_factory=list)
+    pending: int = 0
+    record: TrialRecord | None = None
 
 
 class ResumeError(Exception):

@@ -13,12 +13,19 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
 
 from convergence.config.models import CategoricalParam, ContinuousParam, DiscreteParam, SearchSpaceConfig
 from convergence.core.types import Config
+
+
+@lru_cache(maxsize=256)
+def _decimals(step: float) -> int:
+    """Digits to round a stepped value to, so 0.1 * 3 snaps to 0.3, not 0.30000000000000004."""
+    return max(0, -int(math.floor(math.log10(step))) + 2)
 
 
 def _label(value: Any) -> Any:
@@ -53,8 +60,7 @@ class Dimension:
         if self.step:
             x = self.low + round((x - self.low) / self.step) * self.step
             x = min(max(x, self.low), self.high)
-            decimals = max(0, -int(math.floor(math.log10(self.step))) + 2)
-            return round(x, decimals)
+            return round(x, _decimals(self.step))
         return float(x)
 
     def sample(self, rng: np.random.Generator) -> Any:
@@ -99,8 +105,9 @@ class Dimension:
         edges = np.linspace(lo, hi, bins + 1)
         return [(float(edges[i]), float(edges[i + 1])) for i in range(bins)]
 
-    def arm_of(self, value: Any, bins: int) -> int:
-        arms = self.arms(bins)
+    def arm_of(self, value: Any, bins: int, arms: list[Any] | None = None) -> int:
+        """Index of the arm holding ``value``; pass ``arms`` (from :meth:`arms`) to skip rebuilding them."""
+        arms = self.arms(bins) if arms is None else arms
         if arms and isinstance(arms[0], tuple):
             x = math.log(value) if self.log else float(value)
             for i, (lo, hi) in enumerate(arms):
@@ -205,7 +212,9 @@ class SearchSpace:
         return out
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def config_hash(config: Config) -> str:
     """Stable identity of a configuration (used for de-duplication and resume)."""
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+    return hashlib.sha1(_CANONICAL_JSON.encode(config).encode()).hexdigest()[:16]

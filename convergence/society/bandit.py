@@ -14,7 +14,7 @@ take the best arm per parameter.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,18 +39,19 @@ class BanditProposer:
         self._scores: list[float] = []
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
-        out: list[Config] = []
-        for _ in range(n):
-            cfg: Config = {}
-            for name, d in self.space.dims.items():
-                arms = self.arms[name]
-                if ctx.rng.random() < self.cfg.exploration_rate:
-                    i = int(ctx.rng.integers(len(arms)))
-                else:
-                    i = int(np.argmax(ctx.rng.beta(self.alpha[name], self.beta[name])))
-                cfg[name] = d.sample_in_arm(arms[i], ctx.rng)
-            out.append(cfg)
-        return out
+        """Thompson sampling, vectorised per parameter: one posterior draw per
+        (proposal, arm), the best arm wins, ``exploration_rate`` picks at random."""
+        if n <= 0:
+            return []
+        columns: dict[str, list[Any]] = {}
+        for name, d in self.space.dims.items():
+            arms = self.arms[name]
+            choice = ctx.rng.beta(self.alpha[name], self.beta[name], size=(n, len(arms))).argmax(axis=1)
+            explore = ctx.rng.random(n) < self.cfg.exploration_rate
+            if explore.any():
+                choice[explore] = ctx.rng.integers(len(arms), size=int(explore.sum()))
+            columns[name] = [d.sample_in_arm(arms[int(i)], ctx.rng) for i in choice]
+        return [{name: col[j] for name, col in columns.items()} for j in range(n)]
 
     def observe(self, trials: Sequence[TrialRecord]) -> None:
         added = False
@@ -58,7 +59,7 @@ class BanditProposer:
             if t.status == "partial" or any(name not in t.config for name in self.space.dims):
                 continue
             for name, d in self.space.dims.items():
-                self._arm_idx[name].append(d.arm_of(t.config[name], self.cfg.bins))
+                self._arm_idx[name].append(d.arm_of(t.config[name], self.cfg.bins, self.arms[name]))
             self._scores.append(min(max(t.score, 0.0), 1.0))
             added = True
         if not added:

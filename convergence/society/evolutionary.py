@@ -22,8 +22,8 @@ class EvolutionaryProposer:
         self.cfg = cfg
 
     def _tournament(self, pop: list[TrialRecord], rng: np.random.Generator) -> TrialRecord:
-        k = min(self.cfg.tournament_size, len(pop))
-        idx = rng.choice(len(pop), size=k, replace=False)
+        # contestants drawn with replacement (the classic tournament; much cheaper than a permutation)
+        idx = rng.integers(len(pop), size=min(self.cfg.tournament_size, len(pop)))
         return max((pop[int(i)] for i in idx), key=lambda t: t.score)
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:

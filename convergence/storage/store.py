@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiosqlite
 import anyio
@@ -67,27 +68,43 @@ def _output_text(v: Any) -> str | None:
     return _dump(v)
 
 
+_SQL_GEN_START = (
+    "INSERT OR REPLACE INTO generations(run_id, number, proposals_json, started_at) VALUES (?,?,?,?)"
+)
+_SQL_GEN_END = (
+    "UPDATE generations SET best_score=?, mean_score=?, n_new=?, finished_at=? WHERE run_id=? AND number=?"
+)
+_SQL_CASE = (
+    "INSERT OR REPLACE INTO case_results(run_id, config_hash, case_id, output, error, latency_ms, "
+    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_SQL_TRIAL = (
+    "INSERT INTO trials(run_id, config_hash, generation, proposer, config_json, status, score, "
+    "metrics_json, normalized_json, cost_usd, latency_ms, n_cases, n_errors, thresholds_passed, "
+    "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(run_id, config_hash) DO UPDATE SET status=excluded.status, score=excluded.score, "
+    "metrics_json=excluded.metrics_json, normalized_json=excluded.normalized_json, "
+    "cost_usd=excluded.cost_usd, latency_ms=excluded.latency_ms, n_cases=excluded.n_cases, "
+    "n_errors=excluded.n_errors, thresholds_passed=excluded.thresholds_passed, "
+    "finished_at=excluded.finished_at"
+)
+
+
 class Store:
     """Async repository over the project database."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, flush_interval: float, flush_rows: int):
+    def __init__(self, db: aiosqlite.Connection, path: Path, flush_interval: float):
         self._db = db
         self.path = path
         self._flush_interval = flush_interval
-        self._flush_rows = flush_rows
-        self._cases: list[tuple[Any, ...]] = []
-        self._trials: list[tuple[Any, ...]] = []
+        self._pending: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._lock = anyio.Lock()
-        self._last_flush = time.monotonic()
-        self._flushes_pending = 0
-        """Flushes entered but not finished. While one is under way, buffered
-        writes start no other: hundreds of concurrent callers would otherwise
-        all queue on the lock (each holding a concurrency slot) for empty flushes."""
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: str | Path, *, flush_interval: float = 0.25, flush_rows: int = 2000) -> "Store":
+    async def open(cls, path: str | Path, *, flush_interval: float = 0.25) -> "Store":
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(p, timeout=30)
@@ -95,7 +112,7 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA busy_timeout=30000")
-            store = cls(db, p, flush_interval, flush_rows)
+            store = cls(db, p, flush_interval)
             await store._migrate()
         except BaseException:
             await db.close()
@@ -175,79 +192,68 @@ class Store:
         await self._db.execute("UPDATE runs SET status='running', finished_at=NULL WHERE id=?", (run_id,))
         await self._db.commit()
 
-    async def record_generation_start(self, run_id: int, number: int, proposals: list[dict[str, Any]]) -> None:
-        await self.flush()
-        await self._db.execute(
-            "INSERT OR REPLACE INTO generations(run_id, number, proposals_json, started_at) VALUES (?,?,?,?)",
-            (run_id, number, _dump(proposals), time.time()),
-        )
-        await self._db.commit()
+    # Buffered writes: appended in order, written in order by ``flush`` in one
+    # transaction. A case result can therefore never be on disk without the
+    # generation row (with its proposals) that precedes it.
 
-    async def record_generation_end(
+    def _buffer(self, sql: str, row: tuple[Any, ...]) -> None:
+        if self._pending and self._pending[-1][0] is sql:
+            self._pending[-1][1].append(row)
+        else:
+            self._pending.append((sql, [row]))
+
+    def record_generation_start(self, run_id: int, number: int, proposals: list[dict[str, Any]]) -> None:
+        self._buffer(_SQL_GEN_START, (run_id, number, _dump(proposals), time.time()))
+
+    def record_generation_end(
         self, run_id: int, number: int, best_score: float | None, mean_score: float | None, n_new: int
     ) -> None:
-        await self.flush()
-        await self._db.execute(
-            "UPDATE generations SET best_score=?, mean_score=?, n_new=?, finished_at=? WHERE run_id=? AND number=?",
-            (best_score, mean_score, n_new, time.time(), run_id, number),
-        )
-        await self._db.commit()
+        self._buffer(_SQL_GEN_END, (best_score, mean_score, n_new, time.time(), run_id, number))
 
-    async def record_case(self, run_id: int, config_hash: str, result: CaseResult) -> None:
+    def record_case(self, run_id: int, config_hash: str, result: CaseResult) -> None:
         c = result.call
-        self._cases.append(
+        self._buffer(
+            _SQL_CASE,
             (run_id, config_hash, result.case_id, _output_text(c.output), c.error, c.latency_ms, c.cost_usd,
-             c.prompt_tokens, c.completion_tokens, c.attempts, _dump(result.metrics), time.time())
+             c.prompt_tokens, c.completion_tokens, c.attempts, _dump(result.metrics), time.time()),
         )
-        if not self._flushes_pending and (
-            len(self._cases) >= self._flush_rows or time.monotonic() - self._last_flush > self._flush_interval
-        ):
-            await self.flush()
 
-    async def record_trial(self, run_id: int, trial: TrialRecord) -> None:
-        self._trials.append(
+    def record_trial(self, run_id: int, trial: TrialRecord) -> None:
+        self._buffer(
+            _SQL_TRIAL,
             (run_id, trial.config_hash, trial.generation, trial.proposer, _dump(trial.config), trial.status,
              trial.score, _dump(trial.metrics), _dump(trial.normalized), trial.cost_usd, trial.latency_ms,
-             trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time())
+             trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time()),
         )
-        if not self._flushes_pending and time.monotonic() - self._last_flush > self._flush_interval:
-            await self.flush()
 
     async def flush(self) -> None:
-        """Write buffered rows in one transaction."""
-        self._flushes_pending += 1
-        try:
-            await self._flush_locked()
-        finally:
-            self._flushes_pending -= 1
-
-    async def _flush_locked(self) -> None:
+        """Write everything buffered so far, in order, in one transaction."""
         async with self._lock:
-            cases, self._cases = self._cases, []
-            trials, self._trials = self._trials, []
-            self._last_flush = time.monotonic()
-            if not cases and not trials:
+            pending, self._pending = self._pending, []
+            if not pending:
                 return
-            if cases:
-                await self._db.executemany(
-                    "INSERT OR REPLACE INTO case_results(run_id, config_hash, case_id, output, error, latency_ms, "
-                    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    cases,
-                )
-            if trials:
-                await self._db.executemany(
-                    "INSERT INTO trials(run_id, config_hash, generation, proposer, config_json, status, score, "
-                    "metrics_json, normalized_json, cost_usd, latency_ms, n_cases, n_errors, thresholds_passed, "
-                    "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT(run_id, config_hash) DO UPDATE SET status=excluded.status, score=excluded.score, "
-                    "metrics_json=excluded.metrics_json, normalized_json=excluded.normalized_json, "
-                    "cost_usd=excluded.cost_usd, latency_ms=excluded.latency_ms, n_cases=excluded.n_cases, "
-                    "n_errors=excluded.n_errors, thresholds_passed=excluded.thresholds_passed, "
-                    "finished_at=excluded.finished_at",
-                    trials,
-                )
+            for sql, rows in pending:
+                await self._db.executemany(sql, rows)
             await self._db.commit()
+
+    @asynccontextmanager
+    async def autoflush(self, interval: float | None = None) -> AsyncIterator[None]:
+        """Flush in the background every ``interval`` seconds while the body
+        runs, and once more at the end: writers never wait for the disk."""
+
+        async def loop() -> None:
+            while True:
+                await anyio.sleep(interval or self._flush_interval)
+                await self.flush()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loop)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self.flush()
 
     # ------------------------------------------------------------------ reads
 

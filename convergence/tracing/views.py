@@ -88,10 +88,10 @@ def generation_output(trials: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def trial_inputs(optimizer: Any, gen: int, p: Any, params: dict[str, Any], cases: Sequence[Any],
-                 *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return {"generation": gen, "configuration": p.config, "resolved": params, "config_hash": p.config_hash,
-            "proposer": p.proposer, "case_ids": [c.id for c in cases]}
+def trial_inputs(optimizer: Any, slot: Any, cases: Sequence[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    p = slot.proposal
+    return {"generation": slot.generation, "configuration": p.config, "resolved": slot.params,
+            "config_hash": p.config_hash, "proposer": p.proposer, "case_ids": [c.id for c in cases]}
 
 
 def trial_output(trial: Any) -> dict[str, Any] | None:

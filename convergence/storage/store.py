@@ -91,6 +91,12 @@ _SQL_TRIAL = (
 )
 
 
+def _case_rows(rows: list[tuple[Any, ...]]) -> Any:
+    """Encode buffered case rows lazily (consumed by sqlite in the writer thread)."""
+    for r in rows:
+        yield r[:3] + (_output_text(r[3]),) + r[4:10] + (_dump(r[10]), r[11])
+
+
 class Store:
     """Async repository over the project database."""
 
@@ -211,11 +217,13 @@ class Store:
         self._buffer(_SQL_GEN_END, (best_score, mean_score, n_new, time.time(), run_id, number))
 
     def record_case(self, run_id: int, config_hash: str, result: CaseResult) -> None:
+        # raw objects here; JSON is encoded at flush time in the writer thread,
+        # off the event loop's path between a call's end and the next call
         c = result.call
         self._buffer(
             _SQL_CASE,
-            (run_id, config_hash, result.case_id, _output_text(c.output), c.error, c.latency_ms, c.cost_usd,
-             c.prompt_tokens, c.completion_tokens, c.attempts, _dump(result.metrics), time.time()),
+            (run_id, config_hash, result.case_id, c.output, c.error, c.latency_ms, c.cost_usd,
+             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time()),
         )
 
     def record_trial(self, run_id: int, trial: TrialRecord) -> None:
@@ -233,7 +241,7 @@ class Store:
             if not pending:
                 return
             for sql, rows in pending:
-                await self._db.executemany(sql, rows)
+                await self._db.executemany(sql, _case_rows(rows) if sql is _SQL_CASE else rows)
             await self._db.commit()
 
     @asynccontextmanager

@@ -245,7 +245,6 @@ optimization:
 
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    ids = {p.name: case for p, case in []}  # noqa: F841 - clarity below
     case_ids = {"one": "case-1", "two": "case-2"}
     after = [json.loads(line) for line in log.read_text().splitlines()[calls_before:]]
     repaid = {(config_hash(c["params"]), case_ids[c["input"]]) for c in after} & done_before

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
@@ -136,42 +135,40 @@ class Optimizer:
 
     # ------------------------------------------------------------------ internals
 
+    async def _open_run(self, study: str, resume: bool) -> tuple[int, int, Budget, dict[str, dict[str, CaseResult]], dict[int, list[dict[str, Any]]]]:
+        """Start a new run, or reopen the study's unfinished one with everything
+        it already paid for: (run id, seed, budget so far, cached case results,
+        stored proposals per generation)."""
+        budget = Budget(self.opt.budget)
+        if not resume:
+            seed = self.opt.seed if self.opt.seed is not None else secrets.randbits(32)
+            run_id = await self.store.start_run(study, self.loaded.raw, seed, str(self.loaded.path))
+            await self.store.save_test_cases(run_id, self.cases)
+            return run_id, seed, budget, {}, {}
+        prev = await self.store.latest_unfinished_run(study)
+        if prev is None:
+            raise ResumeError(f"no unfinished run of study '{study}' to resume in {self.store.path}")
+        assert prev.seed is not None
+        await self.store.mark_running(prev.id)
+        cached = await self.store.case_results(prev.id)
+        stored_gens = {g.number: g.proposals for g in await self.store.generations(prev.id)}
+        budget.prior_seconds = prev.elapsed_seconds
+        for by_case in cached.values():
+            for r in by_case.values():
+                budget.calls += r.call.attempts
+                budget.cost_usd += r.call.cost_usd
+        self.events.message(
+            f"resuming run {prev.id}: {sum(len(v) for v in cached.values())} finished case results reused"
+        )
+        return prev.id, prev.seed, budget, cached, stored_gens
+
     async def _run(self, resume: bool) -> RunOutcome:
         study = self.cfg.study_name
-        cached: dict[str, dict[str, CaseResult]] = {}
-        stored_gens: dict[int, list[dict[str, Any]]] = {}
-        budget = Budget(self.opt.budget)
-        seed = self.opt.seed
-        if resume:
-            prev = await self.store.latest_unfinished_run(study)
-            if prev is None:
-                raise ResumeError(f"no unfinished run of study '{study}' to resume in {self.store.path}")
-            run_id = prev.id
-            seed = prev.seed
-            await self.store.mark_running(run_id)
-            cached = await self.store.case_results(run_id)
-            stored_gens = {g.number: g.proposals for g in await self.store.generations(run_id)}
-            budget.prior_seconds = prev.elapsed_seconds
-            for by_case in cached.values():
-                for r in by_case.values():
-                    budget.calls += r.call.attempts
-                    budget.cost_usd += r.call.cost_usd
-            self.events.message(
-                f"resuming run {run_id}: {sum(len(v) for v in cached.values())} finished case results reused"
-            )
-        else:
-            if seed is None:
-                seed = secrets.randbits(32)
-            run_id = await self.store.start_run(
-                study, self.loaded.raw, seed, str(self.loaded.path)
-            )
-            await self.store.save_test_cases(run_id, self.cases)
-        assert seed is not None
+        run_id, seed, budget, cached, stored_gens = await self._open_run(study, resume)
         self.run_id = run_id
         self.budget = budget
         await tracing.start_run(self.cfg.tracing.weave, self.store, study=study, run_id=run_id, seed=seed,
                                 config=self.loaded.raw, resume=resume, notify=self.events.message)
-        started = time.monotonic()
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)

@@ -22,9 +22,12 @@ class EvolutionaryProposer:
         self.cfg = cfg
 
     def _tournament(self, pop: list[TrialRecord], rng: np.random.Generator) -> TrialRecord:
-        # contestants drawn with replacement (the classic tournament; much cheaper than a permutation)
-        idx = rng.integers(len(pop), size=min(self.cfg.tournament_size, len(pop)))
-        return max((pop[int(i)] for i in idx), key=lambda t: t.score)
+        # k distinct contestants; redrawing on a repeat is far cheaper than rng.choice(replace=False)
+        k = min(self.cfg.tournament_size, len(pop))
+        picked: set[int] = set()
+        while len(picked) < k:
+            picked.add(int(rng.integers(len(pop))))
+        return max((pop[i] for i in sorted(picked)), key=lambda t: t.score)
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
         pop = ctx.population or ctx.history

@@ -206,7 +206,7 @@ def test_html_plots_are_interactive_pages_holding_the_trial_data(tmp_path: Path)
     assert best is not None
     page = (tmp_path / "score_over_time.html").read_text()
     assert 'src="plotly.min.js"' in page and "best so far" in page
-    assert f"trial {best.trial_id} (gen {best.generation}" in page  # hover text of the best trial
+    assert f"trial {best.trial_id} (gen {best.generation + 1}" in page  # hover text of the best trial (1-based)
     assert str(best.score) in page
     assert "noise" in (tmp_path / "parameter_importance.html").read_text()
     assert "[Score over generations](score_over_time.html)" in (tmp_path / "report.md").read_text()

@@ -164,7 +164,7 @@ def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool)
         "cost (USD)", "latency (ms)"] + report.parameters
     rows = []
     for i, t in enumerate(trials, 1):
-        rows.append((([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation), _md(t.proposer),
+        rows.append((([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
                      _num(t.score)] + [_num(t.metrics.get(m)) for m in metrics]
                      + [_num(t.cost_usd), _num(t.latency_ms)]
                      + [_md(t.config.get(p, ""), 40) for p in report.parameters]))
@@ -194,7 +194,7 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
             rows.append([_md(p), _md(label), "" if value == label else _md(value)])
         out += _table(["parameter", "value", "resolved value (if different)"], rows) + [""]
         out += [f"Best score **{_num(best.score)}** (trial {_num(best.trial_id)}, generation "
-                f"{best.generation}, proposed by {_md(best.proposer)}); worst complete trial scored "
+                f"{best.generation + 1}, proposed by {_md(best.proposer)}); worst complete trial scored "
                 f"**{_num(worst.score if worst else None)}**.", ""]
         if best.metrics:
             out += _table(["metric", "best trial mean", "direction", "weight"],
@@ -208,7 +208,7 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
     out += _trial_table(report, shown, False) + [""]
     out += ["## Generations", ""] + _table(
         ["generation", "best", "mean", "trials", "new"],
-        [[str(g.number), _num(g.best_score), _num(g.mean_score), str(g.n_trials), str(g.n_new)]
+        [[str(g.number + 1), _num(g.best_score), _num(g.mean_score), str(g.n_trials), str(g.n_new)]
          for g in report.generation_summaries()]) + [""]
     out += ["## Parameter importance", "",
             "Share of the score's variance each parameter explains on its own (grouped by value, "

@@ -43,6 +43,8 @@ class Chart:
     series: list[Series] = field(default_factory=list)
     note: str | None = None
     """Shown under the title, e.g. why latency stands in for cost."""
+    integer_x: bool = False
+    """Whole-number ticks on the x axis (generations)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -56,13 +58,13 @@ def _short(value: object, limit: int = 40) -> str:
 def trial_label(t: TrialRecord) -> str:
     cfg = ", ".join(f"{k}={_short(v)}" for k, v in t.config.items())
     tid = f"trial {t.trial_id}" if t.trial_id is not None else "trial"
-    return f"{tid} (gen {t.generation}, {t.proposer}) score {t.score:.4g}: {cfg}"
+    return f"{tid} (gen {t.generation + 1}, {t.proposer}) score {t.score:.4g}: {cfg}"
 
 
 def score_over_time(report: RunReport) -> Chart:
     usable = report.usable
     gens = report.generation_summaries()
-    xs = [float(g.number) for g in gens]
+    xs = [float(g.number + 1) for g in gens]  # people count generations from 1
     best_so_far: list[float] = []
     running = -math.inf
     for g in gens:
@@ -73,8 +75,9 @@ def score_over_time(report: RunReport) -> Chart:
         title=f"Score over generations — {report.study}, run {report.run_id}",
         x_label="generation",
         y_label="score",
+        integer_x=True,
         series=[
-            Series("trials", [float(t.generation) for t in usable], [t.score for t in usable], "dots",
+            Series("trials", [float(t.generation + 1) for t in usable], [t.score for t in usable], "dots",
                    [trial_label(t) for t in usable]),
             Series("generation mean", xs, [g.mean_score for g in gens], "line"),
             Series("best so far", xs, best_so_far, "step", emphasis=True),
@@ -193,6 +196,10 @@ def render_png(chart: Chart, path: Path) -> list[Path]:
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(chart.x_label)
     ax.set_ylabel(chart.y_label)
+    if chart.integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     if len(chart.series) > 1:
         ax.legend(loc="best", fontsize=9)

@@ -125,6 +125,14 @@ def _has_template(node: Any) -> bool:
     return False
 
 
+def _required(data: Any, path: str | None, what: str, body: str) -> Any:
+    """The value at ``path``, or a non-retryable error quoting what came back."""
+    try:
+        return extract(data, path)
+    except PathError as exc:
+        raise TargetError(f"{what} {path!r} not in response: {exc}; got {_snippet(body)!r}", retryable=False) from None
+
+
 class HTTPTarget:
     """Calls ``cfg.endpoint`` once per (configuration, test case)."""
 
@@ -217,22 +225,10 @@ class HTTPTarget:
                 message = err if isinstance(err, str) else json.dumps(err)[:_SNIPPET]
                 raise TargetError(f"{self.cfg.endpoint} reported an error: {message}", retryable=False)
         if rc.success_field:
-            try:
-                flag = extract(data, rc.success_field)
-            except PathError as exc:
-                raise TargetError(
-                    f"success field {rc.success_field!r} missing: {exc}; got {_snippet(response.text)!r}",
-                    retryable=False,
-                ) from None
+            flag = _required(data, rc.success_field, "success field", response.text)
             if not _is_success(flag):
                 raise TargetError(f"{self.cfg.endpoint} reported {rc.success_field}={flag!r}", retryable=False)
-        try:
-            output = extract(data, rc.result_field)
-        except PathError as exc:
-            raise TargetError(
-                f"result field {rc.result_field!r} not in response: {exc}; got {_snippet(response.text)!r}",
-                retryable=False,
-            ) from None
+        output = _required(data, rc.result_field, "result field", response.text)
         result = CallResult(output=output, raw=data)
         if rc.cost_field:
             result.cost_usd = self._cost(data, rc.cost_field)

@@ -19,6 +19,7 @@ completion prompt (see :func:`messages_to_prompt`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -86,6 +87,9 @@ def get_llama() -> Llama:
                     n_threads=os.cpu_count() or 1,
                     verbose=False,
                 )
+                # free it while the interpreter is intact; llama-cpp's __del__ at
+                # shutdown otherwise prints "Exception ignored ... NoneType"
+                atexit.register(_llm.close)
     return _llm
 
 

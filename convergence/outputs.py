@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from convergence.config.loader import LoadedConfig, parse_config, resolve_path
+from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig
 from convergence.core.space import SearchSpace
 from convergence.reporting.model import GenerationSummary, RunReport
@@ -18,11 +18,9 @@ def _iso(ts: float | None) -> str | None:
 
 def config_of_run(run: RunRow) -> ConvergenceConfig | None:
     """The config a run was started with (as stored), or None if it no longer validates."""
-    import yaml
-
     try:
-        return parse_config(yaml.safe_dump(run.config), Path(run.config_path or "stored-config.yaml")).config
-    except Exception:
+        return ConvergenceConfig.model_validate(run.config)
+    except ValueError:
         return None
 
 

@@ -18,7 +18,6 @@ from convergence.cli.app import app
 from convergence.config.loader import load_config
 from convergence.core.loop import Optimizer
 from convergence.storage.store import Store
-from convergence.tracing.records import save_run_trace
 
 TARGET = '''
 def answer(params, input):
@@ -61,7 +60,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
         async with await Store.open(root / "conv.db") as store:
             outcome = await Optimizer(load_config(cfg), store).run()
             # As a traced run would have recorded it.
-            await save_run_trace(store, outcome.run_id, project="ent/proj",
+            await store.save_run_trace(outcome.run_id, project="ent/proj",
                                  url="https://wandb.ai/ent/proj/r/call/0191-abc", call_id="0191-abc")
             return outcome.run_id
 

@@ -30,7 +30,6 @@ from convergence.config.loader import load_config
 from convergence.core.loop import Optimizer
 from convergence.storage.store import Store
 from convergence.tracing import has_credentials
-from convergence.tracing.records import run_traces
 from convergence.tracing.redact import REDACTED, Redactor, is_secret_key, secret_env_values
 
 SECRET = "sk-convergence-test-" + uuid.uuid4().hex
@@ -241,7 +240,7 @@ async def test_traced_run_arrives_as_one_call_tree(project: tuple[Path, str], we
 
     # The store remembers where the trace is, for `convergence traces`.
     async with await Store.open(db) as store:
-        (rec,) = await run_traces(store, outcome.run_id)
+        (rec,) = await store.run_traces(outcome.run_id)
     assert rec.call_id == run["id"] and rec.call_id in rec.url and rec.project == "test-entity/conv-tests"
 
 
@@ -254,7 +253,7 @@ async def test_disabled_tracing_sends_nothing_even_with_a_client(
     assert outcome.trials
     assert weave_server.requests == []
     async with await Store.open(db) as store:
-        assert await run_traces(store, outcome.run_id) == []
+        assert await store.run_traces(outcome.run_id) == []
 
 
 @pytest.mark.anyio

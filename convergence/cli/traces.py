@@ -20,7 +20,6 @@ async def build_tree(
 ) -> dict[str, Any]:
     """The run as nested plain data (what ``--json`` prints). ``generation`` is
     0-based as stored; ``trial`` is a trial id or a config-hash prefix."""
-    from convergence.tracing.records import run_traces
 
     run = await store.get_run(run_id)
     if run is None:
@@ -28,7 +27,7 @@ async def build_tree(
     gens = await store.generations(run_id)
     trials = await store.trials(run_id)
     results = await store.case_results(run_id)
-    traces = await run_traces(store, run_id)
+    traces = await store.run_traces(run_id)
     out_gens: list[dict[str, Any]] = []
     for g in gens:
         if generation is not None and g.number != generation:

@@ -42,6 +42,17 @@ class RunRow:
     elapsed_seconds: float
 
 
+@dataclass(slots=True, frozen=True)
+class RunTraceRecord:
+    """Where a traced run lives in Weave (``run_traces``, schema version 2)."""
+
+    run_id: int
+    project: str
+    url: str
+    call_id: str
+    created_at: float
+
+
 @dataclass(slots=True)
 class GenerationRow:
     number: int
@@ -359,6 +370,22 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    async def save_run_trace(self, run_id: int, *, project: str, url: str, call_id: str) -> None:
+        """One row per traced attempt of the run (a resumed run gets a second trace)."""
+        await self._db.execute(
+            "INSERT OR REPLACE INTO run_traces(run_id, call_id, project, url, created_at) VALUES (?,?,?,?,?)",
+            (run_id, call_id, project, url, time.time()),
+        )
+        await self._db.commit()
+
+    async def run_traces(self, run_id: int) -> list[RunTraceRecord]:
+        async with self._db.execute(
+            "SELECT run_id, project, url, call_id, created_at FROM run_traces WHERE run_id = ? ORDER BY created_at",
+            (run_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [RunTraceRecord(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
     async def test_case_inputs(self, run_id: int) -> dict[str, Any]:
         async with self._db.execute(

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
-from convergence.tracing.records import save_run_trace
 from convergence.tracing.redact import Redactor, secret_env_values
 
 if TYPE_CHECKING:
@@ -236,7 +235,7 @@ async def open_run(
 
         url = redirect_call(client.entity, client.project, call_id)
     run.url = url
-    await save_run_trace(store, run_id, project=f"{client.entity}/{client.project}", url=url, call_id=call_id)
+    await store.save_run_trace(run_id, project=f"{client.entity}/{client.project}", url=url, call_id=call_id)
     if notify is not None:
         notify(f"tracing to Weave: {url}")
     return run

@@ -1,12 +1,20 @@
-"""Glue between storage and reporting: read a run back, write its files."""
+"""Glue between storage and reporting: read a run back, write its files.
+
+:func:`write_run_outputs` (re)writes every output of any stored run —
+finished, stopped, failed, interrupted or killed — from the store alone; it
+is what ``convergence report RUN`` runs, and what ``optimize`` uses after a
+run (through :func:`write_outputs`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from convergence.config.loader import LoadedConfig, resolve_path
-from convergence.config.models import ConvergenceConfig
+from convergence.config.models import ConvergenceConfig, OutputConfig
 from convergence.core.space import SearchSpace
 from convergence.reporting.model import GenerationSummary, RunReport
 from convergence.storage.store import RunRow, Store
@@ -21,6 +29,47 @@ def config_of_run(run: RunRow) -> ConvergenceConfig | None:
     try:
         return ConvergenceConfig.model_validate(run.config)
     except ValueError:
+        return None
+
+
+def output_config_of_run(run: RunRow) -> OutputConfig:
+    """The run's stored ``output:`` settings; the defaults when there are none
+    (or they no longer validate). Only the ``output:`` section is needed, so a
+    stored config that fails elsewhere still gives its own output settings."""
+    cfg = config_of_run(run)
+    if cfg is not None:
+        return cfg.output
+    section = run.config.get("output") if isinstance(run.config, dict) else None
+    try:
+        return OutputConfig.model_validate(section or {})
+    except ValidationError:
+        return OutputConfig()
+
+
+def default_base_dir(run: RunRow) -> Path:
+    """Where a run's relative ``save_path`` is resolved when no config file is
+    given: the stored config file's directory if that file still exists, else
+    the current directory."""
+    if run.config_path:
+        path = Path(run.config_path).expanduser()
+        if path.is_file():
+            return path.resolve().parent
+    return Path.cwd()
+
+
+def run_output_dir(run_id: int, output_cfg: OutputConfig, base_dir: Path) -> Path:
+    """``<save_path>/run-N``, as ``optimize`` writes it."""
+    return resolve_path(base_dir, output_cfg.save_path) / f"run-{run_id}"
+
+
+def _metric_function(name: str, function: str | None, has_custom: bool) -> str | None:
+    if function:
+        return function
+    from convergence.evaluation.metrics import infer_function
+
+    try:
+        return infer_function(name, has_custom)
+    except Exception:  # noqa: BLE001 - unknown: the report falls back to the name
         return None
 
 
@@ -50,6 +99,10 @@ async def build_report(store: Store, run_id: int) -> RunReport:
     if cfg is not None:
         directions = {k: m.direction for k, m in cfg.evaluation.metrics.items()}
         weights = {k: m.weight for k, m in cfg.evaluation.metrics.items()}
+        has_custom = cfg.evaluation.custom_evaluator is not None
+        functions = {k: f for k, m in cfg.evaluation.metrics.items()
+                     if (f := _metric_function(k, m.function, has_custom)) is not None}
+        report.metric_functions = functions
         params = list(cfg.search_space.parameters)
         best = report.best
         if best is not None:
@@ -62,11 +115,32 @@ async def build_report(store: Store, run_id: int) -> RunReport:
     return report
 
 
-async def write_outputs(loaded: LoadedConfig, store: Store, run_id: int) -> list[Path]:
-    """Reports, plots and the exported best configuration, as the config asks."""
+async def write_run_outputs(
+    store: Store, run_id: int, out_dir: str | Path | None = None, output_cfg: OutputConfig | None = None,
+    *, base_dir: str | Path | None = None,
+) -> list[Path]:
+    """(Re)write every output of run ``run_id`` — reports, plots, the exported
+    best configuration — whatever state the run is in, and return the paths.
+
+    ``output_cfg`` defaults to the run's stored ``output:`` settings;
+    ``out_dir`` to ``<save_path>/run-N`` with a relative ``save_path``
+    resolved against ``base_dir``, else the stored config file's directory if
+    it still exists, else the current directory. Each file is replaced
+    atomically. Raises ``KeyError`` for an unknown run.
+    """
     from convergence.reporting.files import write_reports
 
-    out = loaded.config.output
-    out_dir = resolve_path(loaded.base_dir, out.save_path) / f"run-{run_id}"
+    run = await store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"no run {run_id} in {store.path}")
+    if output_cfg is None:
+        output_cfg = output_config_of_run(run)
+    if out_dir is None:
+        out_dir = run_output_dir(run_id, output_cfg, Path(base_dir) if base_dir is not None else default_base_dir(run))
     report = await build_report(store, run_id)
-    return list(write_reports(report, out_dir, out))
+    return list(write_reports(report, Path(out_dir), output_cfg))
+
+
+async def write_outputs(loaded: LoadedConfig, store: Store, run_id: int) -> list[Path]:
+    """Reports, plots and the exported best configuration, as ``loaded`` asks."""
+    return await write_run_outputs(store, run_id, output_cfg=loaded.config.output, base_dir=loaded.base_dir)

@@ -62,9 +62,14 @@ def test_optimize_then_runs_show_export(project: Path) -> None:
 
 
 def test_resume_without_an_unfinished_run_says_so(project: Path) -> None:
-    proc = cli("optimize", "optimization.yaml", "--resume", "--no-outputs", cwd=project)
-    assert proc.returncode == 2
-    assert "cannot resume" in proc.stderr and "sentiment-rules" in proc.stderr
+    # a study that never ran (e.g. killed before its first write): --resume starts it
+    first = cli("optimize", "optimization.yaml", "--resume", "--no-outputs", cwd=project)
+    assert first.returncode == 0, first.stderr
+    assert "no earlier run of study 'sentiment-rules'" in first.stdout
+    # a finished run is not resumed: the message says which run and why
+    again = cli("optimize", "optimization.yaml", "--resume", "--no-outputs", cwd=project)
+    assert again.returncode == 2
+    assert "cannot resume" in again.stderr and "run 1 of study 'sentiment-rules' is finished" in again.stderr
 
 
 def test_missing_target_env_var_stops_before_any_call(tmp_path: Path) -> None:

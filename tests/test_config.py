@@ -118,7 +118,7 @@ def test_the_convergence_api_section_maps_to_targets() -> None:
           mab: {strategy: thompson_sampling, exploration_rate: 0.2}
           evolution: {population_size: 4, generations: 3, mutation_rate: 0.3, crossover_rate: 0.7,
                       elite_size: 1, early_stopping_generations: 2}
-          execution: {experiments_per_generation: 12, parallel_workers: 2, max_retries: 5,
+          execution: {experiments_per_generation: 4, parallel_workers: 2, max_retries: 5,
                       retry_delay_seconds: 2, early_stopping: {enabled: true, patience: 2, min_improvement: 0.01}}
         output:
           save_path: ./results/x

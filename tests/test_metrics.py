@@ -92,6 +92,23 @@ def test_similarity_latency_cost_success() -> None:
     assert BUILTINS["success"](None, TestCase("c", "q"), CallResult(error="boom"), {}) == 0.0
 
 
+def test_latency_scores_wall_time_by_default_or_the_last_attempt(tmp_path: Path) -> None:
+    """Retried call: 2.1 s from first attempt to answer, the good attempt took 40 ms."""
+    retried = CallResult(output="x", latency_ms=40.0, wall_ms=2100.0, attempts=2)
+    case = TestCase("c", "q")
+    assert BUILTINS["latency"]("x", case, retried, {}) == 2100.0
+    wall = resolve_metric("latency_ms", MetricConfig(type="lower_is_better", threshold=3000), None, tmp_path)
+    assert wall.function == "latency" and wall("x", case, retried) == 2100.0
+    attempt = resolve_metric("attempt_ms", MetricConfig(function="latency", args={"measure": "attempt"}), None, tmp_path)
+    assert attempt("x", case, retried) == 40.0
+    explicit = resolve_metric("wall", MetricConfig(function="latency", args={"measure": "wall"}), None, tmp_path)
+    assert explicit("x", case, retried) == 2100.0
+    # no wall time recorded (a result stored before it existed): the attempt's latency
+    assert wall("x", case, CallResult(output="x", latency_ms=55.0)) == 55.0
+    with pytest.raises(MetricConfigError, match="measure must be one of wall, attempt"):
+        resolve_metric("l", MetricConfig(function="latency", args={"measure": "total"}), None, tmp_path)
+
+
 def test_resolution_infers_from_name_and_lists_builtins(tmp_path: Path) -> None:
     def fn(name: str) -> str:
         return resolve_metric(name, MetricConfig(), None, tmp_path).function

@@ -312,3 +312,165 @@ def test_exporting_a_plain_config_needs_no_run() -> None:
     namespace: dict[str, object] = {}
     exec(compile(text, "<export>", "exec"), namespace)
     assert namespace["BEST_CONFIG"] == {"model": "gpt-4o-mini", "temperature": 0.2}
+
+
+# --------------------------------------------------------------------------- numbering, columns
+
+
+def _top_table_header(md: str) -> list[str]:
+    lines = md.splitlines()
+    start = lines.index("## Top 10 trials")
+    header = next(line for line in lines[start:] if line.startswith("| rank"))
+    return [c.strip() for c in header.strip("|").split("|")]
+
+
+def test_exported_header_and_metadata_name_the_generation_the_report_shows(tmp_path: Path) -> None:
+    import re
+
+    report = make_report()
+    best = report.best
+    assert best is not None and best.generation >= 1  # stored 0-based
+    write_reports(report, tmp_path, OutputConfig(visualizations=[]))
+    md = (tmp_path / "report.md").read_text()
+    shown = int(re.search(r"trial \d+, generation (\d+), proposed by", md).group(1))  # type: ignore[union-attr]
+    assert shown == best.generation + 1
+    header = (tmp_path / "best_config.yaml").read_text().splitlines()[1]
+    assert f"| generation {shown} |" in header
+    row = next(line for line in md.splitlines() if line.startswith("| 1 |"))  # rank 1 of the top table
+    assert row.split("|")[3].strip() == str(shown)
+    assert json.loads(export_config(report, "json"))["metadata"]["generation"] == shown
+    namespace: dict[str, object] = {}
+    exec(compile(export_config(report, "python"), "<export>", "exec"), namespace)
+    assert namespace["METADATA"]["generation"] == shown  # type: ignore[index]
+
+
+def test_top_table_shows_latency_once_when_a_metric_measures_it(tmp_path: Path) -> None:
+    report = make_report()  # metrics: accuracy, latency_ms (a latency metric), cost
+    write_reports(report, tmp_path, OutputConfig(formats=["markdown"], visualizations=[]))
+    header = _top_table_header((tmp_path / "report.md").read_text())
+    assert [c for c in header if "latency" in c] == ["latency_ms"]
+    assert len(header) == len(set(header))
+    best = report.best
+    assert best is not None
+    row = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(header) and cells[header.index("latency_ms")] == f"{best.latency_ms:.4g}"
+
+    # A latency metric with another name, known by its function, replaces the built-in column too ...
+    renamed = make_report()
+    for t in renamed.trials:
+        t.metrics["speed"] = t.metrics.pop("latency_ms")
+    renamed.metric_directions = {"accuracy": "higher_is_better", "speed": "lower_is_better"}
+    renamed.metric_functions = {"accuracy": "exact_match", "speed": "latency"}
+    write_reports(renamed, tmp_path, OutputConfig(formats=["markdown"], visualizations=[]))
+    header = _top_table_header((tmp_path / "report.md").read_text())
+    assert "speed" in header and not [c for c in header if "latency" in c]
+
+    # ... and without any latency metric the built-in column is the only one.
+    plain = make_report()
+    plain.metric_directions = {"accuracy": "higher_is_better"}
+    write_reports(plain, tmp_path, OutputConfig(formats=["markdown"], visualizations=[]))
+    header = _top_table_header((tmp_path / "report.md").read_text())
+    assert [c for c in header if "latency" in c] == ["latency (ms)"]
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+ALL_PLOTS = ["score_over_time", "cost_vs_quality", "parameter_importance", "pareto_front"]
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 5, 7])
+def test_a_write_that_dies_before_the_rename_leaves_the_previous_files_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
+    """Dying at any file: each final path holds the old complete file or the new one, never a part."""
+    import os
+
+    from convergence.reporting import atomic
+
+    cfg = OutputConfig(visualizations=ALL_PLOTS)
+    old_report = make_report(seed=1)
+    write_reports(old_report, tmp_path, cfg)
+    old = _snapshot(tmp_path)
+
+    new_report = make_report(seed=2)
+    fresh = tmp_path.parent / "fresh"
+    write_reports(new_report, fresh, cfg)
+    new = _snapshot(fresh)
+    # Only results.* and report.md are text that must differ; the PNGs differ too.
+    assert old["results.json"] != new["results.json"]
+
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def dying_replace(src: object, dst: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise KeyboardInterrupt  # the process stops here, temp file written, not moved
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_reports(new_report, tmp_path, cfg)
+    monkeypatch.undo()
+
+    now = _snapshot(tmp_path)
+    assert set(now) == set(old)  # no temp file left behind
+    for name, data in now.items():
+        assert data in (old[name], new[name]), name
+    assert sum(now[n] == new[n] != old[n] for n in now) == fail_at - 1  # files before the failure are new
+
+
+def test_a_writer_dying_half_way_never_touches_the_final_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from convergence.reporting import atomic, files
+
+    report = make_report()
+    cfg = OutputConfig(formats=["json", "markdown"], visualizations=["score_over_time"])
+    write_reports(report, tmp_path, cfg)
+    before = _snapshot(tmp_path)
+
+    def die_while_rendering(report: RunReport, *args: object) -> str:
+        raise MemoryError("killed while rendering")
+
+    monkeypatch.setattr(files, "render_markdown", die_while_rendering)
+    with pytest.raises(MemoryError):
+        write_reports(make_report(seed=5), tmp_path, cfg)
+    assert (tmp_path / "report.md").read_bytes() == before["report.md"]
+    assert json.loads((tmp_path / "results.json").read_text())["run"]["seed"] == 5  # written before, whole
+
+    # A kill inside the writer itself: the temp file is half-written, the final path untouched.
+    target = tmp_path / "results.json"
+    whole = target.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_bytes(b'{"half": ')
+            raise RuntimeError("killed")
+    assert target.read_bytes() == whole
+    assert not [p for p in tmp_path.iterdir() if atomic.TMP_MARK in p.name]
+
+
+def test_temp_files_of_a_killed_write_are_cleared_and_keep_the_extension(tmp_path: Path) -> None:
+    from convergence.reporting import atomic
+
+    tmp = atomic.temp_path_for(tmp_path / "score_over_time.png")
+    assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".")
+    tmp.write_bytes(b"\x89PNG half")  # what SIGKILL mid-savefig leaves
+    (tmp_path / "notes.txt").write_text("mine")
+    written = write_reports(make_report(), tmp_path, OutputConfig(visualizations=["score_over_time"]))
+    assert not tmp.exists() and (tmp_path / "notes.txt").exists()
+    assert is_png(tmp_path / "score_over_time.png")
+    assert sorted(written) == sorted(p for p in tmp_path.iterdir() if p.name != "notes.txt")
+
+
+def test_a_truncated_plotly_bundle_is_rewritten(tmp_path: Path) -> None:
+    (tmp_path / plots.PLOTLY_JS).write_text("/* cut")
+    cfg = OutputConfig(formats=[], plot_format="html", visualizations=["score_over_time"],
+                       export_best_config=ExportBestConfig(enabled=False))
+    write_reports(make_report(), tmp_path, cfg)
+    from plotly.offline import get_plotlyjs
+
+    assert (tmp_path / plots.PLOTLY_JS).read_text(encoding="utf-8") == get_plotlyjs()

@@ -103,6 +103,7 @@ async def test_retry_then_success_reports_attempts_and_latency_of_the_good_attem
     elapsed = time.perf_counter() - start
     assert result.ok and result.output == 2 and result.attempts == 2
     assert 15 <= result.latency_ms < 100  # the 20 ms second attempt, not the timed-out first
+    assert 150 + 10 + 20 <= result.wall_ms <= elapsed * 1000  # timeout + backoff + good attempt
     assert elapsed < 0.5
 
 
@@ -201,4 +202,95 @@ def test_timeouts_and_retries_also_work_on_trio() -> None:
 
     good, bad = anyio.run(main, backend="trio")
     assert good.ok and good.output == 3 and good.attempts == 3
+    assert good.wall_ms >= 100 + good.latency_ms  # the timed-out first attempt counts in wall time only
     assert bad.error == "target_error: nope" and bad.attempts == 1
+
+
+@pytest.mark.anyio
+async def test_single_attempt_wall_time_equals_latency() -> None:
+    async def behave(n: int) -> CallResult:
+        await anyio.sleep(0.01)
+        return CallResult(output=n)
+
+    runner = CallRunner(ScriptedTarget(behave), retry=RetryConfig(), timeout_seconds=1, rate_limit_per_second=None)
+    result = await runner.run({}, CASE)
+    assert result.ok and result.attempts == 1
+    assert result.latency_ms >= 10 and result.wall_ms == result.latency_ms
+
+
+@pytest.mark.anyio
+async def test_first_attempt_times_out_wall_time_counts_it_latency_does_not() -> None:
+    """Timeout 0.5 s on a hung first attempt, a quick second one: latency_ms is
+    the second attempt, wall_ms what the caller waited (>= the 0.5 s timeout)."""
+
+    async def behave(n: int) -> CallResult:
+        if n == 1:
+            await anyio.sleep(5)
+        await anyio.sleep(0.005)
+        return CallResult(output=n)
+
+    target = ScriptedTarget(behave)
+    retry = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
+    start = time.perf_counter()
+    result = await CallRunner(target, retry=retry, timeout_seconds=0.5, rate_limit_per_second=None).run({}, CASE)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    assert result.ok and result.output == 2 and result.attempts == 2
+    assert 5 <= result.latency_ms < 100
+    assert 500 + 10 <= result.wall_ms <= elapsed_ms
+    assert result.wall_ms >= (target.starts[1] - target.starts[0]) * 1000 + result.latency_ms - 1
+
+
+@pytest.mark.anyio
+async def test_failed_calls_carry_wall_time_and_attempts() -> None:
+    retry = RetryConfig(max_retries=2, backoff_initial_seconds=0.05, backoff_max_seconds=0.1)
+    target = ScriptedTarget(fails_with(TargetError("busy", retryable=True, status_code=503)))
+    result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
+    assert result.error == "http_503: busy" and result.attempts == 3
+    assert result.wall_ms >= (0.05 + 0.1) * 1000  # two backoff sleeps
+    assert result.latency_ms == 0.0  # no attempt succeeded
+
+    async def slow_then_fatal(n: int) -> CallResult:
+        await anyio.sleep(0.03)
+        raise TargetError("bad request", retryable=False, status_code=400)
+
+    result = await CallRunner(
+        ScriptedTarget(slow_then_fatal), retry=retry, timeout_seconds=1, rate_limit_per_second=None
+    ).run({}, CASE)
+    assert result.error == "http_400: bad request" and result.attempts == 1
+    assert 30 <= result.wall_ms < 200
+
+
+@pytest.mark.anyio
+async def test_retry_after_raises_the_backoff() -> None:
+    """A server asking for 0.4 s gets 0.4 s, not the 10-20 ms backoff."""
+
+    async def behave(n: int) -> CallResult:
+        if n == 1:
+            raise TargetError("slow down", retryable=True, status_code=429, retry_after=0.4)
+        return CallResult(output=n)
+
+    target = ScriptedTarget(behave)
+    retry = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=5)
+    result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
+    gap = target.starts[1] - target.starts[0]
+    assert result.ok and result.attempts == 2
+    assert 0.4 <= gap < 0.4 + 0.1, gap
+    assert result.wall_ms >= 400
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_capped_by_backoff_max_and_never_shortens_backoff() -> None:
+    async def behave(n: int) -> CallResult:
+        if n == 1:
+            raise TargetError("slow down", retryable=True, status_code=429, retry_after=30)
+        if n == 2:
+            raise TargetError("busy", retryable=True, status_code=503, retry_after=0.0)
+        return CallResult(output=n)
+
+    target = ScriptedTarget(behave)
+    retry = RetryConfig(max_retries=3, backoff_initial_seconds=0.1, backoff_max_seconds=0.25)
+    result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
+    assert result.ok and result.attempts == 3
+    capped, zero = (b - a for a, b in zip(target.starts, target.starts[1:]))
+    assert 0.25 <= capped < 0.25 + 0.1, capped  # 30 s asked, backoff_max 0.25 s
+    assert 0.2 <= zero < 0.25 + 0.1, zero  # "Retry-After: 0" keeps the normal 0.2-0.25 s backoff

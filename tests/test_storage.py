@@ -52,7 +52,7 @@ async def test_a_database_from_a_newer_release_is_refused(tmp_path: Path) -> Non
 
 async def test_buffered_case_results_and_trials_are_durable_after_close(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    async with await Store.open(db, flush_interval=3600) as store:
+    async with await Store.open(db) as store:
         run_id = await store.start_run("s", {"a": 1}, seed=5, config_path=None)
         for i in range(50):
             call = CallResult(output={"answer": i}, latency_ms=1.5, cost_usd=0.001, prompt_tokens=3,

@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         return None
 
-    def _send(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+    def _send(
+        self, status: int, payload: Any, content_type: str = "application/json", headers: dict[str, str] | None = None
+    ) -> None:
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         try:
@@ -63,6 +68,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         record = {
+            "t": time.perf_counter(),
             "method": self.command,
             "path": url.path,
             "query": {k: v[0] for k, v in parse_qs(url.query).items()},
@@ -92,6 +98,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(429, {"error": "slow down"})
             else:
                 self._send(200, {"result": "ok after retries"})
+        elif route == "ra":  # /ra/<key>/<status>/<retry-after>: first hit <status> with Retry-After, then 200
+            if hits == 1:
+                value = parts[3]
+                if value.startswith("date+"):  # an HTTP-date that many seconds ahead
+                    value = formatdate(time.time() + float(value[5:]), usegmt=True)
+                self._send(int(parts[2]), {"error": "come back later"}, headers={"Retry-After": value})
+            else:
+                self._send(200, {"result": "ok after waiting"})
         elif route == "fail500":
             self._send(500, {"error": "database on fire"})
         elif route == "fail400":
@@ -399,3 +413,87 @@ async def test_many_concurrent_calls_share_one_client(server: tuple[str, Seen]) 
     assert all(r.ok for r in results)
     assert sorted(r.output["body"]["i"] for r in results) == list(range(60))
     assert seen.hits[path] == 60
+
+
+# --------------------------------------------------------------------------- Retry-After
+
+PATIENT_RETRY = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=5.0)
+
+
+async def _retry_after_gap(base: str, seen: Seen, path: str, retry: RetryConfig = PATIENT_RETRY) -> tuple[Any, float]:
+    """Run one case against ``path``; return the result and the seconds between
+    the first and second request as the server saw them."""
+    runner = runner_for(HTTPTargetConfig(endpoint=base + path), retry=retry)
+    result = await runner.run({}, CASE)
+    await runner.aclose()
+    times = [r["t"] for r in seen.requests if r["path"] == path]
+    assert len(times) == 2, times
+    return result, times[1] - times[0]
+
+
+@pytest.mark.anyio
+async def test_429_retry_after_seconds_is_honoured(server: tuple[str, Seen]) -> None:
+    base, seen = server
+    result, gap = await _retry_after_gap(base, seen, f"/ra/{key()}/429/1")
+    assert result.ok and result.output == "ok after waiting" and result.attempts == 2
+    assert 0.98 <= gap < 1.5, gap  # the server said 1 s; the backoff alone would be 10-20 ms
+    assert result.wall_ms >= 1000 > result.latency_ms
+
+
+@pytest.mark.anyio
+async def test_429_retry_after_http_date_is_honoured(server: tuple[str, Seen]) -> None:
+    base, seen = server
+    # The date has whole-second resolution: "now + 2 s" is 1-2 s away when it arrives.
+    result, gap = await _retry_after_gap(base, seen, f"/ra/{key()}/429/date+2")
+    assert result.ok and result.attempts == 2
+    assert 0.98 <= gap < 2.5, gap
+
+
+@pytest.mark.anyio
+async def test_503_retry_after_is_honoured(server: tuple[str, Seen]) -> None:
+    base, seen = server
+    result, gap = await _retry_after_gap(base, seen, f"/ra/{key()}/503/1")
+    assert result.ok and result.attempts == 2
+    assert 0.98 <= gap < 1.5, gap
+
+
+@pytest.mark.anyio
+async def test_retry_after_is_capped_by_backoff_max(server: tuple[str, Seen]) -> None:
+    base, seen = server
+    retry = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.3)
+    result, gap = await _retry_after_gap(base, seen, f"/ra/{key()}/429/30", retry)
+    assert result.ok and result.attempts == 2
+    assert 0.3 <= gap < 0.6, gap  # 30 s asked for, 0.3 s allowed
+
+
+@pytest.mark.anyio
+async def test_retry_after_on_a_non_retryable_status_is_ignored(server: tuple[str, Seen]) -> None:
+    base, seen = server
+    path = f"/ra/{key()}/400/1"
+    runner = runner_for(HTTPTargetConfig(endpoint=base + path), retry=PATIENT_RETRY)
+    start = time.perf_counter()
+    result = await runner.run({}, CASE)
+    await runner.aclose()
+    assert result.error is not None and result.error.startswith("http_400:")
+    assert result.attempts == 1 and seen.hits[path] == 1
+    assert time.perf_counter() - start < 0.5
+
+
+def test_retry_after_parsing() -> None:
+    from convergence.targets.base import parse_retry_after, retry_after_from_headers
+
+    now = 1_700_000_000.0
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 1.5 ") == 1.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(formatdate(now + 7, usegmt=True), now=now) == pytest.approx(7.0)
+    assert parse_retry_after(formatdate(now - 60, usegmt=True), now=now) == 0.0  # already past
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:27 GMT", now=now) == pytest.approx(7.0)
+    assert parse_retry_after("Tuesday, 14-Nov-23 22:13:27 GMT", now=now) == pytest.approx(7.0)  # RFC 850
+    assert parse_retry_after("Tue Nov 14 22:13:27 2023", now=now) == pytest.approx(7.0)  # asctime
+    for junk in (None, "", "soon", "nan", "Tue, 99 Foo 2023"):
+        assert parse_retry_after(junk) is None, junk
+    assert retry_after_from_headers({"Retry-After": "2"}) == 2.0
+    assert retry_after_from_headers({"retry-after-ms": "250", "retry-after": "2"}) == 0.25
+    assert retry_after_from_headers({"content-type": "text/plain"}) is None
+    assert retry_after_from_headers(None) is None

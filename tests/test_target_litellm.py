@@ -3,13 +3,23 @@ HTTP, configuration errors and how parameters are split between template and cal
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
 import pytest
 
-from convergence.config.models import LiteLLMTargetConfig
+from convergence.config.models import LiteLLMTargetConfig, RetryConfig
 from convergence.core.types import TestCase as Case
 from convergence.llm.local_provider import LOCAL_MODEL
 from convergence.targets.base import Target, TargetError
 from convergence.targets.litellm_target import LiteLLMTarget
+from convergence.targets.runner import CallRunner
 from llm_fixtures import LlamaServer, free_port, gguf_path, llama_server  # noqa: F401
 
 CASE = Case(id="c1", input={"question": "What is the capital of France?"}, expected="Paris")
@@ -139,3 +149,126 @@ async def test_server_rejecting_an_oversized_prompt_is_not_retried(llama_server:
     with pytest.raises(TargetError) as info:
         await LiteLLMTarget(cfg).call({}, huge)
     assert info.value.retryable is False
+
+
+# --------------------------------------------------------------------------- Retry-After through LiteLLM
+
+
+class _StubOpenAI(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible chat endpoint. ``/<key>/<status>/<retry-after>/v1/...``
+    answers the first request of each key with ``status`` and that Retry-After
+    (``date+N``: an HTTP-date N seconds ahead), later ones with a completion."""
+
+    protocol_version = "HTTP/1.1"
+    seen: dict[str, list[float]]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def do_POST(self) -> None:
+        arrived = time.perf_counter()
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key, status, retry_after = self.path.strip("/").split("/")[:3]
+        self.seen[key].append(arrived)
+        if len(self.seen[key]) == 1:
+            if retry_after.startswith("date+"):
+                retry_after = formatdate(time.time() + float(retry_after[5:]), usegmt=True)
+            code, headers = int(status), {"Retry-After": retry_after}
+            payload: dict[str, Any] = {"error": {"message": "come back later", "type": "server_error"}}
+        else:
+            code, headers = 200, {}
+            payload = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": "stub",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+            }
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def stub_openai(
+    stub_openai_server: tuple[str, dict[str, list[float]]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, dict[str, list[float]]]:
+    monkeypatch.setenv(KEY_ENV, "sk-stub")
+    return stub_openai_server
+
+
+@pytest.fixture(scope="module")
+def stub_openai_server() -> Iterator[tuple[str, dict[str, list[float]]]]:
+    seen: dict[str, list[float]] = defaultdict(list)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Bound", (_StubOpenAI,), {"seen": seen}))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+async def _through_runner(base: str, path: str, retry: RetryConfig) -> Any:
+    cfg = LiteLLMTargetConfig(
+        model="openai/stub", api_base=f"{base}/{path}/v1", api_key_env=KEY_ENV, params={"max_tokens": 2},
+        timeout_seconds=10,
+    )
+    runner = CallRunner(LiteLLMTarget(cfg), retry=retry, timeout_seconds=10, rate_limit_per_second=None)
+    try:
+        return await runner.run({}, CASE)
+    finally:
+        await runner.aclose()
+
+
+PATIENT = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=5.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "retry_after", "low", "high"), [
+    (429, "1", 0.98, 1.6),
+    (429, "date+2", 0.98, 2.6),  # an HTTP-date has whole seconds: 1-2 s away on arrival
+    (503, "1", 0.98, 1.6),
+])
+async def test_litellm_rate_limit_retry_after_is_honoured(
+    stub_openai: tuple[str, dict[str, list[float]]], status: int, retry_after: str, low: float, high: float
+) -> None:
+    base, seen = stub_openai
+    key = f"k{status}-{retry_after}"
+    result = await _through_runner(base, f"{key}/{status}/{retry_after}", PATIENT)
+    assert result.ok, result.error
+    assert result.output == "Paris" and result.attempts == 2
+    gap = seen[key][1] - seen[key][0]
+    assert low <= gap < high, gap  # without Retry-After the backoff is 10-20 ms
+    assert result.wall_ms >= gap * 1000 > result.latency_ms
+
+
+@pytest.mark.anyio
+async def test_litellm_retry_after_is_capped_by_backoff_max(stub_openai: tuple[str, dict[str, list[float]]]) -> None:
+    base, seen = stub_openai
+    retry = RetryConfig(max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.3)
+    result = await _through_runner(base, "capped/429/30", retry)
+    assert result.ok and result.attempts == 2
+    gap = seen["capped"][1] - seen["capped"][0]
+    assert 0.3 <= gap < 0.8, gap
+
+
+@pytest.mark.anyio
+async def test_litellm_rate_limit_error_carries_retry_after(stub_openai: tuple[str, dict[str, list[float]]]) -> None:
+    base, _ = stub_openai
+    cfg = LiteLLMTargetConfig(
+        model="openai/stub", api_base=f"{base}/direct/429/7/v1", api_key_env=KEY_ENV, timeout_seconds=10
+    )
+    with pytest.raises(TargetError) as info:
+        await LiteLLMTarget(cfg).call({}, CASE)
+    assert info.value.retryable is True and info.value.status_code == 429
+    assert info.value.retry_after == 7.0

@@ -7,12 +7,14 @@ commands that need them so ``--help`` and ``validate`` start in a blink.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -32,12 +34,15 @@ CFG_OPT = typer.Option(None, "--config", "-c", help="A YAML file whose storage.p
 
 
 def _load(path: Path) -> Any:
+    from rich.markup import escape as _escape
+
     from convergence.config.loader import ConfigError, load_config
 
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]config error[/] {exc}", highlight=False)
+        # the report quotes user input: escaped, so a '[' in it is text, not rich markup
+        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -105,19 +110,47 @@ def optimize(
     if missing:
         err.print(f"[red]missing environment variable(s):[/] {', '.join(missing)} (needed by the target in {config})")
         raise typer.Exit(2)
-    _run_async(_optimize, loaded, resume, quiet, no_outputs)
+    from convergence.config.loader import ConfigError
+    from convergence.config.preflight import check as _preflight_check
+
+    try:  # the same deep checks as `validate` (imports, test cases, templates, URLs, paths), before any call
+        _preflight_check(loaded)
+    except ConfigError as exc:
+        from rich.markup import escape as _escape
+
+        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False)
+        raise typer.Exit(2) from None
+    state: dict[str, Any] = {}
+    try:
+        _run_async(_optimize, loaded, resume, quiet, no_outputs, state)
+    except KeyboardInterrupt:
+        import shlex
+
+        which = f"run {state['run_id']} " if "run_id" in state else ""
+        err.print(f"[yellow]interrupted:[/] {which}stopped; every finished call is stored.", highlight=False)
+        err.print(f"continue with: convergence optimize {shlex.quote(str(loaded.path))} --resume", highlight=False,
+                  markup=False)
+        raise typer.Exit(130) from None
 
 
-async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool) -> None:
+EXIT_ALL_CALLS_FAILED = 3
+"""Exit code when every call failed with one error (wrong URL, server down, bad key)."""
+
+
+async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any]) -> None:
     from convergence.cli.progress import RichEvents
     from convergence.config.loader import resolve_path
     from convergence.core.loop import Optimizer, ResumeError
     from convergence.evaluation.cases import TestCaseError
-    from convergence.storage.store import Store
+    from convergence.storage.store import Store, StorageError
 
     cfg = loaded.config
     db_path = resolve_path(loaded.base_dir, cfg.storage.path)
-    store = await Store.open(db_path)
+    try:
+        store = await Store.open(db_path)
+    except (StorageError, sqlite3.Error, OSError) as exc:
+        err.print(f"[red]cannot open the project database {db_path}:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     try:
         try:
             optimizer = Optimizer(loaded, store)
@@ -126,7 +159,7 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool) ->
             raise typer.Exit(2) from None
         t = cfg.resolved_target
         console.print(
-            f"[bold]Convergence[/] study [cyan]{cfg.study_name}[/]: {t.type} target, "
+            f"[bold]Convergence[/] study [cyan]{escape(cfg.study_name)}[/]: {t.type} target, "
             f"{len(optimizer.space.names)} parameter(s), {len(optimizer.cases)} test case(s), "
             f"{cfg.optimization.evolution.generations} generation(s) x {cfg.optimization.evolution.population_size}, "
             f"concurrency {cfg.optimization.execution.concurrency}, algorithm {cfg.optimization.algorithm}"
@@ -134,13 +167,11 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool) ->
         try:
             with RichEvents(console, quiet) as events:
                 optimizer.events = events
+                optimizer.on_run_started = lambda run_id: state.__setitem__("run_id", run_id)
                 outcome = await optimizer.run(resume=resume)
         except ResumeError as exc:
-            err.print(f"[red]cannot resume:[/] {exc}")
+            err.print(f"[red]cannot resume:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print(f"[yellow]interrupted[/]; continue with: convergence optimize {loaded.path} --resume")
-            raise typer.Exit(130) from None
         _print_outcome(outcome, optimizer)
         if not no_outputs and outcome.trials:
             from convergence.outputs import write_outputs
@@ -149,6 +180,12 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool) ->
             console.print("[bold]Written:[/]")
             for p in paths:
                 console.print(f"  {p}")
+        if outcome.all_failed_error is not None:
+            err.print(f"[red]every call failed with the same error:[/] {escape(outcome.all_failed_error)}",
+                      highlight=False)
+            err.print("check the target (URL, server, credentials); the failed calls are stored "
+                      f"(convergence traces {outcome.run_id} --errors-only)", highlight=False)
+            raise typer.Exit(EXIT_ALL_CALLS_FAILED)
     finally:
         await store.close()
 
@@ -187,38 +224,45 @@ def _print_outcome(outcome: Any, optimizer: Any) -> None:
 
 @app.command()
 def validate(config: Path = ConfigArg) -> None:
-    """Check CONFIG without running anything (no model is loaded, nothing is called)."""
-    loaded = _load(config)
-    from convergence.core.space import SearchSpace
-    from convergence.evaluation.cases import TestCaseError, load_test_cases
-    from convergence.targets.factory import missing_env_vars
+    """Check CONFIG without running anything: the schema, then everything `optimize`
+    checks before its first call (imports, test cases, templates, URLs, paths,
+    environment variables). No model is loaded, nothing is called or written."""
+    from rich.markup import escape as _escape
 
+    from convergence.config.loader import ConfigError
+    from convergence.config.preflight import preflight
+    from convergence.core.space import SearchSpace
+
+    loaded = _load(config)
     cfg = loaded.config
-    problems: list[str] = []
-    try:
-        cases = load_test_cases(cfg.evaluation.test_cases, loaded.base_dir)
-    except TestCaseError as exc:
-        problems.append(str(exc))
-        cases = []
-    missing = missing_env_vars(cfg.resolved_target)
-    if missing:
-        problems.append(f"missing environment variable(s): {', '.join(missing)}")
+    result = preflight(loaded)
+
+    def show(value: Any, limit: int = 200) -> str:  # user text: bounded, never markup
+        text = str(value)
+        return _escape(text if len(text) <= limit else text[: limit - 3] + "...")
+
     space = SearchSpace.from_config(cfg.search_space)
     t = cfg.resolved_target
     size = space.size()
-    console.print(f"[bold]{config}[/]: study [cyan]{cfg.study_name}[/]")
-    console.print(f"  target: {t.type} " + (getattr(t, "model", None) or getattr(t, "endpoint", None) or getattr(t, "function", "")))
-    console.print(f"  parameters: {', '.join(space.names)} ({'continuous' if size == float('inf') else int(size)} configurations)")
-    console.print(f"  test cases: {len(cases)}")
-    console.print("  metrics: " + ", ".join(f"{k} (w={m.weight}, {m.direction})" for k, m in cfg.evaluation.metrics.items()))
+    n_cases = len(result.cases)
     evo = cfg.optimization.evolution
-    console.print(f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
-                  f"up to {evo.generations * evo.population_size * len(cases)} calls")
-    if problems:
-        for p in problems:
-            err.print(f"[red]error[/] {p}")
+    what = getattr(t, "model", None) or getattr(t, "endpoint", None) or getattr(t, "function", "")
+    out = [
+        f"[bold]{show(config)}[/]: study [cyan]{show(cfg.study_name)}[/]",
+        f"  target: {t.type} {show(what)}",
+        f"  parameters: {show(', '.join(space.names))} "
+        f"({'continuous' if size == float('inf') else f'{size:.0f}'} configurations)",
+        f"  test cases: {n_cases}",
+        "  metrics: " + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
+        f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
+        f"up to {evo.generations * evo.population_size * n_cases} calls",
+    ]
+    for line in out:
+        console.print(line, highlight=False)
+    if result.problems:
+        err.print("[red]config error[/] " + _escape(str(ConfigError(loaded.path, result.problems))), highlight=False)
         raise typer.Exit(2)
-    console.print("[green]valid[/]")
+    console.print("[green]valid[/]", highlight=False)
 
 
 @app.command()
@@ -342,6 +386,65 @@ async def _export(path: Path, run_id: int, fmt: str, out: Optional[Path]) -> Non
             console.print(f"wrote {out}")
         else:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- report
+
+REPORT_FORMATS = ("json", "markdown", "csv")
+
+
+@app.command("report")
+def report_cmd(run: int = typer.Argument(..., help="Run id (see `convergence runs`)."),
+               db: Optional[Path] = DB_OPT,
+               config: Optional[Path] = typer.Option(
+                   None, "--config", "-c",
+                   help="A YAML file: its storage.path locates the database and its output: section "
+                        "replaces the run's stored one (save_path relative to the YAML)."),
+               out: Optional[Path] = typer.Option(
+                   None, "--out", "-o", help="Output directory (default: <save_path>/run-N, where optimize writes)."),
+               formats: Optional[list[str]] = typer.Option(
+                   None, "--formats", "-f",
+                   help="Report files: json, markdown, csv (repeat or comma-separate; default: output.formats).",
+               )) -> None:
+    """(Re)write every output of RUN (reports, plots, best config), whatever its state:
+    finished, stopped, failed, interrupted or killed. Files are replaced atomically."""
+    fmts: Optional[list[str]] = None
+    if formats:
+        aliases = {"md": "markdown"}
+        fmts = list(dict.fromkeys(aliases.get(f, f) for item in formats
+                                  for f in (s.strip().lower() for s in item.split(",")) if f))
+        bad = [f for f in fmts if f not in REPORT_FORMATS]
+        if bad:
+            err.print(f"[red]unknown format(s) {', '.join(map(repr, bad))}[/]; expected {', '.join(REPORT_FORMATS)}")
+            raise typer.Exit(2)
+    loaded = _load(config) if config is not None else None
+    _run_async(_report_files, _db_path(db, config), run, loaded, out, fmts)
+
+
+async def _report_files(path: Path, run_id: int, loaded: Any, out: Optional[Path], fmts: Optional[list[str]]) -> None:
+    from convergence.outputs import output_config_of_run, write_run_outputs
+
+    store = await _open_store(path)
+    try:
+        row = await store.get_run(run_id)
+        if row is None:
+            err.print(f"[red]no run {run_id} in {path}[/]")
+            raise typer.Exit(2)
+        output_cfg = loaded.config.output if loaded is not None else output_config_of_run(row)
+        if fmts is not None:
+            output_cfg = output_cfg.model_copy(update={"formats": fmts})
+        try:
+            paths = await write_run_outputs(store, run_id, out, output_cfg,
+                                            base_dir=loaded.base_dir if loaded is not None else None)
+        except (OSError, RuntimeError) as exc:
+            err.print(f"[red]cannot write the outputs of run {run_id}:[/] {exc}")
+            raise typer.Exit(1) from None
+        state = row.status + (" - unfinished: killed, or still running" if row.status == "running" else "")
+        console.print(f"[bold]run {run_id}[/] ({state}): written:")
+        for p in paths:
+            console.print(f"  {p}")
     finally:
         await store.close()
 

@@ -1,22 +1,48 @@
 """Load ``optimization.yaml`` into :class:`ConvergenceConfig` with errors a
 person can act on: file, line, field path, what was expected, and a
-did-you-mean for misspelt keys."""
+did-you-mean for misspelt keys.
+
+Reading is defensive, because a config file is user input: binary or
+non-UTF-8 files, duplicate keys, recursive aliases, alias bombs, absurd
+nesting, YAML tags that do not map to JSON (``!!binary``, ``!!set``, dates),
+infinite or NaN numbers and malformed ``${...}`` references are all reported
+as :class:`ConfigError` problems, never as a traceback, and quickly.
+
+Environment references: ``${NAME}`` and ``${NAME:-default}`` are replaced in
+every string value; ``$${`` writes a literal ``${``; any other ``$`` is kept
+as is. :attr:`LoadedConfig.raw` is the interpolated config,
+:attr:`LoadedConfig.written` the config as written (references, not their
+values), which is what may be stored or traced.
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from convergence.config.models import ConvergenceConfig
+from convergence.config.models import MAX_NAME, At, ConvergenceConfig, short
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_FILE_BYTES = 1_000_000
+"""Larger configs are refused (put big test sets in a JSON/JSONL file): pure-Python YAML parses ~0.4 MB/s."""
+MAX_NODES = 100_000
+"""Values in the document once every alias is expanded (a 'billion laughs' file has 10**9)."""
+MAX_DEPTH = 100
+"""Nesting depth of the document."""
+MAX_REPORTED = 50
+"""Problems listed in one report; the rest are counted."""
+
+_YAML_TAG = "tag:yaml.org,2002:"
+_ALLOWED_TAGS = frozenset(_YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq"))
+_MERGE_TAG = _YAML_TAG + "merge"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class ConfigError(Exception):
@@ -29,10 +55,12 @@ class ConfigError(Exception):
 
     def render(self) -> str:
         lines = [f"{self.path}: {len(self.problems)} problem(s)"]
-        for p in self.problems:
+        for p in self.problems[:MAX_REPORTED]:
             where = f"{self.path}:{p.line}" if p.line else str(self.path)
             field = f" {p.field}:" if p.field else ""
             lines.append(f"  {where}:{field} {p.message}")
+        if len(self.problems) > MAX_REPORTED:
+            lines.append(f"  ... and {len(self.problems) - MAX_REPORTED} more")
         return "\n".join(lines)
 
 
@@ -49,29 +77,142 @@ class LoadedConfig:
     path: Path
     base_dir: Path
     raw: dict[str, Any]
+    """The config after ``${VAR}`` interpolation (may hold secrets: never store or trace it)."""
+    written: dict[str, Any] = field(default_factory=dict)
+    """The config as written: ``${VAR}`` references kept, not their values (with the
+    same defaults as ``raw``, e.g. the injected ``study`` name). Safe to store and trace."""
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
+    """Line of every field path, for problems found after loading (see preflight)."""
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        return _line_for(self.lines, loc)
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of every mapping key and value."""
+# --------------------------------------------------------------------------- YAML
 
 
-def _compose_lines(text: str) -> dict[tuple[Any, ...], int]:
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without implicit timestamps: ``2024-01-01`` stays the text it
+    looks like (a date object would not survive JSON storage)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _YAML_TAG + "timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _key_value(loader: _Loader, key: yaml.Node) -> Any:
+    """The Python value of a scalar mapping key (``1`` and ``1.0`` are one key, as in a dict)."""
+    if isinstance(key, yaml.ScalarNode) and key.tag in _ALLOWED_TAGS:
+        try:
+            return loader.construct_object(key)
+        except yaml.YAMLError:
+            return key.value
+    return None
+
+
+def _check_nodes(loader: _Loader, root: yaml.Node) -> list[Problem]:
+    """Structure checks on the composed document, before anything is built from it:
+    recursive aliases, expansion size (alias bombs), depth, tags, duplicate keys.
+    Iterative and memoised per node, so it is linear in the file's size."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    active: set[int] = set()
+    problems: list[Problem] = []
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        nid = id(node)
+        if leaving:
+            children = _children(node)
+            size[nid] = 1 + sum(size[id(c)] for c in children)
+            height[nid] = 1 + max((height[id(c)] for c in children), default=0)
+            active.discard(nid)
+            if size[nid] > MAX_NODES:
+                return [Problem("", f"the document expands to more than {MAX_NODES:,} values through aliases "
+                                    "(*name); an alias bomb? Write the values out or use fewer aliases",
+                                _line(node))]
+            if height[nid] > MAX_DEPTH:
+                return [Problem("", f"values are nested more than {MAX_DEPTH} levels deep", _line(node))]
+            continue
+        if nid in size:
+            continue  # an alias to a node already checked
+        if nid in active:
+            return [Problem("", "recursive alias: this anchored value contains an alias (*name) to itself",
+                            _line(node))]
+        problems += _node_problems(loader, node)
+        active.add(nid)
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(_children(node)))
+    return problems
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _node_problems(loader: _Loader, node: yaml.Node) -> list[Problem]:
+    out: list[Problem] = []
+    if node.tag not in _ALLOWED_TAGS and node.tag != _MERGE_TAG:
+        tag = node.tag.replace(_YAML_TAG, "!!")
+        out.append(Problem("", f"YAML tag {short(tag, 60)} is not supported: use plain strings, numbers, "
+                               "booleans, lists and mappings (quote a date or binary text)", _line(node)))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, _ in node.value:
+            if key.tag == _MERGE_TAG:
+                continue
+            value = _key_value(loader, key)
+            if value is None and not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML_TAG + "null"):
+                continue  # non-scalar keys are refused when the document is built
+            try:
+                first = seen.get(value)
+            except TypeError:
+                continue
+            if first is not None:
+                out.append(Problem("", f"duplicate key {short(value, 60)} (first at line {first}); "
+                                       "YAML would silently keep only the last one", _line(key)))
+            else:
+                seen[value] = _line(key)
+    return out
+
+
+def _compose_lines(loader: _Loader, root: yaml.Node) -> dict[tuple[Any, ...], int]:
+    """Line of every field path (keys as built), merged (``<<``) keys included."""
     lines: dict[tuple[Any, ...], int] = {}
-    node = yaml.compose(text, Loader=_LineLoader)
 
     def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
+        lines.setdefault(path, _line(n))
         if isinstance(n, yaml.MappingNode):
+            merges: list[yaml.Node] = []
             for k, v in n.value:
-                key = k.value
-                lines[path + (key,)] = k.start_mark.line + 1
+                if k.tag == _MERGE_TAG:
+                    merges += v.value if isinstance(v, yaml.SequenceNode) else [v]
+                    continue
+                key = _key_value(loader, k)
+                lines[path + (key,)] = _line(k)
                 walk(v, path + (key,))
+            for m in merges:
+                if isinstance(m, yaml.MappingNode):
+                    for k, v in m.value:
+                        key = _key_value(loader, k)
+                        if path + (key,) not in lines:
+                            lines[path + (key,)] = _line(k)
+                            walk(v, path + (key,))
         elif isinstance(n, yaml.SequenceNode):
             for i, v in enumerate(n.value):
                 walk(v, path + (i,))
 
-    if node is not None:
-        walk(node, ())
+    walk(root, ())
     return lines
 
 
@@ -84,35 +225,87 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | 
     return lines.get(())
 
 
-def _interpolate(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: dict) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string."""
+# --------------------------------------------------------------------------- values
+
+
+def _interpolate_text(text: str) -> tuple[str, list[str]]:
+    """Replace ``${NAME}`` / ``${NAME:-default}``; ``$${`` is a literal ``${``.
+    Returns the new text and what was wrong with any reference."""
+    if "${" not in text:
+        return text, []
+    out: list[str] = []
+    errors: list[str] = []
+    i = 0
+    while True:
+        j = text.find("${", i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        if j > 0 and text[j - 1] == "$":  # $${ -> literal ${
+            out.append(text[i : j - 1] + "${")
+            i = j + 2
+            continue
+        out.append(text[i:j])
+        end = text.find("}", j + 2)
+        if end < 0:
+            errors.append(f"unclosed reference {short(text[j:j + 40], 50)}: expected '}}' "
+                          "(write $${ for a literal '${')")
+            out.append(text[j:])
+            break
+        body = text[j + 2 : end]
+        name, sep, default = body.partition(":-")
+        ref = short("${" + body + "}", 60)
+        if "${" in body:
+            errors.append(f"{ref}: nested references are not supported")
+        elif not name:
+            errors.append(f"{ref}: empty reference; expected ${{NAME}} or ${{NAME:-default}}")
+        elif re.match(r"[A-Za-z_][A-Za-z0-9_]*[:?=+-]", name):
+            errors.append(f"{ref}: unsupported syntax; a default value is written ${{NAME:-default}}")
+        elif not _ENV_NAME.match(name):
+            errors.append(f"{ref}: {short(name, 40)} is not an environment variable name (letters, digits "
+                          "and _, not starting with a digit); a default is written ${NAME:-default}")
+        elif name in os.environ:
+            out.append(os.environ[name])
+        elif sep:
+            out.append(default)
+        else:
+            errors.append(f"environment variable {name} is not set (referenced as ${{{name}}}); "
+                          f"export it or give a default: ${{{name}:-value}}")
+        i = end + 1
+    return "".join(out), errors
+
+
+def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: dict,
+             interpolate: bool) -> Any:
+    """A fresh tree (aliases become copies). With ``interpolate`` strings get
+    their ``${...}`` references replaced; without it, floats are checked finite."""
     if isinstance(node, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            problems.append(
-                Problem(_dotted(path), f"environment variable {name} is not set (referenced as ${{{name}}})",
-                        _line_for(lines, path))
-            )
-            return m.group(0)
-
-        return _ENV_RE.sub(sub, node)
+        if not interpolate:
+            return node
+        text, errors = _interpolate_text(node)
+        problems.extend(Problem(_dotted(path), e, _line_for(lines, path)) for e in errors)
+        return text
     if isinstance(node, dict):
-        return {k: _interpolate(v, path + (k,), problems, lines) for k, v in node.items()}
+        return {k: _rebuild(v, path + (k,), problems, lines, interpolate) for k, v in node.items()}
     if isinstance(node, list):
-        return [_interpolate(v, path + (i,), problems, lines) for i, v in enumerate(node)]
+        return [_rebuild(v, path + (i,), problems, lines, interpolate) for i, v in enumerate(node)]
+    if isinstance(node, float) and not interpolate and not math.isfinite(node):
+        problems.append(Problem(_dotted(path), f"{node} is not allowed: numbers must be finite (no .inf or .nan)",
+                                _line_for(lines, path)))
     return node
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        text = str(part)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        out += f"[{text}]" if isinstance(part, int) and not isinstance(part, bool) else (f".{text}" if out else text)
     return out
+
+
+# --------------------------------------------------------------------------- pydantic errors
 
 
 def _model_at(loc: tuple[Any, ...], data: Any) -> type[BaseModel] | None:
@@ -173,6 +366,13 @@ def _friendly(err: dict[str, Any], data: Any) -> tuple[tuple[Any, ...], str]:
     kind = err["type"]
     # drop pydantic's union tags ("litellm", "categorical", ...) and validator names from the path
     clean = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("function-") or p in _UNION_TAGS)))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, At):
+        return clean + cause.path, str(cause)
+    if clean and clean[-1] == "[key]":
+        clean = clean[:-1]
+        msg = err["msg"].removeprefix("Value error, ")
+        return clean, f"name {short(clean[-1] if clean else '', 60)}: {msg}"
     if kind == "extra_forbidden":
         key = clean[-1]
         parent = _model_at(clean[:-1], data)
@@ -181,73 +381,133 @@ def _friendly(err: dict[str, Any], data: Any) -> tuple[tuple[Any, ...], str]:
             for f in parent.model_fields.values():
                 if f.validation_alias is not None and hasattr(f.validation_alias, "choices"):
                     known += [c for c in f.validation_alias.choices if isinstance(c, str)]
+        text = str(key)
         guess = sorted(
-            difflib.get_close_matches(str(key), known, n=3),
-            key=lambda k: (sorted(k) != sorted(str(key)), -difflib.SequenceMatcher(None, k, str(key)).ratio()),
+            difflib.get_close_matches(text, known, n=3) if len(text) <= 100 else [],
+            key=lambda k: (sorted(k) != sorted(text), -difflib.SequenceMatcher(None, k, text).ratio()),
         )
         hint = f"; did you mean '{guess[0]}'?" if guess else (f"; expected one of: {', '.join(known)}" if known else "")
-        return clean, f"unknown key '{key}'{hint}"
+        return clean, f"unknown key {short(text, 60)}{hint}"
     if kind == "missing":
         return clean, "required field is missing"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return clean, f"got {err.get('input')!r}, expected {expected}"
+        return clean, f"got {short(err.get('input'), 60)}, expected {expected}"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx", {})
-        return clean, f"unknown {ctx.get('discriminator', 'type')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        return clean, (f"unknown {ctx.get('discriminator', 'type')} {short(ctx.get('tag'), 60)}; "
+                       f"expected one of {ctx.get('expected_tags')}")
     if kind == "union_tag_not_found":
         return clean, f"needs a '{err.get('ctx', {}).get('discriminator', 'type').strip(chr(39))}' field"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], (dict, list)):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {short(err['input'], 60)})"
     return clean, msg
 
 
 _UNION_TAGS = {"litellm", "http", "python", "categorical", "continuous", "float", "discrete", "int", "integer"}
 
 
+# --------------------------------------------------------------------------- entry points
+
+
+def _study_from_file(path: Path) -> str:
+    name = "".join(c if c.isprintable() else "_" for c in path.stem)[:MAX_NAME]
+    return name if name.strip() else "study"
+
+
 def parse_config(text: str, path: Path) -> LoadedConfig:
     """Parse YAML text; raise :class:`ConfigError` with every problem found."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(path, [Problem("", f"the file is {len(text):,} characters long; at most "
+                                             f"{MAX_FILE_BYTES:,} are read (put large test sets in a "
+                                             "JSON/JSONL file: evaluation.test_cases.path)")])
+    loader = _Loader(text)
     try:
-        raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-        lines = _compose_lines(text)
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError(path, [Problem("", "the file is empty; run `convergence init` for a starting point")])
+        problems = _check_nodes(loader, root)
+        if problems:
+            raise ConfigError(path, problems)
+        lines = _compose_lines(loader, root)
+        data = loader.construct_document(root)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, [Problem("", f"invalid YAML: {problem}", line)]) from None
-    if raw is None:
-        raise ConfigError(path, [Problem("", "the file is empty; run `convergence init` for a starting point")])
-    if not isinstance(raw, dict):
-        raise ConfigError(path, [Problem("", f"expected a mapping at the top level, got {type(raw).__name__}", 1)])
-    problems: list[Problem] = []
-    data = _interpolate(raw, (), problems, lines)
+        raise ConfigError(path, [Problem("", f"invalid YAML: {short(problem, 200)}", line)]) from None
+    except RecursionError:
+        raise ConfigError(path, [Problem("", f"values are nested too deeply (at most {MAX_DEPTH} levels)")]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(path, [Problem("", f"expected a mapping at the top level, got {type(data).__name__}", 1)])
+    problems = []
+    written = _rebuild(data, (), problems, lines, interpolate=False)
     if problems:
         raise ConfigError(path, problems)
-    if data.get("study") is None and data.get("api") is None:
-        data = {"study": path.stem, **data}
+    raw = _rebuild(data, (), problems, lines, interpolate=True)
+    if problems:
+        raise ConfigError(path, problems)
+    legacy = raw.get("legacy")
+    has_session = isinstance(legacy, dict) and legacy.get("session_id") is not None
+    if raw.get("study") is None and raw.get("api") is None and not has_session:
+        study = _study_from_file(path)
+        raw = {"study": study, **{k: v for k, v in raw.items() if k != "study"}}
+        written = {"study": study, **{k: v for k, v in written.items() if k != "study"}}
     try:
-        cfg = ConvergenceConfig.model_validate(data)
+        cfg = ConvergenceConfig.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            loc, message = _friendly(err, data)
+            loc, message = _friendly(err, raw)
             problems.append(Problem(_dotted(loc), message, _line_for(lines, loc)))
-        raise ConfigError(path, problems) from None
-    return LoadedConfig(cfg, path, path.parent.resolve(), data)
+        raise ConfigError(path, _dedupe(problems)) from None
+    return LoadedConfig(cfg, path, path.parent.resolve(), raw, written, lines)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str, int | None]] = set()
+    out = []
+    for p in problems:
+        key = (p.field, p.message, p.line)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def load_config(path: str | Path) -> LoadedConfig:
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(p, [Problem("", "file not found")])
-    if p.is_dir():
-        candidate = p / "optimization.yaml"
-        if not candidate.exists():
-            raise ConfigError(p, [Problem("", "is a directory without optimization.yaml")])
-        p = candidate
-    return parse_config(p.read_text(encoding="utf-8"), p)
+    try:
+        if not p.exists():
+            raise ConfigError(p, [Problem("", "file not found")])
+        if p.is_dir():
+            candidate = p / "optimization.yaml"
+            if not candidate.exists():
+                raise ConfigError(p, [Problem("", "is a directory without optimization.yaml")])
+            p = candidate
+        if not p.is_file():
+            raise ConfigError(p, [Problem("", "is not a regular file")])
+        with p.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(p, [Problem("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(p, [Problem("", f"the file is larger than {MAX_FILE_BYTES:,} bytes; put large test "
+                                          "sets in a JSON/JSONL file (evaluation.test_cases.path)")])
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise ConfigError(p, [Problem("", "this is a binary file (it contains NUL bytes), not a YAML text file", line)])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(p, [Problem("", f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                                          f"{exc.start}); save it as UTF-8", line)]) from None
+    return parse_config(text.removeprefix("\ufeff"), p)
 
 
 def resolve_path(base_dir: Path, value: str) -> Path:

@@ -1,31 +1,115 @@
-"""Pydantic models for every section of ``optimization.yaml``.
+"""Pydantic models for every section of ``optimization.yaml``: our own schema.
 
-The field names follow the-convergence's format so its YAML files load
-unchanged (``api:``, ``search_space.parameters``, ``evaluation.metrics`` with
-``type: higher_is_better``, ``optimization.evolution`` ...). Our own additions
-(``target:``, ``budget:``, ``storage:``) sit beside them. Every model forbids
-unknown keys so a typo is an error, not a silently ignored setting.
+the-convergence's sections (``api:``, ``legacy:``, test-case augmentation)
+are in :mod:`convergence.config.compat`, built on these models; the few
+the-convergence spellings of our own settings (``parallel_workers``,
+``early_stopping_generations``, ``experiments_per_generation``, metric
+``type:``) are plain aliases here, each wired to the setting it means.
+
+Every model forbids unknown keys so a typo is an error, not a silently
+ignored setting. Numbers are finite (no ``.inf``/``.nan``), integers are
+integers (``true`` is not 1, ``3.5`` is not 3) and fit SQLite's 64-bit range,
+names are bounded, and no option is parsed without being used: an option we do
+not implement is refused with a message saying so.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
+if TYPE_CHECKING:  # defined in compat.py, which builds on this module (imported at the bottom)
+    from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
+
+MAX_NAME = 200
+"""Longest study, parameter or metric name (they are printed, stored and plotted)."""
+SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
+MAX_EXACT_INT = 2**53
+"""Integer search ranges are sampled through floats: beyond 2**53 they would lose precision."""
+
+
+class At(ValueError):
+    """A validator's error about one field of the model (or a field further
+    down), so the loader can report that field's path and line instead of
+    the model's. ``path`` is relative to the model that raises it."""
+
+    def __init__(self, path: str | tuple[Any, ...], message: str):
+        self.path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        super().__init__(message)
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr`` of a value cut to ``limit`` characters, for messages that echo input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _int_not_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"expected an integer, got {str(v).lower()} (a boolean)")
+    return v
+
+
+def _float_not_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {str(v).lower()} (a boolean)")
+    return v
+
+
+def _sqlite_range(v: int) -> int:
+    if not SQLITE_MIN <= v <= SQLITE_MAX:
+        raise ValueError(f"{short(v, 30)} is out of range: integers must fit 64 bits (|x| < 2**63)")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_int_not_bool), AfterValidator(_sqlite_range)]
+"""An integer: ``3`` and ``"3"`` (from ``${VAR}``) are fine; ``true`` and ``3.5`` are not."""
+Float = Annotated[float, BeforeValidator(_float_not_bool)]
+"""A finite number (the model config refuses inf/nan); ``true`` is not 1.0."""
+
+
+def _name(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    if len(v) > MAX_NAME:
+        raise ValueError(f"is {len(v)} characters long; at most {MAX_NAME} are allowed")
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must not contain control characters (newlines, tabs, ...)")
+    return v
+
+
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_name)]
+"""A study, parameter or metric name: 1-200 printable characters."""
+Text = Annotated[str, AfterValidator(_non_empty)]
+"""A non-empty string (model, endpoint, function, path ...)."""
+
 
 class Strict(BaseModel):
-    """Base: unknown keys are errors (with a did-you-mean from the loader)."""
+    """Base: unknown keys are errors (with a did-you-mean from the loader) and
+    floats must be finite."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- target
@@ -35,11 +119,11 @@ class AuthConfig(Strict):
     """Credentials always come from environment variables, never the YAML."""
 
     type: Literal["bearer", "api_key", "basic", "none"] = "none"
-    token_env: str | None = None
-    header_name: str = "x-api-key"
+    token_env: Text | None = None
+    header_name: Text = "x-api-key"
     username: str | None = None
-    username_env: str | None = None
-    password_env: str | None = None
+    username_env: Text | None = None
+    password_env: Text | None = None
 
     @model_validator(mode="after")
     def _needs_env(self) -> "AuthConfig":
@@ -47,13 +131,24 @@ class AuthConfig(Strict):
             raise ValueError(f"auth type '{self.type}' needs token_env (the env var holding the token)")
         if self.type == "basic" and not self.password_env:
             raise ValueError("auth type 'basic' needs password_env")
+        if self.type == "basic" and (self.username is None) == (self.username_env is None):
+            raise ValueError("auth type 'basic' needs one of username or username_env")
+        unused = {
+            "bearer": ("username", "username_env", "password_env", "header_name"),
+            "api_key": ("username", "username_env", "password_env"),
+            "basic": ("token_env", "header_name"),
+            "none": ("token_env", "username", "username_env", "password_env", "header_name"),
+        }[self.type]
+        for name in unused:
+            if name in self.model_fields_set:
+                raise At(name, f"is not used by auth type '{self.type}'")
         return self
 
 
 class RequestConfig(Strict):
     method: Literal["GET", "POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: Float = Field(30.0, gt=0, le=86_400)
     body: Any = None
     """JSON body template: strings are Jinja templates over the test case and
     the configuration. Without it the body is the test case input merged with
@@ -61,41 +156,65 @@ class RequestConfig(Strict):
 
 
 class ResponseConfig(Strict):
-    result_field: str | None = "result"
+    result_field: Text | None = "result"
     """Dotted path to the output, e.g. ``choices.0.message.content``."""
-    success_field: str | None = None
-    error_field: str | None = "error"
-    cost_field: str | None = None
+    success_field: Text | None = None
+    error_field: Text | None = "error"
+    cost_field: Text | None = None
 
 
 class RetryConfig(Strict):
-    max_retries: int = Field(3, ge=0, le=20)
-    backoff_initial_seconds: float = Field(0.5, ge=0)
-    backoff_max_seconds: float = Field(20.0, ge=0)
+    max_retries: Int = Field(3, ge=0, le=20)
+    backoff_initial_seconds: Float = Field(0.5, ge=0, le=3600)
+    backoff_max_seconds: Float = Field(20.0, ge=0, le=3600)
 
 
 class _TargetCommon(Strict):
-    timeout_seconds: float = Field(60.0, gt=0)
-    rate_limit_per_second: float | None = Field(None, gt=0)
+    timeout_seconds: Float = Field(60.0, gt=0, le=86_400)
+    rate_limit_per_second: Float | None = Field(None, ge=0.001, le=1_000_000)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+
+
+ROLES = ("system", "user", "assistant", "developer")
+
+
+def check_messages(v: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
+    """Chat messages: each a mapping with a known ``role`` and a ``content`` template."""
+    if v is None:
+        return v
+    if not v:
+        raise ValueError("needs at least one message (or use prompt)")
+    for i, m in enumerate(v):
+        for key in m:
+            if key not in ("role", "content", "name"):
+                raise At((i, key), f"unknown message key {short(key, 40)}; a message has role, content (and name)")
+        if "role" not in m:
+            raise At(i, f"a message needs a 'role' ({', '.join(ROLES)})")
+        if m["role"] not in ROLES:
+            raise At((i, "role"), f"got {short(m['role'], 40)}, expected one of {', '.join(ROLES)}")
+        if "content" not in m:
+            raise At(i, "a message needs a 'content' (a Jinja template)")
+    return v
 
 
 class LiteLLMTargetConfig(_TargetCommon):
     """Any LiteLLM model string, including the embedded ``local/gemma-3-270m``."""
 
     type: Literal["litellm"] = "litellm"
-    model: str
+    model: Text
     prompt: str | None = None
     """Completion-style Jinja template (the embedded model is a base model)."""
     messages: list[dict[str, str]] | None = None
-    """Chat messages, each ``content`` a Jinja template."""
-    api_base: str | None = None
-    api_key_env: str | None = None
+    """Chat messages (``role`` and ``content``), each ``content`` a Jinja template."""
+    api_base: Text | None = None
+    api_key_env: Text | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     """Fixed call parameters, overridden by the configuration under test."""
-    call_params: list[str] | None = None
+    call_params: list[Text] | None = None
     """Search-space parameters to pass to the LLM call. Default: those whose
     name is a known completion parameter (temperature, max_tokens, stop, ...)."""
+
+    _messages = field_validator("messages")(check_messages)
 
     @model_validator(mode="after")
     def _one_prompt(self) -> "LiteLLMTargetConfig":
@@ -108,7 +227,7 @@ class LiteLLMTargetConfig(_TargetCommon):
 
 class HTTPTargetConfig(_TargetCommon):
     type: Literal["http"] = "http"
-    endpoint: str
+    endpoint: Text
     auth: AuthConfig = Field(default_factory=AuthConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)
     response: ResponseConfig = Field(default_factory=ResponseConfig)
@@ -116,13 +235,14 @@ class HTTPTargetConfig(_TargetCommon):
 
 class PythonTargetConfig(_TargetCommon):
     type: Literal["python"] = "python"
-    function: str
+    function: Text
     """``module:function``; sync or async; called as ``fn(params, input)``."""
 
     @field_validator("function")
     @classmethod
     def _colon(cls, v: str) -> str:
-        if ":" not in v:
+        module, _, attr = v.partition(":")
+        if not module.strip() or not attr.strip():
             raise ValueError("expected 'module:function', e.g. 'my_pkg.target:call'")
         return v
 
@@ -133,66 +253,24 @@ TargetConfig = Annotated[
 ]
 
 
-class ApiModelEntry(Strict):
-    endpoint: str
-    description: str | None = None
-
-
-class ApiConfig(Strict):
-    """the-convergence's ``api:`` section. ``model`` selects LiteLLM,
-    ``endpoint`` a plain HTTP endpoint."""
-
-    name: str
-    description: str | None = None
-    endpoint: str | None = None
-    model: str | None = None
-    models: dict[str, ApiModelEntry] | None = None
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    request: RequestConfig = Field(default_factory=RequestConfig)
-    response: ResponseConfig = Field(default_factory=ResponseConfig)
-    prompt: str | None = None
-    messages: list[dict[str, str]] | None = None
-    api_base: str | None = None
-    api_key_env: str | None = None
-    adapter_enabled: bool = False
-    mock_mode: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> "ApiConfig":
-        if self.mock_mode:
-            raise ValueError("mock_mode is not supported: Convergence always calls the real target")
-        if self.adapter_enabled:
-            raise ValueError("adapter_enabled is not supported; describe the request with request.body instead")
-        if self.models:
-            raise ValueError(
-                "api.models (a model registry) is not supported; use a 'model' search-space parameter "
-                "with a LiteLLM target instead"
-            )
-        if not self.endpoint and not self.model:
-            raise ValueError("api needs either 'endpoint' (HTTP) or 'model' (a LiteLLM model string)")
-        return self
-
-    def to_target(self) -> LiteLLMTargetConfig | HTTPTargetConfig:
-        if self.model:
-            return LiteLLMTargetConfig(
-                model=self.model,
-                prompt=self.prompt,
-                messages=self.messages,
-                api_base=self.api_base or self.endpoint,
-                api_key_env=self.api_key_env or self.auth.token_env,
-                timeout_seconds=self.request.timeout_seconds,
-            )
-        assert self.endpoint is not None
-        return HTTPTargetConfig(
-            endpoint=self.endpoint,
-            auth=self.auth,
-            request=self.request,
-            response=self.response,
-            timeout_seconds=self.request.timeout_seconds,
-        )
-
-
 # --------------------------------------------------------------------------- search space
+
+
+def _label(value: Any) -> Any:
+    """The label a list value gets in configurations (mirrors core.space)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _no_duplicates(values: list[Any]) -> None:
+    seen: dict[Any, int] = {}
+    for i, v in enumerate(values):
+        key = _label(v)
+        # True == 1 == 1.0 in Python: such values would be one choice, so they count as duplicates
+        if key in seen:
+            raise At(i, f"{short(v, 60)} is listed twice (also item {seen[key]}); values must be distinct")
+        seen[key] = i
 
 
 class CategoricalParam(Strict):
@@ -207,14 +285,20 @@ class CategoricalParam(Strict):
     def _non_empty(cls, v: list[Any] | dict[str, Any]) -> list[Any] | dict[str, Any]:
         if len(v) == 0:
             raise ValueError("needs at least one value")
+        if isinstance(v, list):
+            _no_duplicates(v)
+        else:
+            for label in v:
+                if not label.strip() or len(label) > MAX_NAME:
+                    raise At(label, f"label must be 1-{MAX_NAME} characters")
         return v
 
 
 class ContinuousParam(Strict):
     type: Literal["continuous", "float"]
-    min: float
-    max: float
-    step: float | None = Field(None, gt=0)
+    min: Float
+    max: Float
+    step: Float | None = Field(None, gt=0)
     log: bool = False
     description: str | None = None
 
@@ -222,6 +306,8 @@ class ContinuousParam(Strict):
     def _range(self) -> "ContinuousParam":
         if not self.min <= self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        if not math.isfinite(self.max - self.min):
+            raise ValueError(f"the range {self.min}..{self.max} is too wide to sample")
         if self.log and self.min <= 0:
             raise ValueError("log scale needs min > 0")
         return self
@@ -231,10 +317,11 @@ class DiscreteParam(Strict):
     """Either explicit numeric ``values`` or an integer range ``min``..``max``."""
 
     type: Literal["discrete", "int", "integer"]
-    values: list[float | int] | None = None
-    min: int | None = None
-    max: int | None = None
-    step: int = Field(1, gt=0)
+    values: list[Any] | None = None
+    """Numbers (integers stay integers: a max_tokens of 64 is sent as 64)."""
+    min: Int | None = Field(None, ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)
+    max: Int | None = Field(None, ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)
+    step: Int = Field(1, gt=0, le=MAX_EXACT_INT)
     description: str | None = None
 
     @model_validator(mode="after")
@@ -244,8 +331,21 @@ class DiscreteParam(Strict):
                 raise ValueError("discrete needs 'values' or both 'min' and 'max'")
             if self.min > self.max:
                 raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
-        elif len(self.values) == 0:
-            raise ValueError("needs at least one value")
+        else:
+            for extra in ("min", "max", "step"):
+                if extra in self.model_fields_set:
+                    raise At(extra, "cannot be combined with 'values' (give either values or min/max/step)")
+            if len(self.values) == 0:
+                raise At("values", "needs at least one value")
+            for i, x in enumerate(self.values):
+                if isinstance(x, bool) or not isinstance(x, (int, float)):
+                    raise At(("values", i), f"expected a number, got {short(x, 60)}")
+                if isinstance(x, int) and not SQLITE_MIN <= x <= SQLITE_MAX:
+                    raise At(("values", i), "is out of range: integers must fit 64 bits (|x| < 2**63)")
+            try:
+                _no_duplicates(self.values)
+            except At as exc:
+                raise At(("values", *exc.path), str(exc)) from None
         return self
 
 
@@ -253,43 +353,34 @@ Parameter = Annotated[
     Union[CategoricalParam, ContinuousParam, DiscreteParam], Field(discriminator="type")
 ]
 
+RESERVED_PARAMETER_NAMES = frozenset({"input", "expected", "metadata", "case_id", "params"})
+"""Template variables every test case provides; a parameter of that name would hide them."""
+
 
 class SearchSpaceConfig(Strict):
-    parameters: dict[str, Parameter]
+    parameters: dict[Name, Parameter]
 
     @field_validator("parameters")
     @classmethod
     def _non_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not v:
             raise ValueError("define at least one parameter")
+        for name in v:
+            if name in RESERVED_PARAMETER_NAMES:
+                raise At(name, f"'{name}' is a reserved template variable (the test case's); rename the parameter")
         return v
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-class AugmentationConfig(Strict):
-    enabled: bool = False
-    mutation_rate: float = 0.0
-    crossover_rate: float = 0.0
-    augmentation_factor: int = 1
-    preserve_originals: bool = True
-
-    @model_validator(mode="after")
-    def _off(self) -> "AugmentationConfig":
-        if self.enabled:
-            raise ValueError(
-                "test-case augmentation is not supported: mutated test cases have no trustworthy "
-                "expected answers; set enabled: false"
-            )
-        return self
-
-
 class TestCasesConfig(Strict):
-    path: str | None = None
+    __test__ = False  # not a pytest test class despite the name
+
+    path: Text | None = None
     inline: list[dict[str, Any]] | None = None
     augmentation: AugmentationConfig | None = None
-    limit: int | None = Field(None, gt=0)
+    limit: Int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one(self) -> "TestCasesConfig":
@@ -298,54 +389,67 @@ class TestCasesConfig(Strict):
         return self
 
 
-MetricFunction = str
+MetricFunction = Text
 """Built-in name (exact_match, contains, regex, numeric, json_valid, json_schema,
-similarity, latency, cost, llm_judge, custom) or ``module:function``."""
+similarity, latency, cost, success, llm_judge, custom) or ``module:function``."""
 
 
 class JudgeConfig(Strict):
-    model: str = "local/gemma-3-270m"
-    rubric: str = "Is the response correct and helpful given the expected answer?"
-    api_base: str | None = None
-    api_key_env: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 8
-    timeout_seconds: float = 60.0
+    model: Text = "local/gemma-3-270m"
+    rubric: Text = "Is the response correct and helpful given the expected answer?"
+    api_base: Text | None = None
+    api_key_env: Text | None = None
+    temperature: Float = Field(0.0, ge=0, le=2)
+    max_tokens: Int = Field(8, ge=1, le=100_000)
+    timeout_seconds: Float = Field(60.0, gt=0, le=86_400)
 
 
 class MetricConfig(Strict):
-    weight: float = Field(1.0, ge=0)
+    weight: Float = Field(1.0, ge=0, le=1e9)
     direction: Literal["higher_is_better", "lower_is_better"] = Field(
         "higher_is_better", validation_alias=AliasChoices("type", "direction")
     )
     function: MetricFunction | None = None
-    threshold: float | None = None
+    threshold: Float | None = None
     """higher_is_better: minimum acceptable value (reported as pass/fail).
     lower_is_better: the value that normalises to 0 (e.g. 5000 ms)."""
-    budget_per_call: float | None = Field(None, gt=0)
+    budget_per_call: Float | None = Field(None, gt=0)
     """For cost metrics: the per-call cost that normalises to 0."""
     args: dict[str, Any] = Field(default_factory=dict)
     """Extra arguments for the metric function (regex pattern, tolerance, schema ...)."""
     judge: JudgeConfig | None = None
 
+    @model_validator(mode="after")
+    def _used(self) -> "MetricConfig":
+        if self.judge is not None and self.function != "llm_judge":
+            raise At("judge", "is only used by 'function: llm_judge'")
+        if self.direction == "lower_is_better":
+            if self.threshold is not None and self.threshold <= 0:
+                raise At("threshold", f"must be > 0 for a lower_is_better metric (it is the value that scores 0), got {self.threshold}")
+            if self.threshold is not None and self.budget_per_call is not None:
+                raise At("budget_per_call", "give threshold or budget_per_call, not both (both set the value that scores 0)")
+        elif self.budget_per_call is not None:
+            raise At("budget_per_call", "only applies to lower_is_better metrics (type: lower_is_better)")
+        return self
+
 
 class CustomEvaluatorConfig(Strict):
     enabled: bool = True
-    module: str
-    function: str
+    module: Text
+    function: Text
 
 
 class EvaluationConfig(Strict):
     test_cases: TestCasesConfig
-    metrics: dict[str, MetricConfig]
+    metrics: dict[Name, MetricConfig]
     custom_evaluator: CustomEvaluatorConfig | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> "EvaluationConfig":
         if not self.metrics:
-            raise ValueError("define at least one metric")
+            raise At("metrics", "define at least one metric")
         if sum(m.weight for m in self.metrics.values()) <= 0:
-            raise ValueError("metric weights must not all be 0")
+            raise At("metrics", "metric weights must not all be 0")
         return self
 
 
@@ -354,64 +458,100 @@ class EvaluationConfig(Strict):
 
 class MABConfig(Strict):
     strategy: Literal["thompson_sampling"] = "thompson_sampling"
-    exploration_rate: float = Field(0.1, ge=0, le=1)
-    confidence_level: float = Field(0.95, gt=0, lt=1)
-    bins: int = Field(8, ge=2, le=100)
+    """The bandit proposer samples Beta posteriors (Thompson sampling); the only strategy."""
+    exploration_rate: Float = Field(0.1, ge=0, le=1)
+    """Share of bandit proposals drawn uniformly at random instead of from the posteriors."""
+    confidence_level: Float | None = Field(None, gt=0, lt=1)
+    """the-convergence's UCB setting. Thompson sampling has no confidence level,
+    so only its default (0.95) is accepted, as a no-op, for old files."""
+    bins: Int = Field(8, ge=2, le=100)
     """Continuous parameters are split into this many arms."""
+
+    @field_validator("confidence_level")
+    @classmethod
+    def _confidence(cls, v: float | None) -> float | None:
+        if v is not None and v != 0.95:
+            raise ValueError(
+                "is not used: the bandit is Thompson sampling, which has no confidence level "
+                "(a UCB setting); remove it, or tune exploration_rate instead"
+            )
+        return v
 
 
 class EvolutionConfig(Strict):
-    population_size: int = Field(8, ge=1, le=10_000)
-    generations: int = Field(5, ge=1, le=100_000)
-    mutation_rate: float = Field(0.2, ge=0, le=1)
-    crossover_rate: float = Field(0.7, ge=0, le=1)
-    elite_size: int = Field(1, ge=0)
-    tournament_size: int = Field(3, ge=1)
-    early_stopping_generations: int | None = Field(None, ge=1)
-    """the-convergence's name for early_stopping.patience."""
+    population_size: Int = Field(8, ge=1, le=10_000)
+    generations: Int = Field(5, ge=1, le=100_000)
+    mutation_rate: Float = Field(0.2, ge=0, le=1)
+    crossover_rate: Float = Field(0.7, ge=0, le=1)
+    elite_size: Int = Field(1, ge=0, le=10_000)
+    tournament_size: Int = Field(3, ge=1, le=10_000)
+    early_stopping_generations: Int | None = Field(None, ge=1, le=100_000)
+    """the-convergence's name for execution.early_stopping.patience."""
 
 
 class EarlyStoppingConfig(Strict):
     enabled: bool = True
-    patience: int = Field(3, ge=1)
-    min_improvement: float = Field(0.001, ge=0)
+    patience: Int = Field(3, ge=1, le=100_000)
+    min_improvement: Float = Field(0.001, ge=0, le=1)
 
 
 class ExecutionConfig(Strict):
-    concurrency: int = Field(
+    concurrency: Int = Field(
         4, ge=1, le=100_000, validation_alias=AliasChoices("concurrency", "parallel_workers")
     )
-    max_retries: int | None = Field(None, ge=0, le=20)
-    retry_delay_seconds: float | None = Field(None, ge=0)
-    timeout_seconds: float | None = Field(None, gt=0)
-    experiments_per_generation: int | None = Field(None, ge=1)
-    """Accepted for the-convergence files; the work per generation is
-    population_size x test cases."""
+    max_retries: Int | None = Field(None, ge=0, le=20)
+    """Overrides the target's retry.max_retries."""
+    retry_delay_seconds: Float | None = Field(None, ge=0, le=3600)
+    """Overrides the target's retry.backoff_initial_seconds."""
+    timeout_seconds: Float | None = Field(None, gt=0, le=86_400)
+    """Overrides the target's timeout_seconds."""
+    experiments_per_generation: Int | None = Field(None, ge=1, le=10_000)
+    """the-convergence's name for evolution.population_size (configurations per generation)."""
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
 
 
 class BudgetConfig(Strict):
-    max_calls: int | None = Field(None, ge=1)
-    max_cost_usd: float | None = Field(None, gt=0)
-    max_seconds: float | None = Field(None, gt=0)
+    max_calls: Int | None = Field(None, ge=1)
+    max_cost_usd: Float | None = Field(None, gt=0, le=1e9)
+    max_seconds: Float | None = Field(None, gt=0, le=1e9)
 
 
 class OptimizationConfig(Strict):
     algorithm: Literal["mab_evolution", "genetic", "mab_only", "random"] = "mab_evolution"
-    seed: int | None = 0
+    seed: Int | None = Field(0, ge=0, le=SQLITE_MAX)
+    """Stored as a SQLite integer: 0 <= seed < 2**63."""
     mab: MABConfig = Field(default_factory=MABConfig)
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
-    warm_start: int = Field(3, ge=0)
+    warm_start: Int = Field(3, ge=0, le=10_000)
     """How many of the study's best earlier configurations seed generation 0."""
 
     @model_validator(mode="after")
-    def _elite(self) -> "OptimizationConfig":
-        if self.evolution.elite_size >= self.evolution.population_size and self.evolution.generations > 1:
-            raise ValueError(
-                f"evolution.elite_size ({self.evolution.elite_size}) must be smaller than "
-                f"population_size ({self.evolution.population_size})"
+    def _aliases_and_elite(self) -> "OptimizationConfig":
+        evo, ex = self.evolution, self.execution
+        per_gen = ex.experiments_per_generation
+        if per_gen is not None:
+            if "population_size" in evo.model_fields_set and evo.population_size != per_gen:
+                raise At(
+                    "execution.experiments_per_generation",
+                    f"({per_gen}) is the-convergence's name for evolution.population_size, which is "
+                    f"{evo.population_size}; give one of them",
+                )
+            evo.population_size = per_gen
+        if evo.early_stopping_generations is not None:
+            es = ex.early_stopping
+            if "patience" in es.model_fields_set and es.patience != evo.early_stopping_generations:
+                raise At(
+                    "evolution.early_stopping_generations",
+                    f"({evo.early_stopping_generations}) is the-convergence's name for "
+                    f"execution.early_stopping.patience, which is {es.patience}; give one of them",
+                )
+            es.patience = evo.early_stopping_generations
+        if evo.elite_size >= evo.population_size and evo.generations > 1:
+            raise At(
+                "evolution.elite_size",
+                f"({evo.elite_size}) must be smaller than population_size ({evo.population_size})",
             )
         return self
 
@@ -422,18 +562,17 @@ class OptimizationConfig(Strict):
 class ExportBestConfig(Strict):
     enabled: bool = True
     format: Literal["yaml", "json", "python"] = "yaml"
-    output_path: str | None = None
+    output_path: Text | None = None
 
 
 Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality"]
+ReportFormat = Literal["json", "markdown", "csv"]
 
 
 class OutputConfig(Strict):
-    save_path: str = "results"
+    save_path: Text = "results"
     save_all_experiments: bool = True
-    formats: list[Literal["json", "markdown", "csv"]] = Field(
-        default_factory=lambda: ["json", "markdown", "csv"]
-    )
+    formats: list[ReportFormat] = Field(default_factory=lambda: ["json", "markdown", "csv"])
     visualizations: list[Visualization] = Field(
         default_factory=lambda: ["score_over_time", "cost_vs_quality", "parameter_importance"]
     )
@@ -442,29 +581,18 @@ class OutputConfig(Strict):
 
 
 class StorageConfig(Strict):
-    path: str = ".convergence/convergence.db"
+    path: Text = ".convergence/convergence.db"
     """SQLite file, relative to the YAML's directory: one per project."""
-
-
-class LegacyConfig(Strict):
-    """the-convergence's cross-run tracking; here warm start from the store."""
-
-    enabled: bool = True
-    session_id: str | None = None
-    tracking_backend: str = "builtin"
-    sqlite_path: str | None = None
-    export_dir: str | None = None
-    export_formats: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- placeholders
 
 
 class SocietyLLMConfig(Strict):
-    model: str = "local/gemma-3-270m"
-    api_key_env: str | None = None
-    temperature: float = 0.7
-    max_tokens: int = 256
+    model: Text = "local/gemma-3-270m"
+    api_key_env: Text | None = None
+    temperature: Float = Field(0.7, ge=0, le=2)
+    max_tokens: Int = Field(256, ge=1, le=100_000)
 
 
 class SocietyConfig(Strict):
@@ -490,8 +618,8 @@ class SocietyConfig(Strict):
 
 class WeaveConfig(Strict):
     enabled: bool = False
-    project: str | None = None
-    entity: str | None = None
+    project: Text | None = None
+    entity: Text | None = None
 
 
 class TracingConfig(Strict):
@@ -504,9 +632,10 @@ class TracingConfig(Strict):
 class ConvergenceConfig(Strict):
     """The whole ``optimization.yaml``."""
 
-    study: str | None = None
+    study: Name | None = None
     """Name grouping runs for warm start and resume; defaults to api/target name or the file name."""
     api: ApiConfig | None = None
+    """the-convergence's target section (see compat.py)."""
     target: TargetConfig | None = None
     search_space: SearchSpaceConfig
     evaluation: EvaluationConfig
@@ -514,6 +643,7 @@ class ConvergenceConfig(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     legacy: LegacyConfig | None = None
+    """the-convergence's cross-run tracking settings (see compat.py)."""
     society: SocietyConfig = Field(default_factory=SocietyConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 
@@ -521,11 +651,14 @@ class ConvergenceConfig(Strict):
     def _target(self) -> "ConvergenceConfig":
         if (self.api is None) == (self.target is None):
             raise ValueError("give exactly one of 'api' (the-convergence style) or 'target'")
-        evo = self.optimization.evolution
-        if evo.early_stopping_generations is not None:
-            self.optimization.execution.early_stopping.patience = evo.early_stopping_generations
-        if self.legacy is not None and not self.legacy.enabled:
-            self.optimization.warm_start = 0
+        t = self.resolved_target
+        if isinstance(t, LiteLLMTargetConfig) and t.call_params is not None:
+            for i, name in enumerate(t.call_params):
+                if name not in self.search_space.parameters:
+                    raise At(("target", "call_params", i), f"call parameter {short(name, 60)} is not a search-space parameter "
+                                    f"(have: {', '.join(list(self.search_space.parameters)[:20])})")
+        if self.legacy is not None:
+            self.legacy.apply(self)
         return self
 
     @property
@@ -564,11 +697,22 @@ class ConvergenceConfig(Strict):
             return self.legacy.session_id
         t = self.resolved_target
         if isinstance(t, LiteLLMTargetConfig):
-            return t.model
-        if isinstance(t, HTTPTargetConfig):
-            return t.endpoint
-        return t.function
+            name = t.model
+        elif isinstance(t, HTTPTargetConfig):
+            name = t.endpoint
+        else:
+            name = t.function
+        return name[:MAX_NAME]
 
 
 def finite(x: float) -> bool:
     return not (math.isnan(x) or math.isinf(x))
+
+
+# the-convergence's sections are models built on the ones above; the package
+# __init__ imports this module first, so this import always finds them defined.
+from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig  # noqa: E402
+
+for _model in (TestCasesConfig, EvaluationConfig, ConvergenceConfig):
+    _model.model_rebuild()
+del _model

@@ -10,10 +10,12 @@ the run exactly and only pays for what never finished.
 
 from __future__ import annotations
 
+from convergence.errors import ConvergenceError
+
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import anyio
 import numpy as np
@@ -24,7 +26,9 @@ from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
 from convergence.society.base import Proposal, ProposalContext
 from convergence.society.society import Society
-from convergence.storage.store import Store
+from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, run_fingerprint
+from convergence.storage.store import LeaseLostError, RunInUseError, Store
+from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
 from convergence.targets.base import Target
 from convergence import tracing
 from convergence.tracing import views as trace_views
@@ -72,6 +76,8 @@ class RunOutcome:
     cached_cases: int = 0
     resumed: bool = False
     output_files: list[str] = field(default_factory=list)
+    all_failed_error: str | None = None
+    """Set when the run stopped because every call failed with this error."""
 
 
 class Optimizer:
@@ -104,6 +110,13 @@ class Optimizer:
         self.society = society or Society.from_config(self.cfg.optimization, self.space)
         self._target = target
         self.opt = self.cfg.optimization
+        self.on_run_started: Callable[[int], None] | None = None
+        """Called with the run id once the run row is committed (the CLI's resume hint)."""
+        self._written: dict[str, Any] = getattr(loaded, "written", None) or loaded.raw
+        """The config as written (``${VAR}`` references, not their values): what is stored and traced."""
+        self._secrets = secret_env_values(extra_names=config_secret_names(self._written))
+        self._redactor = Redactor(self._secrets)
+        """Scrubs error texts (and outputs, for exact secret values) before they are stored or shown."""
 
     # ------------------------------------------------------------------ public
 
@@ -136,29 +149,50 @@ class Optimizer:
     # ------------------------------------------------------------------ internals
 
     async def _open_run(self, study: str, resume: bool) -> tuple[int, int, Budget, dict[str, dict[str, CaseResult]], dict[int, list[dict[str, Any]]]]:
-        """Start a new run, or reopen the study's unfinished one with everything
-        it already paid for: (run id, seed, budget so far, cached case results,
-        stored proposals per generation)."""
+        """Start a new run, or take over the study's unfinished one with
+        everything it already paid for: (run id, seed, budget so far, cached
+        case results, stored proposals per generation). Either way the run
+        row, its lease and its test cases are committed before the first call."""
         budget = Budget(self.opt.budget)
-        if not resume:
+        fp = run_fingerprint(self.cfg, self._written, self.cases)
+        prev = await self.store.latest_unfinished_run(study) if resume else None
+        if resume and prev is None:
+            runs = await self.store.list_runs(study, limit=1)
+            if runs:
+                raise ResumeError(
+                    f"run {runs[0].id} of study '{study}' is {runs[0].status} ({runs[0].stop_reason}); "
+                    f"nothing to resume: run without --resume to start a new run"
+                )
+            self.events.message(f"no earlier run of study '{study}' in {self.store.path}: starting a new run")
+        if prev is None:
             seed = self.opt.seed if self.opt.seed is not None else secrets.randbits(32)
-            run_id = await self.store.start_run(study, self.loaded.raw, seed, str(self.loaded.path))
+            run_id = await self.store.start_run(study, self._written, seed, str(self.loaded.path.resolve()),
+                                                fingerprint=fp_dumps(fp))
             await self.store.save_test_cases(run_id, self.cases)
             return run_id, seed, budget, {}, {}
-        prev = await self.store.latest_unfinished_run(study)
-        if prev is None:
-            raise ResumeError(f"no unfinished run of study '{study}' to resume in {self.store.path}")
         assert prev.seed is not None
-        await self.store.mark_running(prev.id)
+        changed = changed_sections(prev.fingerprint, fp)
+        if changed:
+            raise ResumeError(
+                f"{self.loaded.path} changed since run {prev.id} started: {', '.join(changed)}. A resumed run must "
+                f"keep them (budgets, concurrency, timeouts, retries and outputs may change); restore them, "
+                f"or run without --resume to start a new run"
+            )
+        try:
+            await self.store.acquire_run(prev.id)
+        except RunInUseError as exc:
+            raise ResumeError(str(exc)) from None
         cached = await self.store.case_results(prev.id)
         stored_gens = {g.number: g.proposals for g in await self.store.generations(prev.id)}
+        # Every call the run ever started (re-paid ones included) and every second it ran.
         budget.prior_seconds = prev.elapsed_seconds
-        for by_case in cached.values():
-            for r in by_case.values():
-                budget.calls += r.call.attempts
-                budget.cost_usd += r.call.cost_usd
+        stored_attempts = sum(r.call.attempts for by_case in cached.values() for r in by_case.values())
+        budget.calls = max(prev.total_calls, stored_attempts)  # runs killed before totals were persisted
+        budget.cost_usd = max(prev.total_cost_usd,
+                              sum(r.call.cost_usd for by_case in cached.values() for r in by_case.values()))
         self.events.message(
-            f"resuming run {prev.id}: {sum(len(v) for v in cached.values())} finished case results reused"
+            f"resuming run {prev.id}: {sum(len(v) for v in cached.values())} finished case results reused "
+            f"({prev.total_calls} calls, {prev.elapsed_seconds:.1f}s so far)"
         )
         return prev.id, prev.seed, budget, cached, stored_gens
 
@@ -167,8 +201,13 @@ class Optimizer:
         run_id, seed, budget, cached, stored_gens = await self._open_run(study, resume)
         self.run_id = run_id
         self.budget = budget
+        if self.on_run_started is not None:
+            self.on_run_started(run_id)
+        self.store.track_run(run_id, lambda: (budget.calls, budget.cost_usd, budget.elapsed()))
+        self._all_failed = _FailureWatch(
+            any_success=any(r.call.ok for by_case in cached.values() for r in by_case.values()))
         await tracing.start_run(self.cfg.tracing.weave, self.store, study=study, run_id=run_id, seed=seed,
-                                config=self.loaded.raw, resume=resume, notify=self.events.message)
+                                config=self._written, resume=resume, notify=self.events.message)
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -187,7 +226,7 @@ class Optimizer:
         gens_run = 0
         self._cached_hits = 0
         try:
-            async with self.store.autoflush():
+            async with self.store.writing():
                 for gen in range(evo.generations):
                     rng = np.random.default_rng([seed, gen])
                     if gen in stored_gens:
@@ -220,6 +259,10 @@ class Optimizer:
                         run_id, gen, gen_best.score if gen_best else None, mean, len(new)
                     )
                     self.events.generation_finished(gen, best, new)
+                    if self._all_failed.tripped:
+                        stop_reason = self._all_failed.reason()
+                        status = "failed"
+                        break
                     if budget.exhausted:
                         stop_reason = budget.exhausted
                         status = "stopped"
@@ -231,10 +274,10 @@ class Optimizer:
                         )
                         break
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())) else "failed"
+            status, reason = _interruption(exc)
             with anyio.CancelScope(shield=True):
                 await self.store.finish_run(
-                    run_id, status, f"{type(exc).__name__}: {exc}"[:500], total_calls=budget.calls,
+                    run_id, status, self._redactor.text(reason)[:500], total_calls=budget.calls,
                     total_cost_usd=budget.cost_usd, elapsed_seconds=budget.elapsed(),
                 )
             raise
@@ -248,6 +291,7 @@ class Optimizer:
             run_id=run_id, study=study, status=status, stop_reason=stop_reason, best=best, trials=trials,
             generations_run=gens_run, total_calls=budget.calls, total_cost_usd=budget.cost_usd,
             elapsed_seconds=elapsed, cached_cases=self._cached_hits, resumed=resume,
+            all_failed_error=self._all_failed.error if self._all_failed.tripped else None,
         )
 
     def _warm_proposals(self, warm: list[dict[str, Any]], seen: set[str]) -> list[Proposal]:
@@ -273,6 +317,7 @@ class Optimizer:
     ) -> list[TrialRecord]:
         self._live_best = best
         slots = [_Slot(gen, p, self.space.resolve(p.config)) for p in proposals]
+        self._gen_slots = slots
         jobs: list[tuple[_Slot, TestCase]] = []
         for slot in slots:
             hits = cached.get(slot.proposal.config_hash, {})
@@ -289,6 +334,7 @@ class Optimizer:
                 self._complete(slot)
         remaining = self.budget.remaining_seconds()
         with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
+            self._gen_scope = scope
             if jobs and tracing.active():
                 await self._eval_traced(jobs)
             elif jobs:
@@ -300,7 +346,7 @@ class Optimizer:
                 async with anyio.create_task_group() as tg:
                     for _ in range(min(self.opt.execution.concurrency, len(jobs))):
                         tg.start_soon(self._eval_worker, queue)
-        if scope.cancelled_caught and not self.budget.exhausted:
+        if scope.cancelled_caught and not self.budget.exhausted and not self._all_failed.tripped:
             self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
         trials: list[TrialRecord] = []
         for slot in slots:  # proposal order, so the store (and a seeded run) is deterministic
@@ -349,8 +395,26 @@ class Optimizer:
 
     async def _eval_case(self, slot: "_Slot", case: TestCase) -> None:
         if self.budget.reserve_call():
+            # The reservation is committed before the call goes out, so the
+            # run's stored totals count every call the target receives, even
+            # if this process is killed mid-call (group commit: one commit
+            # covers every reservation made while the previous one ran).
+            self.store.touch()
+            try:
+                await self.store.durable()
+            except BaseException:
+                self.budget.calls -= 1  # cancelled (time budget, all calls failing) before it was sent
+                raise
             call: CallResult = await self.runner.run(slot.params, case)
             self.budget.charge(call.cost_usd, call.attempts - 1)
+            if call.error is not None:
+                call.error = self._redactor.text(call.error)
+                if self._all_failed.failed(call.error, slot.proposal.config_hash, len(self._gen_slots)):
+                    self._gen_scope.cancel()
+            else:
+                self._all_failed.any_success = True
+            if self._secrets and isinstance(call.output, str):
+                call.output = self._redactor.exact(call.output)
             metrics = await self.evaluator.evaluate(case, call)
             result = CaseResult(case.id, call, metrics)
             slot.results.append(result)
@@ -395,8 +459,46 @@ class _Slot:
     record: TrialRecord | None = None
 
 
-class ResumeError(Exception):
-    pass
+class ResumeError(ConvergenceError):
+    """The run cannot be resumed (nothing to resume, config changed, run in use)."""
+
+
+@dataclass(slots=True)
+class _FailureWatch:
+    """Trips when every call so far failed with one and the same error across
+    several configurations: a broken target (URL, server down, bad key), not a
+    bad configuration. The run then stops instead of paying for the rest."""
+
+    any_success: bool = False
+    error: str | None = None
+    configs: set[str] = field(default_factory=set)
+    mixed: bool = False
+    tripped: bool = False
+
+    def failed(self, error: str, config_hash: str, n_configs: int) -> bool:
+        """Record a failed call; True when the watch trips now."""
+        if self.any_success or self.mixed or self.tripped:
+            return False
+        if self.error is None:
+            self.error = error
+        elif error != self.error:
+            self.mixed = True
+            return False
+        self.configs.add(config_hash)
+        self.tripped = len(self.configs) >= min(3, max(1, n_configs))
+        return self.tripped
+
+    def reason(self) -> str:
+        return f"every call failed with the same error, stopped early: {self.error}"
+
+
+def _interruption(exc: BaseException) -> tuple[str, str]:
+    """(status, readable stop reason) for an exception that ended a run."""
+    if isinstance(exc, (KeyboardInterrupt, anyio.get_cancelled_exc_class())):
+        return "interrupted", "interrupted (Ctrl-C or cancelled); finished results are stored, resume with --resume"
+    if isinstance(exc, LeaseLostError):
+        return "interrupted", str(exc)
+    return "failed", f"{type(exc).__name__}: {exc}"
 
 
 async def optimize(

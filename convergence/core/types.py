@@ -49,6 +49,11 @@ class CallResult:
     attempts: int = 1
     error: str | None = None
     raw: Any = None
+    wall_ms: float = 0.0
+    """Wall time from the start of the first attempt to the end of the last,
+    failed attempts and backoff sleeps included (``latency_ms`` is the last
+    attempt alone); equals ``latency_ms`` for a single attempt. Set on failed
+    calls too. 0.0 when unknown (e.g. results stored before it existed)."""
 
     @property
     def ok(self) -> bool:

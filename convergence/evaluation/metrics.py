@@ -235,9 +235,22 @@ def similarity(output: Any, case: TestCase, call: CallResult, args: dict[str, An
     return max(SequenceMatcher(None, out, normalize(a), autojunk=False).ratio() for a in _answers(case, "similarity"))
 
 
+LATENCY_MEASURES = ("wall", "attempt")
+
+
 def latency(output: Any, case: TestCase, call: CallResult, args: dict[str, Any]) -> float:
-    """The call's wall-clock latency in milliseconds (retries included)."""
-    return call.latency_ms
+    """The call's latency in milliseconds.
+
+    By default (``args.measure: wall``) this is the time a user waits:
+    ``CallResult.wall_ms``, from the start of the first attempt to the end of
+    the last, failed attempts and backoff sleeps (``Retry-After`` included).
+    ``args.measure: attempt`` scores ``latency_ms``, the successful attempt
+    alone, which ignores how often the endpoint had to be retried. A result
+    without a wall time (``wall_ms`` 0, e.g. stored before it was recorded)
+    falls back to ``latency_ms``."""
+    if args.get("measure") == "attempt":
+        return call.latency_ms
+    return call.wall_ms or call.latency_ms
 
 
 def cost(output: Any, case: TestCase, call: CallResult, args: dict[str, Any]) -> float:
@@ -367,6 +380,12 @@ def _prepare_args(name: str, function: str, args: dict[str, Any], base_dir: Path
             _compiled(str(out["pattern"]), re.IGNORECASE if out.get("ignore_case") else 0)
         except MetricError as e:
             raise MetricConfigError(f"metric '{name}': {e}") from e
+    elif function == "latency":
+        measure = out.get("measure", "wall")
+        if measure not in LATENCY_MEASURES:
+            raise MetricConfigError(
+                f"metric '{name}': args.measure must be one of {', '.join(LATENCY_MEASURES)}, got {measure!r}"
+            )
     elif function == "numeric":
         for key in ("tolerance", "rel_tolerance", "scale"):
             if out.get(key) is not None:

@@ -4,6 +4,8 @@ YAML loads to the plain configuration (run metadata sits in a comment header);
 JSON is ``{"config": ..., "metadata": ...}`` because JSON has no comments;
 Python is an importable module defining ``BEST_CONFIG`` (and ``METADATA``).
 Every format round-trips the values exactly, multi-line prompts included.
+Generations are counted from 1 here, as in the report and the CLI (the store
+numbers them from 0).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from convergence.core.types import Config
+from convergence.reporting.atomic import atomic_write_text
 from convergence.reporting.model import RunReport
 
 ExportFormat = Literal["yaml", "json", "python"]
@@ -34,7 +37,7 @@ def best_config_and_metadata(report: RunReport) -> tuple[Config, dict[str, Any]]
         "study": report.study,
         "run_id": report.run_id,
         "trial_id": best.trial_id,
-        "generation": best.generation,
+        "generation": best.generation + 1,  # 1-based, as the report shows it
         "score": best.score,
         "metrics": dict(best.metrics),
         "values": "resolved" if resolved else "labels",
@@ -127,7 +130,5 @@ def export_config(report_or_config: RunReport | Config, fmt: ExportFormat = "yam
         config, meta = dict(report_or_config), None
     text = _WRITERS[fmt](config, meta)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(Path(path), text)
     return text

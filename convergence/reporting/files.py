@@ -4,6 +4,7 @@ the exported best configuration, as ``OutputConfig`` asks."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import asdict
@@ -13,6 +14,7 @@ from typing import Any, Callable, Sequence
 from convergence.config.models import OutputConfig
 from convergence.core.types import TrialRecord
 from convergence.reporting import plots
+from convergence.reporting.atomic import atomic_write_text, remove_stale_temps
 from convergence.reporting.export import EXTENSIONS, export_config
 from convergence.reporting.importance import parameter_importance
 from convergence.reporting.model import RunReport
@@ -118,21 +120,25 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def write_csv(report: RunReport, trials: list[TrialRecord], path: Path) -> Path:
+def render_csv(report: RunReport, trials: list[TrialRecord]) -> str:
     columns, metric_col, param_col = csv_columns(report)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        for t in trials:
-            row: dict[str, Any] = {
-                "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation,
-                "proposer": t.proposer, "status": t.status, "score": t.score, "cost_usd": t.cost_usd,
-                "latency_ms": t.latency_ms, "n_cases": t.n_cases, "n_errors": t.n_errors,
-            }
-            row.update({metric_col[m]: v for m, v in t.metrics.items()})
-            row.update({param_col[p]: _cell(v) for p, v in t.config.items()})
-            writer.writerow(row)
-    return path
+    fh = io.StringIO(newline="")
+    writer = csv.DictWriter(fh, fieldnames=columns)
+    writer.writeheader()
+    for t in trials:
+        row: dict[str, Any] = {
+            "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation,
+            "proposer": t.proposer, "status": t.status, "score": t.score, "cost_usd": t.cost_usd,
+            "latency_ms": t.latency_ms, "n_cases": t.n_cases, "n_errors": t.n_errors,
+        }
+        row.update({metric_col[m]: v for m, v in t.metrics.items()})
+        row.update({param_col[p]: _cell(v) for p, v in t.config.items()})
+        writer.writerow(row)
+    return fh.getvalue()
+
+
+def write_csv(report: RunReport, trials: list[TrialRecord], path: Path) -> Path:
+    return atomic_write_text(path, render_csv(report, trials))
 
 
 # --------------------------------------------------------------------------- markdown
@@ -158,15 +164,25 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _measures_latency(report: RunReport, metric: str) -> bool:
+    """Whether ``metric`` is the calls' mean latency, i.e. the same number as
+    a trial's ``latency_ms`` (by its function, else by its name, as the
+    evaluator infers a missing function)."""
+    function = report.metric_functions.get(metric)
+    return function == "latency" if function else "latency" in metric.lower()
+
+
 def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool) -> list[str]:
     metrics = list(report.metric_directions)
-    header = (["rank"] if ranked else []) + ["trial", "gen", "proposer", "score"] + metrics + [
-        "cost (USD)", "latency (ms)"] + report.parameters
+    # A latency metric already shows the trial's mean latency: one column is enough.
+    own_latency = not any(_measures_latency(report, m) for m in metrics)
+    header = ((["rank"] if ranked else []) + ["trial", "gen", "proposer", "score"] + metrics
+              + ["total cost (USD)"] + (["latency (ms)"] if own_latency else []) + report.parameters)
     rows = []
     for i, t in enumerate(trials, 1):
         rows.append((([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
                      _num(t.score)] + [_num(t.metrics.get(m)) for m in metrics]
-                     + [_num(t.cost_usd), _num(t.latency_ms)]
+                     + [_num(t.cost_usd)] + ([_num(t.latency_ms)] if own_latency else [])
                      + [_md(t.config.get(p, ""), 40) for p in report.parameters]))
     return _table(header, rows)
 
@@ -236,9 +252,13 @@ _CHARTS: dict[str, Callable[[RunReport, dict[str, float]], plots.Chart]] = {
 
 
 def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[Path]:
-    """Write every file ``cfg`` asks for into ``out_dir``; return the paths written."""
+    """Write every file ``cfg`` asks for into ``out_dir``; return the paths written.
+
+    Each file is replaced atomically (see :mod:`convergence.reporting.atomic`):
+    a kill part-way leaves every file either complete or as it was before."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)  # left by a write that was killed
     front = pareto_front(report.trials, report.metric_directions)
     importance = parameter_importance(report.trials, report.parameters)
     trials = _kept_trials(report, front, cfg.save_all_experiments)
@@ -253,13 +273,13 @@ def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[P
     if "json" in cfg.formats:
         path = out_dir / "results.json"
         doc = results_document(report, front, importance, trials)
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
         written.append(path)
     if "csv" in cfg.formats:
         written.append(write_csv(report, trials, out_dir / "results.csv"))
     if "markdown" in cfg.formats:
         path = out_dir / "report.md"
-        path.write_text(render_markdown(report, front, importance, plot_files), encoding="utf-8")
+        atomic_write_text(path, render_markdown(report, front, importance, plot_files))
         written.append(path)
 
     export = cfg.export_best_config

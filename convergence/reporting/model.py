@@ -68,6 +68,9 @@ class RunReport:
     metric_directions: dict[str, str] = field(default_factory=dict)
     """metric -> ``higher_is_better`` | ``lower_is_better``."""
     metric_weights: dict[str, float] = field(default_factory=dict)
+    metric_functions: dict[str, str] = field(default_factory=dict)
+    """metric -> the function computing it (``latency``, ``cost``, ``contains`` ...),
+    when known; the report uses it to avoid showing the same quantity twice."""
     parameters: list[str] = field(default_factory=list)
     resolved_best: Config | None = None
     """The best configuration's values as the target receives them (labels

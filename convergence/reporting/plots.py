@@ -15,6 +15,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from convergence.core.types import TrialRecord
+from convergence.reporting.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import LOWER, non_dominated
 
@@ -204,7 +205,8 @@ def render_png(chart: Chart, path: Path) -> list[Path]:
     if len(chart.series) > 1:
         ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:  # never a half-written PNG at the final path
+        fig.savefig(tmp, format="png")
     return [path]
 
 
@@ -230,8 +232,27 @@ def render_html(chart: Chart, path: Path) -> list[Path]:
         ))
     title = chart.title + (f"<br><sup>{chart.note}</sup>" if chart.note else "")
     fig.update_layout(title=title, xaxis_title=chart.x_label, yaxis_title=chart.y_label, template="plotly_white")
-    fig.write_html(path, include_plotlyjs="directory", full_html=True)
-    return [path, path.parent / PLOTLY_JS]
+    bundle = write_plotly_js(path.parent)
+    # A relative src, as include_plotlyjs="directory" would write, but the
+    # bundle is ours to write atomically (plotly skips an existing, maybe
+    # truncated, one).
+    atomic_write_text(path, fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True))
+    return [path, bundle]
+
+
+def write_plotly_js(directory: Path) -> Path:
+    """plotly.min.js beside the pages, (re)written unless already intact."""
+    from plotly.offline import get_plotlyjs
+
+    bundle = directory / PLOTLY_JS
+    expected = get_plotlyjs().encode("utf-8")
+    try:
+        intact = bundle.stat().st_size == len(expected) and bundle.read_bytes() == expected
+    except OSError:
+        intact = False
+    if not intact:
+        atomic_write_bytes(bundle, expected)
+    return bundle
 
 
 def render(chart: Chart, path_without_suffix: Path, fmt: Literal["png", "html"]) -> list[Path]:

@@ -93,6 +93,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        3,
+        """
+        -- one owner per run at a time: a lease renewed by every commit (heartbeat)
+        ALTER TABLE runs ADD COLUMN owner TEXT;            -- host:pid:token of the process running it
+        ALTER TABLE runs ADD COLUMN heartbeat_at REAL;     -- last commit or heartbeat of the owner
+        ALTER TABLE runs ADD COLUMN fingerprint TEXT;      -- hash of what must not change on --resume
+        -- wall time of a case including retries and backoff (latency_ms is the last attempt)
+        ALTER TABLE case_results ADD COLUMN wall_ms REAL;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

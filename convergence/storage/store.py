@@ -1,28 +1,40 @@
 """SQLite persistence through aiosqlite (WAL): one file per project.
 
 Per-test-case results arrive thousands of times a second, so they are
-buffered and written in batches (``executemany`` in one transaction) by a
-background flusher. A crash loses at most ``flush_interval`` seconds of case
-results; ``--resume`` recomputes exactly those and nothing else.
+buffered and committed by a group-commit writer (``storage/writer.py``) as
+soon as it is free: a finished call is on disk within a commit's time (about
+a millisecond), and the loop makes each call's reservation durable before the
+call starts, so ``--resume`` never re-pays a call whose result was stored and
+the run's totals count every call the target received. Several processes may
+share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``); a run is owned by one
+process at a time through a lease renewed by every commit.
 """
 
 from __future__ import annotations
 
+from convergence.errors import ConvergenceError
+
 import json
+import math
+import os
+import secrets
+import socket
+import sqlite3
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiosqlite
 import anyio
 
 from convergence.core.types import CallResult, CaseResult, Config, TestCase, TrialRecord
 from convergence.storage.migrations import LATEST, MIGRATIONS
+from convergence.storage.writer import Batch, GroupCommitWriter
 
 
-class StorageError(Exception):
+class StorageError(ConvergenceError):
     pass
 
 
@@ -40,6 +52,9 @@ class RunRow:
     total_calls: int
     total_cost_usd: float
     elapsed_seconds: float
+    owner: str | None = None
+    heartbeat_at: float | None = None
+    fingerprint: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -87,8 +102,8 @@ _SQL_GEN_END = (
 )
 _SQL_CASE = (
     "INSERT OR REPLACE INTO case_results(run_id, config_hash, case_id, output, error, latency_ms, "
-    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at, wall_ms) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _SQL_TRIAL = (
     "INSERT INTO trials(run_id, config_hash, generation, proposer, config_json, status, score, "
@@ -105,59 +120,146 @@ _SQL_TRIAL = (
 def _case_rows(rows: list[tuple[Any, ...]]) -> Any:
     """Encode buffered case rows lazily (consumed by sqlite in the writer thread)."""
     for r in rows:
-        yield r[:3] + (_output_text(r[3]),) + r[4:10] + (_dump(r[10]), r[11])
+        yield r[:3] + (_output_text(r[3]),) + r[4:10] + (_dump(r[10]),) + r[11:]
+
+
+async def _retry_locked(op: Callable[[], Awaitable[Any]], *, seconds: float = 30.0) -> Any:
+    """Run ``op``, retrying "database is locked" (e.g. two processes switching a
+    new file to WAL at once, where SQLite's busy handler does not apply)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            return await op()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+async def _version(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    """Apply pending migrations; safe when several processes open a new file at once."""
+    await _retry_locked(lambda: db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    await db.commit()
+    current = await _version(db)
+    if current > LATEST:
+        raise StorageError(
+            f"{path} has schema version {current}, newer than this Convergence ({LATEST}); upgrade Convergence"
+        )
+    for version, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        try:
+            await db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
+        except sqlite3.OperationalError:
+            await db.rollback()
+            current = await _version(db)  # another process applied it meanwhile
+            if current < version:
+                raise
+        current = max(current, version)
+
+
+def _writer_connection(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+_SQL_TOTALS = (
+    "UPDATE runs SET total_calls=?, total_cost_usd=?, elapsed_seconds=?, heartbeat_at=? WHERE id=? AND owner=?"
+)
+
+
+class RunInUseError(StorageError):
+    """Another live process owns the run (its lease is fresh)."""
+
+
+class LeaseLostError(StorageError):
+    """This process's lease on a run was taken over by another process."""
+
+
+LEASE_STALE_SECONDS = 15.0
+"""A run whose owner has not committed or heartbeat for this long may be taken over."""
+HEARTBEAT_SECONDS = 1.0
+"""How often the owner renews its lease (and persists elapsed time) when idle."""
+
+_HOST = socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe_owner(owner: str, heartbeat_at: float | None) -> tuple[bool, str]:
+    """(is the owner alive, a sentence about it) for a stored ``host:pid:token``."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    age = time.time() - heartbeat_at if heartbeat_at else math.inf
+    pid = int(pid_text) if pid_text.isdigit() else -1
+    if host == _HOST and pid > 0 and not _pid_alive(pid):
+        return False, f"process {pid} on {host} is gone"
+    if age > LEASE_STALE_SECONDS:
+        return False, f"process {pid} on {host} has been silent for {age:.0f}s"
+    return True, f"process {pid} on {host} (last heartbeat {age:.1f}s ago)"
 
 
 class Store:
-    """Async repository over the project database."""
+    """Async repository over the project database.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, flush_interval: float):
+    Case results, generations and trials are buffered and made durable by a
+    group-commit writer (``writing()``) as soon as it is free. While a run is
+    tracked (``track_run``), every commit also writes the run's totals and
+    renews its lease, so a killed run keeps every paid call and second."""
+
+    def __init__(self, db: aiosqlite.Connection, wdb: sqlite3.Connection, path: Path):
         self._db = db
+        self._wdb = wdb
+        """The group-commit writer's own connection, used from one worker thread at a time."""
         self.path = path
-        self._flush_interval = flush_interval
-        self._pending: list[tuple[str, list[tuple[Any, ...]]]] = []
-        self._lock = anyio.Lock()
+        self._writer = GroupCommitWriter(self._commit)
+        self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._tracked: tuple[int, Callable[[], tuple[int, float, float]]] | None = None
+        self.lease_lost: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: str | Path, *, flush_interval: float = 0.25) -> "Store":
+    async def open(cls, path: str | Path) -> "Store":
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(p, timeout=30)
+        db = await aiosqlite.connect(p, timeout=60)
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            await _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("PRAGMA busy_timeout=30000")
-            store = cls(db, p, flush_interval)
-            await store._migrate()
+            await _migrate(db, p)
+            wdb = await anyio.to_thread.run_sync(_writer_connection, p)
         except BaseException:
             await db.close()
             raise
-        return store
-
-    async def _migrate(self) -> None:
-        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with self._db.execute("SELECT MAX(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        current = row[0] or 0 if row else 0
-        if current > LATEST:
-            raise StorageError(
-                f"{self.path} has schema version {current}, newer than this Convergence ({LATEST}); upgrade Convergence"
-            )
-        for version, sql in MIGRATIONS:
-            if version > current:
-                await self._db.executescript(f"BEGIN;\n{sql}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
-        await self._db.commit()
+        return cls(db, wdb, p)
 
     async def schema_version(self) -> int:
-        async with self._db.execute("SELECT MAX(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        return await _version(self._db)
 
     async def close(self) -> None:
-        await self.flush()
-        await self._db.close()
+        try:
+            await self.flush()
+        finally:
+            await self._db.close()
+            await anyio.to_thread.run_sync(self._wdb.close)
 
     async def __aenter__(self) -> "Store":
         return self
@@ -165,7 +267,7 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------ runs and leases
 
     async def _study_id(self, name: str) -> int:
         await self._db.execute(
@@ -176,15 +278,58 @@ class Store:
         assert row is not None
         return int(row[0])
 
-    async def start_run(self, study: str, config: dict[str, Any], seed: int | None, config_path: str | None) -> int:
-        sid = await self._study_id(study)
-        cur = await self._db.execute(
-            "INSERT INTO runs(study_id, status, seed, config_json, config_path, started_at) VALUES (?,?,?,?,?,?)",
-            (sid, "running", seed, _dump(config), config_path, time.time()),
-        )
-        await self._db.commit()
+    async def start_run(
+        self, study: str, config: dict[str, Any], seed: int | None, config_path: str | None,
+        fingerprint: str | None = None,
+    ) -> int:
+        """Insert a new run owned by this process (its lease starts now)."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            sid = await self._study_id(study)
+            now = time.time()
+            cur = await self._db.execute(
+                "INSERT INTO runs(study_id, status, seed, config_json, config_path, started_at, owner, "
+                "heartbeat_at, fingerprint) VALUES (?,?,?,?,?,?,?,?,?)",
+                (sid, "running", seed, _dump(config), config_path, now, self.owner, now, fingerprint),
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
+
+    async def acquire_run(self, run_id: int) -> None:
+        """Take the lease on an unfinished run for ``--resume``. Refuses with
+        :class:`RunInUseError` while another live process holds it; a lease
+        whose owner died (same host) or went silent is recovered."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._db.execute("SELECT owner, heartbeat_at FROM runs WHERE id=?", (run_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StorageError(f"no run {run_id} in {self.path}")
+            owner, heartbeat_at = row
+            if owner and owner != self.owner:
+                alive, who = _describe_owner(owner, heartbeat_at)
+                if alive:
+                    raise RunInUseError(
+                        f"run {run_id} is being run by {who}; wait for it to finish or stop it "
+                        f"(a lease is recovered {LEASE_STALE_SECONDS:.0f}s after its owner goes silent)"
+                    )
+            await self._db.execute(
+                "UPDATE runs SET status='running', finished_at=NULL, owner=?, heartbeat_at=? WHERE id=?",
+                (self.owner, time.time(), run_id),
+            )
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+
+    def track_run(self, run_id: int, totals: Callable[[], tuple[int, float, float]]) -> None:
+        """Persist ``totals()`` -> (calls, cost_usd, elapsed_seconds) of ``run_id``
+        with every commit, and renew the run's lease."""
+        self._tracked = (run_id, totals)
 
     async def save_test_cases(self, run_id: int, cases: list[TestCase]) -> None:
         await self._db.executemany(
@@ -197,82 +342,108 @@ class Store:
         self, run_id: int, status: str, stop_reason: str | None, *, total_calls: int, total_cost_usd: float,
         elapsed_seconds: float,
     ) -> None:
+        """Flush, write the final totals and release the lease."""
         await self.flush()
+        if self._tracked is not None and self._tracked[0] == run_id:
+            self._tracked = None
         await self._db.execute(
             "UPDATE runs SET status=?, stop_reason=?, finished_at=?, total_calls=?, total_cost_usd=?, "
-            "elapsed_seconds=? WHERE id=?",
-            (status, stop_reason, time.time(), total_calls, total_cost_usd, elapsed_seconds, run_id),
+            "elapsed_seconds=?, owner=NULL WHERE id=? AND (owner IS NULL OR owner=?)",
+            (status, stop_reason, time.time(), total_calls, total_cost_usd, elapsed_seconds, run_id,
+             self.owner),
         )
         await self._db.commit()
 
-    async def mark_running(self, run_id: int) -> None:
-        await self._db.execute("UPDATE runs SET status='running', finished_at=NULL WHERE id=?", (run_id,))
-        await self._db.commit()
-
-    # Buffered writes: appended in order, written in order by ``flush`` in one
-    # transaction. A case result can therefore never be on disk without the
-    # generation row (with its proposals) that precedes it.
-
-    def _buffer(self, sql: str, row: tuple[Any, ...]) -> None:
-        if self._pending and self._pending[-1][0] is sql:
-            self._pending[-1][1].append(row)
-        else:
-            self._pending.append((sql, [row]))
+    # ------------------------------------------------------------------ buffered writes
+    # Appended in order and committed in order, so a case result can never be
+    # on disk without the generation row (with its proposals) that precedes it.
 
     def record_generation_start(self, run_id: int, number: int, proposals: list[dict[str, Any]]) -> None:
-        self._buffer(_SQL_GEN_START, (run_id, number, _dump(proposals), time.time()))
+        self._writer.add(_SQL_GEN_START, (run_id, number, _dump(proposals), time.time()))
 
     def record_generation_end(
         self, run_id: int, number: int, best_score: float | None, mean_score: float | None, n_new: int
     ) -> None:
-        self._buffer(_SQL_GEN_END, (best_score, mean_score, n_new, time.time(), run_id, number))
+        self._writer.add(_SQL_GEN_END, (best_score, mean_score, n_new, time.time(), run_id, number))
 
     def record_case(self, run_id: int, config_hash: str, result: CaseResult) -> None:
-        # raw objects here; JSON is encoded at flush time in the writer thread,
+        # raw objects here; JSON is encoded at commit time in the writer thread,
         # off the event loop's path between a call's end and the next call
         c = result.call
-        self._buffer(
+        self._writer.add(
             _SQL_CASE,
             (run_id, config_hash, result.case_id, c.output, c.error, c.latency_ms, c.cost_usd,
-             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time()),
+             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time(), c.wall_ms),
         )
 
     def record_trial(self, run_id: int, trial: TrialRecord) -> None:
-        self._buffer(
+        self._writer.add(
             _SQL_TRIAL,
             (run_id, trial.config_hash, trial.generation, trial.proposer, _dump(trial.config), trial.status,
              trial.score, _dump(trial.metrics), _dump(trial.normalized), trial.cost_usd, trial.latency_ms,
              trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time()),
         )
 
+    def touch(self) -> None:
+        """Ask for a commit of the tracked run's totals (e.g. a call was just reserved)."""
+        self._writer.touch()
+
+    async def durable(self) -> None:
+        """Wait until everything recorded so far (and the run's totals) is committed."""
+        await self._writer.durable()
+        if self.lease_lost:
+            raise LeaseLostError(self.lease_lost)
+
     async def flush(self) -> None:
-        """Write everything buffered so far, in order, in one transaction."""
-        async with self._lock:
-            pending, self._pending = self._pending, []
-            if not pending:
-                return
-            for sql, rows in pending:
-                await self._db.executemany(sql, _case_rows(rows) if sql is _SQL_CASE else rows)
-            await self._db.commit()
+        """Commit everything buffered so far, in order, in one transaction."""
+        await self._writer.flush()
+
+    async def _commit(self, batch: Batch) -> None:
+        """One thread hop per commit: the batch, the run's totals and the lease
+        renewal in one transaction on the writer connection."""
+        totals: tuple[Any, ...] | None = None
+        if self._tracked is not None:
+            run_id, fn = self._tracked
+            calls, cost, elapsed = fn()
+            totals = (calls, cost, elapsed, time.time(), run_id, self.owner)
+        renewed = await anyio.to_thread.run_sync(self._commit_sync, batch, totals)
+        if totals is not None and not renewed and not self.lease_lost:
+            self.lease_lost = f"another process took over run {totals[4]}; this process stopped"
+
+    def _commit_sync(self, batch: Batch, totals: tuple[Any, ...] | None) -> bool:
+        db = self._wdb
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows in batch:
+                db.executemany(sql, _case_rows(rows) if sql is _SQL_CASE else rows)
+            renewed = True
+            if totals is not None:
+                renewed = db.execute(_SQL_TOTALS, totals).rowcount > 0
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return renewed
 
     @asynccontextmanager
-    async def autoflush(self, interval: float | None = None) -> AsyncIterator[None]:
-        """Flush in the background every ``interval`` seconds while the body
-        runs, and once more at the end: writers never wait for the disk."""
+    async def writing(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> AsyncIterator[None]:
+        """Run the group-commit writer (and the lease heartbeat) while the body
+        runs; everything buffered is committed before this returns."""
 
-        async def loop() -> None:
+        async def heartbeat() -> None:
             while True:
-                await anyio.sleep(interval or self._flush_interval)
-                await self.flush()
+                await anyio.sleep(heartbeat_seconds)
+                self._writer.touch()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(loop)
+            tg.start_soon(self._writer.run)
+            tg.start_soon(heartbeat)
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self.flush()
+        await self.flush()
 
     # ------------------------------------------------------------------ reads
 
@@ -280,12 +451,12 @@ class Store:
         return RunRow(
             id=r[0], study=r[1], status=r[2], stop_reason=r[3], seed=r[4], config=json.loads(r[5]),
             config_path=r[6], started_at=r[7], finished_at=r[8], total_calls=r[9], total_cost_usd=r[10],
-            elapsed_seconds=r[11],
+            elapsed_seconds=r[11], owner=r[12], heartbeat_at=r[13], fingerprint=r[14],
         )
 
     _RUN_COLS = (
         "runs.id, studies.name, status, stop_reason, seed, config_json, config_path, started_at, finished_at, "
-        "total_calls, total_cost_usd, elapsed_seconds"
+        "total_calls, total_cost_usd, elapsed_seconds, owner, heartbeat_at, fingerprint"
     )
 
     async def get_run(self, run_id: int) -> RunRow | None:
@@ -345,7 +516,7 @@ class Store:
         """config_hash -> case_id -> stored result (for resume and inspection)."""
         sql = (
             "SELECT config_hash, case_id, output, error, latency_ms, cost_usd, prompt_tokens, completion_tokens, "
-            "attempts, metrics_json FROM case_results WHERE run_id = ?"
+            "attempts, metrics_json, wall_ms FROM case_results WHERE run_id = ?"
         )
         args: tuple[Any, ...] = (run_id,)
         if config_hash:
@@ -355,7 +526,8 @@ class Store:
         async with self._db.execute(sql, args) as cur:
             async for r in cur:
                 call = CallResult(output=r[2], error=r[3], latency_ms=r[4] or 0.0, cost_usd=r[5] or 0.0,
-                                  prompt_tokens=r[6] or 0, completion_tokens=r[7] or 0, attempts=r[8] or 1)
+                                  prompt_tokens=r[6] or 0, completion_tokens=r[7] or 0, attempts=r[8] or 1,
+                                  wall_ms=r[10] if r[10] is not None else (r[4] or 0.0))
                 out.setdefault(r[0], {})[r[1]] = CaseResult(r[1], call, json.loads(r[9] or "{}"))
         return out
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 from convergence.core.types import CallResult, Config, TestCase
@@ -25,9 +29,79 @@ class Target(Protocol):
 
 
 class TargetError(Exception):
-    """A failed call. ``retryable`` tells the runner whether to back off and retry."""
+    """A failed call. ``retryable`` tells the runner whether to back off and
+    retry; ``retry_after`` (seconds, from the server's ``Retry-After``) is the
+    least it should wait before the next attempt (the runner caps it by
+    ``retry.backoff_max_seconds``)."""
 
-    def __init__(self, message: str, *, retryable: bool = True, status_code: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value (RFC 9110 10.2.3):
+    delta-seconds (``"3"``; a fraction such as ``"1.5"`` is accepted too) or an
+    HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``, measured against ``now``,
+    default the wall clock). A date in the past gives 0.0; a missing or
+    unparseable value gives None (fall back to the usual backoff)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+            if when.tzinfo is None:  # "-0000" and asctime forms: HTTP dates are always GMT
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
+        return None
+    return max(0.0, min(seconds, 1e9))  # inf or absurd values are capped later anyway
+
+
+def retry_after_from_headers(headers: object) -> float | None:
+    """Seconds to wait from response headers (an ``httpx.Headers`` or any
+    mapping, names matched case-insensitively): ``retry-after-ms`` (sent by
+    OpenAI and compatible servers) when present, else ``Retry-After``."""
+    if not headers:
+        return None
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isnan(value):
+            return max(0.0, min(value, 1e9))
+    raw = _header(headers, "retry-after")
+    return parse_retry_after(raw if isinstance(raw, str) else None)
+
+
+def _header(headers: object, name: str) -> object:
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    try:
+        value = get(name)  # httpx.Headers: case-insensitive
+    except Exception:  # noqa: BLE001 - an odd mapping must not turn an error into a crash
+        return None
+    if value is None and isinstance(headers, dict):
+        for key, item in headers.items():
+            if isinstance(key, str) and key.lower() == name:
+                return item
+    return value

@@ -17,7 +17,7 @@ import httpx
 
 from convergence.config.models import HTTPTargetConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.targets.base import TargetError
+from convergence.targets.base import TargetError, retry_after_from_headers
 from convergence.targets.templating import TemplateError, render, render_tree, variables_for
 
 _SNIPPET = 200
@@ -201,10 +201,15 @@ class HTTPTarget:
         status = response.status_code
         if status >= 400:
             detail = self._error_detail(response)
+            retryable = status >= 500 or status in _RETRYABLE_4XX
+            # Retry-After (429, 503, or any other retryable status that sends
+            # one) is the least the runner waits before the next attempt.
+            retry_after = retry_after_from_headers(response.headers) if retryable else None
             raise TargetError(
                 f"HTTP {status} from {self.cfg.endpoint}: {detail}",
-                retryable=status >= 500 or status in _RETRYABLE_4XX,
+                retryable=retryable,
                 status_code=status,
+                retry_after=retry_after,
             )
         try:
             data = response.json()

@@ -10,7 +10,7 @@ from typing import Any
 from convergence.config.models import LiteLLMTargetConfig
 from convergence.core.types import CallResult, Config, TestCase
 from convergence.llm.client import acompletion, litellm_module, response_cost, response_text, response_usage
-from convergence.targets.base import TargetError
+from convergence.targets.base import TargetError, retry_after_from_headers
 from convergence.targets.templating import TemplateError, render, variables_for
 
 COMPLETION_KWARGS: frozenset[str] = frozenset(
@@ -142,7 +142,27 @@ def map_litellm_error(exc: BaseException, model: str) -> TargetError:
     for name in _RETRYABLE_NAMES:
         cls = getattr(litellm, name, None)
         if cls is not None and isinstance(exc, cls):
-            return TargetError(message, retryable=True, status_code=status)
+            return TargetError(message, retryable=True, status_code=status, retry_after=_retry_after(exc))
     # Unknown failure: retry unless the status says the request itself is wrong.
     retryable = status is None or status >= 500 or status in (408, 409, 429)
-    return TargetError(message, retryable=retryable, status_code=status)
+    return TargetError(
+        message, retryable=retryable, status_code=status, retry_after=_retry_after(exc) if retryable else None
+    )
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """The provider's Retry-After, in seconds. LiteLLM keeps the provider's
+    response headers on ``litellm_response_headers`` (its ``RateLimitError``
+    rebuilds ``response`` without them); ``response.headers`` and ``headers``
+    (set by a LiteLLM proxy) are the fallbacks."""
+    candidates: list[object] = [getattr(exc, "litellm_response_headers", None)]
+    try:
+        candidates.append(getattr(getattr(exc, "response", None), "headers", None))
+    except Exception:  # noqa: BLE001 - some SDK errors raise on .response when there is none
+        pass
+    candidates.append(getattr(exc, "headers", None))
+    for headers in candidates:
+        seconds = retry_after_from_headers(headers)
+        if seconds is not None:
+            return seconds
+    return None

@@ -5,6 +5,16 @@
 sinking the trial. The happy path is one limiter check, one timeout scope and
 two clock reads (~12 us per call on asyncio); tenacity is only built once a
 first attempt has failed.
+
+Timing: ``latency_ms`` is the last attempt alone (limiter wait excluded);
+``wall_ms`` runs from the start of the first attempt to the end of the last,
+so it includes failed attempts, backoff sleeps and later limiter waits. With
+one attempt the two are equal. A failed call carries ``wall_ms`` and
+``attempts`` too (its ``latency_ms`` stays 0: there is no successful attempt).
+
+Backoff: exponential with jitter (tenacity), raised to the server's
+``Retry-After`` when the error carries one (``TargetError.retry_after``), and
+never longer than ``retry.backoff_max_seconds``.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import asyncio
 import time
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from convergence.config.models import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase
@@ -62,6 +72,31 @@ def _running_on_asyncio() -> bool:
         return False
 
 
+class _BackoffWait:
+    """Tenacity wait: ``initial * 2**(n-1) + uniform(0, initial)`` capped at
+    ``max`` (never shrinks), raised to the failed attempt's ``retry_after``
+    (from a ``Retry-After`` header) but still capped at ``max``."""
+
+    __slots__ = ("_backoff", "_max")
+
+    def __init__(self, retry: RetryConfig) -> None:
+        self._backoff = wait_exponential_jitter(
+            initial=retry.backoff_initial_seconds,
+            max=retry.backoff_max_seconds,
+            jitter=retry.backoff_initial_seconds,
+        )
+        self._max = retry.backoff_max_seconds
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self._backoff(retry_state)
+        outcome = retry_state.outcome
+        if outcome is not None and outcome.failed:
+            hint = getattr(outcome.exception(), "retry_after", None)
+            if isinstance(hint, (int, float)) and hint > wait:
+                wait = min(float(hint), self._max)
+        return wait
+
+
 class _Attempts:
     """One run's attempt counter and the exception already raised by attempt 1."""
 
@@ -94,32 +129,46 @@ class CallRunner:
 
     @traced("convergence.target_call", inputs=target_call_inputs, output=call_result_view)
     async def run(self, params: Config, case: TestCase) -> CallResult:
-        try:
-            return await self._attempt(params, case)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
-            first = exc
-        if self.retry.max_retries == 0 or not _retryable(first):
-            return CallResult(error=self._describe(first), attempts=1)
-        return await self._retry(params, case, first)
-
-    async def _attempt(self, params: Config, case: TestCase) -> CallResult:
         if self.limiter is not None:
             await self.limiter.acquire()
+        start = time.perf_counter()
+        try:
+            result = await self._call(params, case)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            first = exc
+        else:
+            result.latency_ms = result.wall_ms = (time.perf_counter() - start) * 1000.0
+            return result
+        if self.retry.max_retries == 0 or not _retryable(first):
+            return CallResult(
+                error=self._describe(first), attempts=1, wall_ms=(time.perf_counter() - start) * 1000.0
+            )
+        return await self._retry(params, case, first, start)
+
+    async def _call(self, params: Config, case: TestCase) -> CallResult:
+        """One ``target.call`` under the per-attempt timeout."""
         if self._on_asyncio is None:
             self._on_asyncio = _running_on_asyncio()
-        start = time.perf_counter()
         if self._on_asyncio:
             # Same semantics as anyio.fail_after (TimeoutError, outer
             # cancellation passes through) at about half the cost per call.
             async with asyncio.timeout(self.timeout_seconds):
-                result = await self.target.call(params, case)
-        else:
-            with anyio.fail_after(self.timeout_seconds):
-                result = await self.target.call(params, case)
+                return await self.target.call(params, case)
+        with anyio.fail_after(self.timeout_seconds):
+            return await self.target.call(params, case)
+
+    async def _attempt(self, params: Config, case: TestCase) -> CallResult:
+        """A retry attempt: rate limit, then the call, timed on its own."""
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        start = time.perf_counter()
+        result = await self._call(params, case)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
         return result
 
-    async def _retry(self, params: Config, case: TestCase, first: BaseException) -> CallResult:
+    async def _retry(
+        self, params: Config, case: TestCase, first: BaseException, started: float
+    ) -> CallResult:
         state = _Attempts(first)
 
         async def attempt() -> CallResult:
@@ -131,15 +180,9 @@ class CallRunner:
             state.count += 1
             return await self._attempt(params, case)
 
-        retry = self.retry
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(retry.max_retries + 1),
-            # initial * 2**(n-1) + uniform(0, initial), capped at max: never shrinks.
-            wait=wait_exponential_jitter(
-                initial=retry.backoff_initial_seconds,
-                max=retry.backoff_max_seconds,
-                jitter=retry.backoff_initial_seconds,
-            ),
+            stop=stop_after_attempt(self.retry.max_retries + 1),
+            wait=_BackoffWait(self.retry),
             retry=retry_if_exception(_retryable),
             sleep=anyio.sleep,
             reraise=True,
@@ -147,8 +190,11 @@ class CallRunner:
         try:
             result = await retrying(attempt)
         except Exception as exc:  # noqa: BLE001
-            return CallResult(error=self._describe(exc), attempts=state.count)
+            return CallResult(
+                error=self._describe(exc), attempts=state.count, wall_ms=(time.perf_counter() - started) * 1000.0
+            )
         result.attempts = state.count
+        result.wall_ms = (time.perf_counter() - started) * 1000.0
         return result
 
     def _describe(self, exc: BaseException) -> str:

@@ -57,6 +57,33 @@ def secret_env_values(environ: Mapping[str, str] | None = None, extra_names: Ite
     return {env[n] for n in names if n in env and len(env[n]) >= _MIN_SECRET_LEN}
 
 
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def config_secret_names(config: Any) -> set[str]:
+    """Env var names whose values are secrets for a config as written: every
+    ``*_env`` key's value (``token_env``, ``api_key_env`` ...) and every
+    ``${VAR}`` referenced in the target (headers, endpoint query strings,
+    bodies), wherever it was interpolated."""
+    out: set[str] = set()
+
+    def walk(node: Any, in_target: bool) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if isinstance(k, str) and k.endswith("_env") and isinstance(v, str):
+                    out.add(v)
+                else:
+                    walk(v, in_target or k in ("target", "api", "judge", "llm"))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, in_target)
+        elif in_target and isinstance(node, str) and "${" in node:
+            out.update(_ENV_REF_RE.findall(node))
+
+    walk(config, False)
+    return out
+
+
 class Redactor:
     """Turns arbitrary inputs/outputs into JSON-friendly data with secrets removed.
 
@@ -78,6 +105,13 @@ class Redactor:
             s = _KEY_SHAPES_RE.sub(REDACTED, s)
         if len(s) > MAX_TEXT_CHARS:
             s = s[:MAX_TEXT_CHARS] + f" ... [{len(s) - MAX_TEXT_CHARS} more chars]"
+        return s
+
+    def exact(self, s: str) -> str:
+        """Only the known secret values, nothing cut: cheap enough for every output."""
+        for secret in self.secrets:
+            if secret in s:
+                s = s.replace(secret, REDACTED)
         return s
 
     def clean(self, value: Any, _depth: int = 0) -> Any:

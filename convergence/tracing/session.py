@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
-from convergence.tracing.redact import Redactor, secret_env_values
+from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
 
 if TYPE_CHECKING:
     from convergence.config.models import WeaveConfig
@@ -32,21 +32,6 @@ FLUSH_TIMEOUT_SECONDS = 30.0
 
 class TraceFailure(Exception):
     """Stands in for a step's exception in the trace, with secrets removed from its message."""
-
-
-def config_env_names(config: Any) -> set[str]:
-    """Env var names a config points at (``token_env``, ``api_key_env`` ...): their values are secrets."""
-    out: set[str] = set()
-    if isinstance(config, dict):
-        for k, v in config.items():
-            if isinstance(k, str) and k.endswith("_env") and isinstance(v, str):
-                out.add(v)
-            else:
-                out |= config_env_names(v)
-    elif isinstance(config, list):
-        for v in config:
-            out |= config_env_names(v)
-    return out
 
 
 def _project_name(cfg: "WeaveConfig") -> str:
@@ -216,7 +201,7 @@ async def open_run(
 
     for key in ("authorization", "x-api-key", "api-key", "password", "secret", "token", "access_token"):
         sanitize.add_redact_key(key)
-    redactor = Redactor(secret_env_values(extra_names=config_env_names(config)))
+    redactor = Redactor(secret_env_values(extra_names=config_secret_names(config)))
     # Ops we do not own (e.g. LiteLLM calls Weave patches) pass through the same scrubber.
     client.postprocess_inputs = _compose(client.postprocess_inputs, redactor.scrub)
     client.postprocess_output = _compose(client.postprocess_output, redactor.scrub)

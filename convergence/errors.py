@@ -1,0 +1,25 @@
+"""The root of every exception Convergence raises on purpose.
+
+An application embedding Convergence catches ``ConvergenceError`` for all of
+them; each subclass lives next to the code that raises it::
+
+    ConvergenceError
+     +-- ConfigError          config/loader.py     a bad optimization.yaml (file, line, field, expected)
+     +-- TestCaseError        evaluation/cases.py  test cases that cannot be loaded (also a ValueError)
+     +-- MetricConfigError    evaluation/metrics.py  a metric that cannot be built (also a ValueError)
+     +-- MetricError          evaluation/metrics.py  a metric that cannot score an output (also a ValueError)
+     +-- JudgeParseError      evaluation/judge.py  an LLM judge answer without a verdict (also a ValueError)
+     +-- TemplateError        targets/templating.py  a Jinja template that fails (also a ValueError)
+     +-- TargetError          targets/base.py      one target call failed (``retryable``, ``retry_after``)
+     +-- StorageError         storage/store.py     the project database cannot be used
+     |    +-- RunInUseError   another live process owns the run
+     |    +-- LeaseLostError  another process took the run over
+     +-- WriterError          storage/writer.py    the group-commit writer keeps failing
+     +-- ResumeError          core/loop.py         nothing to resume, the config changed, or the run is in use
+"""
+
+from __future__ import annotations
+
+
+class ConvergenceError(Exception):
+    """Base class of Convergence's own exceptions."""

@@ -1,0 +1,125 @@
+"""Group commit: buffered writes made durable as soon as the writer is free.
+
+Callers append rows without waiting (``add``) and, when a later action must
+not happen before those rows are on disk, ``await durable()``. One writer
+task takes *everything* buffered so far and commits it in one transaction;
+rows that arrive meanwhile go into the next commit. Under load a commit
+carries hundreds of rows; when idle a single row is on disk within one
+commit's time (about a millisecond in WAL mode), not after a timer.
+
+A batch is never dropped: the commit runs shielded from cancellation, and a
+failed commit puts its rows back in front of the queue (in order) before the
+error is raised, so the next flush retries them.
+"""
+
+from __future__ import annotations
+
+from convergence.errors import ConvergenceError
+
+from typing import Any, Awaitable, Callable
+
+import anyio
+
+Batch = list[tuple[str, list[tuple[Any, ...]]]]
+"""Ordered runs of rows, each run sharing one SQL statement."""
+
+
+class WriterError(ConvergenceError):
+    """The writer could not commit; buffered rows are kept for a later flush."""
+
+
+class GroupCommitWriter:
+    """Ordered write buffer with sequence numbers for durability waits."""
+
+    def __init__(self, commit: Callable[[Batch], Awaitable[None]]) -> None:
+        self._commit = commit
+        self._pending: Batch = []
+        self._seq = 0
+        """Number of changes buffered so far (rows and ``touch`` marks)."""
+        self._done = 0
+        """Highest ``_seq`` known to be committed."""
+        self._lock = anyio.Lock()
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._error: BaseException | None = None
+        self.running = False
+        self.commits = 0
+
+    # ------------------------------------------------------------------ producers
+
+    def add(self, sql: str, row: tuple[Any, ...]) -> None:
+        pending = self._pending
+        if pending and pending[-1][0] is sql:
+            pending[-1][1].append(row)
+        else:
+            pending.append((sql, [row]))
+        self.touch()
+
+    def touch(self) -> None:
+        """Ask for a commit even with no rows (e.g. updated run totals)."""
+        self._seq += 1
+        if self.running:
+            self._wake.set()
+
+    @property
+    def dirty(self) -> bool:
+        return self._seq != self._done
+
+    async def durable(self) -> None:
+        """Return once everything buffered before this call is committed."""
+        target = self._seq
+        if not self.running:
+            if self._done < target:
+                await self.flush()
+            return
+        while self._done < target:
+            if self._error is not None:
+                raise WriterError(f"the database writer failed: {self._error}") from self._error
+            await self._progress.wait()
+
+    # ------------------------------------------------------------------ commits
+
+    async def flush(self) -> None:
+        """Commit everything buffered so far (shielded: a batch is never half lost)."""
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if self._done == self._seq:
+                    return
+                pending, self._pending = self._pending, []
+                seq = self._seq
+                try:
+                    await self._commit(pending)
+                except BaseException:
+                    self._pending[:0] = pending
+                    raise
+                self._done = seq
+                self.commits += 1
+                progress, self._progress = self._progress, anyio.Event()
+                progress.set()
+
+    async def run(self, *, retry_seconds: float = 0.2, max_failures: int = 50) -> None:
+        """The writer task: commit whenever something is buffered. Transient
+        failures (another process holding the lock past the busy timeout) are
+        retried; after ``max_failures`` in a row waiters get the error."""
+        self.running = True
+        failures = 0
+        try:
+            if self.dirty:
+                self._wake.set()
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                try:
+                    await self.flush()
+                    failures = 0
+                    self._error = None
+                except Exception as exc:  # noqa: BLE001 - kept and retried; waiters see it
+                    failures += 1
+                    if failures >= max_failures:
+                        self._error = exc
+                        progress, self._progress = self._progress, anyio.Event()
+                        progress.set()
+                    await anyio.sleep(retry_seconds)
+                    self._wake.set()
+        finally:
+            self.running = False

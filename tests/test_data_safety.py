@@ -239,3 +239,82 @@ async def test_secrets_in_errors_and_outputs_are_never_stored(tmp_path: Path, mo
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
     assert secret.encode() not in raw
     assert b"REDACTED" in raw
+
+
+async def test_retries_count_as_paid_calls_in_the_run_totals(tmp_path: Path) -> None:
+    (tmp_path / "flaky.py").write_text(
+        "seen = set()\n"
+        "def call(params, input):\n"
+        "    key = (repr(sorted(params.items())), input)\n"
+        "    if key not in seen:\n"
+        "        seen.add(key)\n"
+        "        raise ConnectionError('connection reset')\n"
+        "    return 'yes'\n"
+    )
+    loaded = make_config(tmp_path, BODY)
+    loaded.path.write_text(loaded.path.read_text().replace(
+        'target: {type: python, function: "tgt:peak", retry: {max_retries: 0}}',
+        'target: {type: python, function: "flaky:call", retry: {max_retries: 2, backoff_initial_seconds: 0.001}}'))
+    from convergence.config.loader import load_config
+
+    out = await run(load_config(loaded.path))
+    n_cases = sum(t.n_cases for t in out.trials)
+    assert all(t.n_errors == 0 for t in out.trials)
+    assert out.total_calls == 2 * n_cases  # every case: one failed attempt, one retry
+    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+        assert conn.execute("SELECT total_calls FROM runs").fetchone()[0] == out.total_calls
+
+
+async def test_a_process_that_lost_its_lease_writes_nothing_more_into_the_run(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    async with await Store.open(db) as store:
+        run_id = await store.start_run("s", {}, seed=1, config_path=None)
+        store.track_run(run_id, lambda: (0, 0.0, 0.0))
+        async with store.writing():
+            store.record_case(run_id, "h", _case(0))
+            await store.durable()
+            with sqlite3.connect(db) as conn:  # another process takes the run over
+                conn.execute("UPDATE runs SET owner='elsewhere:1:x', heartbeat_at=? WHERE id=?", (time.time(), run_id))
+            store.record_case(run_id, "h", _case(1))
+            with pytest.raises(LeaseLostError):
+                await store.durable()
+            store.record_case(run_id, "h", _case(2))
+    assert _count(db, "case_results") == 1
+
+
+async def test_one_broken_test_case_does_not_stop_the_run(tmp_path: Path) -> None:
+    # case one fails fast on every configuration, case two succeeds slowly: a bad case, not a broken target
+    loaded = make_config(tmp_path, BODY.replace("input: \"one\"", "input: \"explode\"")
+                         .replace("population_size: 4", "population_size: 6")
+                         .replace("execution: {", "execution: {concurrency: 8, "))
+    os.environ["CALL_SLEEP"] = "0.05"
+    try:
+        out = await run(loaded)
+    finally:
+        del os.environ["CALL_SLEEP"]
+    assert out.status == "finished" and out.all_failed_error is None
+
+
+async def test_resume_after_an_outage_calls_the_failed_cases_again(tmp_path: Path) -> None:
+    (tmp_path / "switch.py").write_text(
+        "import os\n"
+        "def call(params, input):\n"
+        "    if os.path.exists(os.environ['OUTAGE_FLAG']):\n"
+        "        raise RuntimeError('503 upstream down')\n"
+        "    return 'yes'\n")
+    flag = tmp_path / "down"
+    flag.write_text("1")
+    loaded = make_config(tmp_path, BODY.replace("execution: {", "execution: {concurrency: 1, "))
+    loaded.path.write_text(loaded.path.read_text().replace('function: "tgt:peak"', 'function: "switch:call"'))
+    from convergence.config.loader import load_config
+
+    os.environ["OUTAGE_FLAG"] = str(flag)
+    try:
+        first = await run(load_config(loaded.path))
+        assert first.status == "failed" and first.all_failed_error
+        flag.unlink()  # the user fixes the target
+        second = await run(load_config(loaded.path), resume=True)
+    finally:
+        del os.environ["OUTAGE_FLAG"]
+    assert second.run_id == first.run_id and second.status == "finished"
+    assert all(t.n_errors == 0 for t in second.trials)

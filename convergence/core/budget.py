@@ -11,10 +11,14 @@ from convergence.config.models import BudgetConfig, EarlyStoppingConfig
 @dataclass(slots=True)
 class Budget:
     """Counts what the run has spent. ``reserve_call`` is checked before every
-    target call so ``max_calls`` is never exceeded, even under concurrency."""
+    target call so first attempts never exceed ``max_calls``, even under
+    concurrency (retries of a started call still go out and are counted)."""
 
     cfg: BudgetConfig
     calls: int = 0
+    """Attempts that went out to the target (retries included)."""
+    pending: int = 0
+    """Reserved calls that have not gone out yet (waiting for the rate limiter or the disk)."""
     cost_usd: float = 0.0
     prior_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
@@ -31,7 +35,7 @@ class Budget:
     def reserve_call(self) -> bool:
         if self.exhausted:
             return False
-        if self.cfg.max_calls is not None and self.calls >= self.cfg.max_calls:
+        if self.cfg.max_calls is not None and self.calls + self.pending >= self.cfg.max_calls:
             self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached"
             return False
         if self.cfg.max_cost_usd is not None and self.cost_usd >= self.cfg.max_cost_usd:
@@ -41,13 +45,12 @@ class Budget:
         if remaining is not None and remaining <= 0:
             self.exhausted = f"budget: max_seconds ({self.cfg.max_seconds}s) reached"
             return False
-        self.calls += 1
+        self.pending += 1
         return True
 
-    def charge(self, cost_usd: float, extra_attempts: int = 0) -> None:
-        """Record the cost of a finished call; retries count as calls too."""
+    def charge(self, cost_usd: float) -> None:
+        """Record the cost of a finished call (its attempts were counted as they went out)."""
         self.cost_usd += cost_usd
-        self.calls += max(0, extra_attempts)
 
 
 @dataclass(slots=True)

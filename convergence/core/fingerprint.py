@@ -18,6 +18,7 @@ from convergence.config.models import ConvergenceConfig
 from convergence.core.types import TestCase
 
 _FREE_EXECUTION_KEYS = ("concurrency", "max_retries", "retry_delay_seconds", "timeout_seconds")
+_FREE_TARGET_KEYS = ("retry", "timeout_seconds", "rate_limit_per_second")
 
 SECTION_NAMES = {
     "target": "the target",
@@ -35,8 +36,16 @@ def _digest(value: Any) -> str:
 
 def run_fingerprint(cfg: ConvergenceConfig, written: dict[str, Any], cases: Sequence[TestCase]) -> dict[str, str]:
     """Section name -> digest. The target is taken as written (``${VAR}``
-    references, not their values) so rotating a key does not block a resume."""
+    references, not their values) so rotating a key does not block a resume,
+    and without its retry, timeout and rate-limit settings. The other parts
+    are taken as validated (defaults filled in), so spelling out a default
+    is not a change."""
     target_written = written.get("target", written.get("api"))
+    if isinstance(target_written, dict):  # how a call is made may change; what is called may not
+        target_written = {k: v for k, v in target_written.items() if k not in _FREE_TARGET_KEYS}
+        if isinstance(target_written.get("request"), dict):
+            target_written["request"] = {k: v for k, v in target_written["request"].items()
+                                         if k != "timeout_seconds"}
     opt = cfg.optimization.model_dump(mode="json", exclude={"budget"})
     for key in _FREE_EXECUTION_KEYS:
         opt.get("execution", {}).pop(key, None)

@@ -183,6 +183,11 @@ class Optimizer:
         except RunInUseError as exc:
             raise ResumeError(str(exc)) from None
         cached = await self.store.case_results(prev.id)
+        if prev.status == "failed" and (prev.stop_reason or "").startswith(_ALL_FAILED_PREFIX):
+            # the run stopped because the target was broken; the user fixed it: call those cases again
+            outage = (prev.stop_reason or "")[len(_ALL_FAILED_PREFIX):]
+            cached = {h: kept for h, by_case in cached.items()
+                      if (kept := {c: r for c, r in by_case.items() if r.call.error != outage})}
         stored_gens = {g.number: g.proposals for g in await self.store.generations(prev.id)}
         # Every call the run ever started (re-paid ones included) and every second it ran.
         budget.prior_seconds = prev.elapsed_seconds
@@ -274,12 +279,15 @@ class Optimizer:
                         )
                         break
         except BaseException as exc:
-            status, reason = _interruption(exc)
+            leaf = _leaf(exc)
+            status, reason = _interruption(leaf)
             with anyio.CancelScope(shield=True):
                 await self.store.finish_run(
                     run_id, status, self._redactor.text(reason)[:500], total_calls=budget.calls,
                     total_cost_usd=budget.cost_usd, elapsed_seconds=budget.elapsed(),
                 )
+            if leaf is not exc and isinstance(leaf, ConvergenceError):
+                raise leaf from None  # one clear error, not task groups' ExceptionGroup wrapping
             raise
         elapsed = budget.elapsed()
         await self.store.finish_run(
@@ -317,7 +325,6 @@ class Optimizer:
     ) -> list[TrialRecord]:
         self._live_best = best
         slots = [_Slot(gen, p, self.space.resolve(p.config)) for p in proposals]
-        self._gen_slots = slots
         jobs: list[tuple[_Slot, TestCase]] = []
         for slot in slots:
             hits = cached.get(slot.proposal.config_hash, {})
@@ -334,7 +341,6 @@ class Optimizer:
                 self._complete(slot)
         remaining = self.budget.remaining_seconds()
         with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
-            self._gen_scope = scope
             if jobs and tracing.active():
                 await self._eval_traced(jobs)
             elif jobs:
@@ -346,7 +352,7 @@ class Optimizer:
                 async with anyio.create_task_group() as tg:
                     for _ in range(min(self.opt.execution.concurrency, len(jobs))):
                         tg.start_soon(self._eval_worker, queue)
-        if scope.cancelled_caught and not self.budget.exhausted and not self._all_failed.tripped:
+        if scope.cancelled_caught and not self.budget.exhausted:
             self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
         trials: list[TrialRecord] = []
         for slot in slots:  # proposal order, so the store (and a seeded run) is deterministic
@@ -394,27 +400,21 @@ class Optimizer:
         return slot.record or self._score(slot.generation, slot.proposal, slot.results)
 
     async def _eval_case(self, slot: "_Slot", case: TestCase) -> None:
-        if self.budget.reserve_call():
-            # The reservation is committed before the call goes out, so the
-            # run's stored totals count every call the target receives, even
-            # if this process is killed mid-call (group commit: one commit
-            # covers every reservation made while the previous one ran).
-            self.store.touch()
+        if not self._all_failed.tripped and self.budget.reserve_call():
+            ticket = _Ticket(self.budget, self.store)
             try:
-                await self.store.durable()
-            except BaseException:
-                self.budget.calls -= 1  # cancelled (time budget, all calls failing) before it was sent
-                raise
-            call: CallResult = await self.runner.run(slot.params, case)
-            self.budget.charge(call.cost_usd, call.attempts - 1)
+                call: CallResult = await self.runner.run(slot.params, case, ticket.attempt)
+            finally:
+                ticket.close()
+            self.budget.charge(call.cost_usd)
             if call.error is not None:
                 call.error = self._redactor.text(call.error)
-                if self._all_failed.failed(call.error, slot.proposal.config_hash, len(self._gen_slots)):
-                    self._gen_scope.cancel()
+                self._all_failed.failed(call.error, slot.proposal.config_hash, case.id, len(self.cases))
             else:
                 self._all_failed.any_success = True
-            if self._secrets and isinstance(call.output, str):
-                call.output = self._redactor.exact(call.output)
+            if self._secrets and call.output is not None:
+                call.output = (self._redactor.exact(call.output) if isinstance(call.output, str)
+                               else self._redactor.scrub(call.output))
             metrics = await self.evaluator.evaluate(case, call)
             result = CaseResult(case.id, call, metrics)
             slot.results.append(result)
@@ -443,7 +443,7 @@ class Optimizer:
             trial.normalized = agg.normalized
             trial.thresholds_passed = agg.thresholds_passed
             trial.cost_usd = sum(r.call.cost_usd for r in case_results)
-            trial.latency_ms = float(np.mean([r.call.latency_ms for r in case_results]))
+            trial.latency_ms = float(np.mean([r.call.wall_ms or r.call.latency_ms for r in case_results]))
         return trial
 
 
@@ -466,30 +466,85 @@ class ResumeError(ConvergenceError):
 @dataclass(slots=True)
 class _FailureWatch:
     """Trips when every call so far failed with one and the same error across
-    several configurations: a broken target (URL, server down, bad key), not a
-    bad configuration. The run then stops instead of paying for the rest."""
+    at least three configurations and two test cases: a broken target (URL,
+    server down, bad key), not a bad configuration or a bad test case. Once
+    tripped no new call starts; calls in flight finish, and one success among
+    them un-trips it (the run goes on)."""
 
     any_success: bool = False
     error: str | None = None
     configs: set[str] = field(default_factory=set)
+    cases: set[str] = field(default_factory=set)
     mixed: bool = False
-    tripped: bool = False
+    hit: bool = False
 
-    def failed(self, error: str, config_hash: str, n_configs: int) -> bool:
-        """Record a failed call; True when the watch trips now."""
-        if self.any_success or self.mixed or self.tripped:
-            return False
+    @property
+    def tripped(self) -> bool:
+        return self.hit and not self.any_success
+
+    def failed(self, error: str, config_hash: str, case_id: str, n_cases: int) -> None:
+        """Record a failed call (its error text already redacted)."""
+        if self.any_success or self.mixed or self.hit:
+            return
         if self.error is None:
             self.error = error
         elif error != self.error:
             self.mixed = True
-            return False
+            return
         self.configs.add(config_hash)
-        self.tripped = len(self.configs) >= min(3, max(1, n_configs))
-        return self.tripped
+        self.cases.add(case_id)
+        self.hit = len(self.configs) >= _MIN_FAILED_CONFIGS and len(self.cases) >= min(2, n_cases)
 
     def reason(self) -> str:
-        return f"every call failed with the same error, stopped early: {self.error}"
+        return f"{_ALL_FAILED_PREFIX}{self.error}"
+
+
+_MIN_FAILED_CONFIGS = 3
+_ALL_FAILED_PREFIX = "every call failed with the same error, stopped early: "
+
+
+class _Ticket:
+    """One reserved call. Each attempt is counted as paid, and that count
+    committed, right before it goes out (after the rate limiter), so the
+    run's stored totals hold every call the target received even if this
+    process is killed mid-call; a reservation that never went out is released."""
+
+    __slots__ = ("budget", "sent", "store")
+
+    def __init__(self, budget: Budget, store: Store) -> None:
+        self.budget = budget
+        self.store = store
+        self.sent = False
+
+    async def attempt(self) -> None:
+        budget = self.budget
+        if not self.sent:
+            self.sent = True
+            budget.pending -= 1
+        budget.calls += 1
+        self.store.touch()
+        try:
+            await self.store.durable()  # group commit: one commit covers every attempt made meanwhile
+        except BaseException:
+            budget.calls -= 1  # cancelled, or the lease was lost: it did not go out
+            raise
+
+    def close(self) -> None:
+        if not self.sent:
+            self.sent = True
+            self.budget.pending -= 1
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (task
+    groups wrap what a worker raised), or the first of our own errors in a group."""
+    while isinstance(exc, BaseExceptionGroup):
+        ours = exc.subgroup(lambda e: isinstance(e, ConvergenceError))
+        group = ours if ours is not None else exc
+        if len(group.exceptions) != 1:
+            return exc
+        exc = group.exceptions[0]
+    return exc
 
 
 def _interruption(exc: BaseException) -> tuple[str, str]:

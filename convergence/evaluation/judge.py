@@ -14,7 +14,7 @@ from typing import Any
 
 from convergence.config.models import JudgeConfig
 from convergence.core.types import CallResult, TestCase
-from convergence.evaluation.metrics import to_text
+from convergence.evaluation.text import to_text
 from convergence.tracing import traced
 from convergence.tracing.views import judge_inputs, judge_output
 

@@ -19,6 +19,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Union
 
+from convergence.evaluation.text import to_text
 from convergence.config.models import CustomEvaluatorConfig, JudgeConfig, MetricConfig
 from convergence.core.types import CallResult, TestCase
 
@@ -40,17 +41,6 @@ class MetricConfigError(ValueError):
 _PUNCT = re.compile(r"[^\w\s]|_")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 _FENCE = re.compile(r"^```[a-zA-Z0-9_-]*\s*\n?(.*?)\n?```$", re.S)
-
-
-def to_text(value: Any) -> str:
-    """The string a text metric compares: strings as-is, structures as JSON."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return str(value)
 
 
 def normalize(value: Any) -> str:

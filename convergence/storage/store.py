@@ -156,14 +156,24 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
     for version, sql in MIGRATIONS:
         if version <= current:
             continue
+        await db.execute("BEGIN IMMEDIATE")  # re-read under the write lock: another process may have migrated
         try:
-            await db.executescript(f"BEGIN IMMEDIATE;\n{sql}\nINSERT INTO schema_version VALUES ({version});\nCOMMIT;")
-        except sqlite3.OperationalError:
+            current = await _version(db)
+            if version > current:
+                for statement in _statements(sql):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+            await db.commit()
+        except BaseException:
             await db.rollback()
-            current = await _version(db)  # another process applied it meanwhile
-            if current < version:
-                raise
+            raise
         current = max(current, version)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (ours hold no ';' inside literals)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
 def _writer_connection(path: Path) -> sqlite3.Connection:
@@ -184,6 +194,9 @@ class RunInUseError(StorageError):
 class LeaseLostError(StorageError):
     """This process's lease on a run was taken over by another process."""
 
+
+_RESUMABLE = ("running", "failed", "interrupted")
+"""Run statuses ``--resume`` continues ('running' = killed, or still running elsewhere)."""
 
 LEASE_STALE_SECONDS = 15.0
 """A run whose owner has not committed or heartbeat for this long may be taken over."""
@@ -301,15 +314,19 @@ class Store:
 
     async def acquire_run(self, run_id: int) -> None:
         """Take the lease on an unfinished run for ``--resume``. Refuses with
-        :class:`RunInUseError` while another live process holds it; a lease
-        whose owner died (same host) or went silent is recovered."""
+        :class:`RunInUseError` while another live process holds it (or the run
+        finished meanwhile); a lease whose owner died (same host) or went
+        silent is recovered."""
+        await self._db.commit()  # no implicit transaction may be open before BEGIN IMMEDIATE
         await self._db.execute("BEGIN IMMEDIATE")
         try:
-            async with self._db.execute("SELECT owner, heartbeat_at FROM runs WHERE id=?", (run_id,)) as cur:
+            async with self._db.execute("SELECT owner, heartbeat_at, status FROM runs WHERE id=?", (run_id,)) as cur:
                 row = await cur.fetchone()
             if row is None:
                 raise StorageError(f"no run {run_id} in {self.path}")
-            owner, heartbeat_at = row
+            owner, heartbeat_at, status = row
+            if status not in _RESUMABLE:
+                raise RunInUseError(f"run {run_id} is already {status}; nothing to resume")
             if owner and owner != self.owner:
                 alive, who = _describe_owner(owner, heartbeat_at)
                 if alive:
@@ -406,25 +423,29 @@ class Store:
             run_id, fn = self._tracked
             calls, cost, elapsed = fn()
             totals = (calls, cost, elapsed, time.time(), run_id, self.owner)
-        renewed = await anyio.to_thread.run_sync(self._commit_sync, batch, totals)
-        if totals is not None and not renewed and not self.lease_lost:
+        if self.lease_lost:
+            return  # rows of a run this process no longer owns are dropped
+        if not await anyio.to_thread.run_sync(self._commit_sync, batch, totals):
+            assert totals is not None
             self.lease_lost = f"another process took over run {totals[4]}; this process stopped"
 
     def _commit_sync(self, batch: Batch, totals: tuple[Any, ...] | None) -> bool:
+        """Commit ``batch`` unless the lease was lost: then nothing is written
+        (the rows belong to a run another process now owns) and False is returned."""
         db = self._wdb
         db.execute("BEGIN IMMEDIATE")
         try:
+            if totals is not None and db.execute(_SQL_TOTALS, totals).rowcount == 0:
+                db.execute("ROLLBACK")
+                return False
             for sql, rows in batch:
                 db.executemany(sql, _case_rows(rows) if sql is _SQL_CASE else rows)
-            renewed = True
-            if totals is not None:
-                renewed = db.execute(_SQL_TOTALS, totals).rowcount > 0
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return renewed
+        return True
 
     @asynccontextmanager
     async def writing(self, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> AsyncIterator[None]:
@@ -481,7 +502,7 @@ class Store:
     async def latest_unfinished_run(self, study: str) -> RunRow | None:
         """The newest run of ``study`` that did not finish (killed, or stopped by a crash)."""
         runs = await self.list_runs(study, limit=1)
-        if runs and runs[0].status in ("running", "failed", "interrupted"):
+        if runs and runs[0].status in _RESUMABLE:
             return runs[0]
         return None
 

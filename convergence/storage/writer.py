@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from convergence.errors import ConvergenceError
 
+import time
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -43,7 +44,6 @@ class GroupCommitWriter:
         self._progress = anyio.Event()
         self._error: BaseException | None = None
         self.running = False
-        self.commits = 0
 
     # ------------------------------------------------------------------ producers
 
@@ -70,7 +70,10 @@ class GroupCommitWriter:
         target = self._seq
         if not self.running:
             if self._done < target:
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception as exc:  # noqa: BLE001
+                    raise WriterError(f"the database writer failed: {exc}") from exc
             return
         while self._done < target:
             if self._error is not None:
@@ -93,16 +96,16 @@ class GroupCommitWriter:
                     self._pending[:0] = pending
                     raise
                 self._done = seq
-                self.commits += 1
                 progress, self._progress = self._progress, anyio.Event()
                 progress.set()
 
-    async def run(self, *, retry_seconds: float = 0.2, max_failures: int = 50) -> None:
-        """The writer task: commit whenever something is buffered. Transient
-        failures (another process holding the lock past the busy timeout) are
-        retried; after ``max_failures`` in a row waiters get the error."""
+    async def run(self, *, retry_seconds: float = 0.2, give_up_seconds: float = 120.0) -> None:
+        """The writer task: commit whenever something is buffered. Failures
+        (another process holding the lock past the busy timeout, a full disk)
+        are retried; once they have lasted ``give_up_seconds`` the waiters of
+        ``durable()`` get the error, while the rows stay buffered."""
         self.running = True
-        failures = 0
+        failing_since: float | None = None
         try:
             if self.dirty:
                 self._wake.set()
@@ -111,11 +114,12 @@ class GroupCommitWriter:
                 self._wake = anyio.Event()
                 try:
                     await self.flush()
-                    failures = 0
+                    failing_since = None
                     self._error = None
                 except Exception as exc:  # noqa: BLE001 - kept and retried; waiters see it
-                    failures += 1
-                    if failures >= max_failures:
+                    now = time.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    if now - failing_since >= give_up_seconds:
                         self._error = exc
                         progress, self._progress = self._progress, anyio.Event()
                         progress.set()

@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from typing import Awaitable, Callable
+
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from convergence.config.models import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase
+from convergence.errors import ConvergenceError
 from convergence.targets.base import Target, TargetError
 from convergence.tracing import traced
 from convergence.tracing.views import call_result_view, target_call_inputs
@@ -97,6 +100,10 @@ class _BackoffWait:
         return wait
 
 
+Gate = Callable[[], Awaitable[None]]
+"""Awaited before each attempt of a call goes out."""
+
+
 class _Attempts:
     """One run's attempt counter and the exception already raised by attempt 1."""
 
@@ -128,9 +135,14 @@ class CallRunner:
         self._on_asyncio: bool | None = None
 
     @traced("convergence.target_call", inputs=target_call_inputs, output=call_result_view)
-    async def run(self, params: Config, case: TestCase) -> CallResult:
+    async def run(self, params: Config, case: TestCase, gate: Gate | None = None) -> CallResult:
+        """Call the target once, retrying retryable failures. ``gate`` is awaited
+        right before every attempt goes out (after the rate limiter): the loop
+        counts the attempt as paid there; an exception from it propagates."""
         if self.limiter is not None:
             await self.limiter.acquire()
+        if gate is not None:
+            await gate()
         start = time.perf_counter()
         try:
             result = await self._call(params, case)
@@ -143,7 +155,7 @@ class CallRunner:
             return CallResult(
                 error=self._describe(first), attempts=1, wall_ms=(time.perf_counter() - start) * 1000.0
             )
-        return await self._retry(params, case, first, start)
+        return await self._retry(params, case, first, start, gate)
 
     async def _call(self, params: Config, case: TestCase) -> CallResult:
         """One ``target.call`` under the per-attempt timeout."""
@@ -157,17 +169,19 @@ class CallRunner:
         with anyio.fail_after(self.timeout_seconds):
             return await self.target.call(params, case)
 
-    async def _attempt(self, params: Config, case: TestCase) -> CallResult:
+    async def _attempt(self, params: Config, case: TestCase, gate: Gate | None) -> CallResult:
         """A retry attempt: rate limit, then the call, timed on its own."""
         if self.limiter is not None:
             await self.limiter.acquire()
+        if gate is not None:
+            await gate()
         start = time.perf_counter()
         result = await self._call(params, case)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
         return result
 
     async def _retry(
-        self, params: Config, case: TestCase, first: BaseException, started: float
+        self, params: Config, case: TestCase, first: BaseException, started: float, gate: Gate | None
     ) -> CallResult:
         state = _Attempts(first)
 
@@ -178,7 +192,7 @@ class CallRunner:
                 exc, state.pending = state.pending, None
                 raise exc
             state.count += 1
-            return await self._attempt(params, case)
+            return await self._attempt(params, case, gate)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_retries + 1),
@@ -190,6 +204,8 @@ class CallRunner:
         try:
             result = await retrying(attempt)
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, ConvergenceError) and not isinstance(exc, TargetError):
+                raise  # the gate's own failure (lease lost, database gone), not the call's
             return CallResult(
                 error=self._describe(exc), attempts=state.count, wall_ms=(time.perf_counter() - started) * 1000.0
             )

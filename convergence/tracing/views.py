@@ -22,7 +22,7 @@ def _short(value: Any) -> Any:
 # --------------------------------------------------------------------------- target call (CallRunner.run)
 
 
-def target_call_inputs(runner: Any, params: dict[str, Any], case: Any) -> dict[str, Any]:
+def target_call_inputs(runner: Any, params: dict[str, Any], case: Any, gate: Any = None) -> dict[str, Any]:
     return {"configuration": params, "case_id": case.id, "input": case.input, "expected": case.expected}
 
 

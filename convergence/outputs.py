@@ -25,9 +25,16 @@ def _iso(ts: float | None) -> str | None:
 
 
 def config_of_run(run: RunRow) -> ConvergenceConfig | None:
-    """The config a run was started with (as stored), or None if it no longer validates."""
+    """The config a run was started with (stored as written: its ``${VAR}``
+    references are filled from the current environment), or None if it no
+    longer validates or a referenced variable is unset."""
+    from convergence.config.loader import interpolate
+
+    data, problems = interpolate(run.config)
+    if problems:
+        return None
     try:
-        return ConvergenceConfig.model_validate(run.config)
+        return ConvergenceConfig.model_validate(data)
     except ValueError:
         return None
 

@@ -42,7 +42,7 @@ def _load(path: Path) -> Any:
         return load_config(path)
     except ConfigError as exc:
         # the report quotes user input: escaped, so a '[' in it is text, not rich markup
-        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False)
+        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False, emoji=False)
         raise typer.Exit(2) from None
 
 
@@ -118,7 +118,7 @@ def optimize(
     except ConfigError as exc:
         from rich.markup import escape as _escape
 
-        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False)
+        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False, emoji=False)
         raise typer.Exit(2) from None
     state: dict[str, Any] = {}
     try:
@@ -143,6 +143,7 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, st
     from convergence.core.loop import Optimizer, ResumeError
     from convergence.evaluation.cases import TestCaseError
     from convergence.storage.store import Store, StorageError
+    from convergence.storage.writer import WriterError
 
     cfg = loaded.config
     db_path = resolve_path(loaded.base_dir, cfg.storage.path)
@@ -172,6 +173,9 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, st
         except ResumeError as exc:
             err.print(f"[red]cannot resume:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
+        except (StorageError, WriterError) as exc:
+            err.print(f"[red]stopped:[/] {escape(str(exc))} (finished results are stored)", highlight=False)
+            raise typer.Exit(1) from None
         _print_outcome(outcome, optimizer)
         if not no_outputs and outcome.trials:
             from convergence.outputs import write_outputs
@@ -258,9 +262,10 @@ def validate(config: Path = ConfigArg) -> None:
         f"up to {evo.generations * evo.population_size * n_cases} calls",
     ]
     for line in out:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, emoji=False)
     if result.problems:
-        err.print("[red]config error[/] " + _escape(str(ConfigError(loaded.path, result.problems))), highlight=False)
+        err.print("[red]config error[/] " + _escape(str(ConfigError(loaded.path, result.problems))),
+                  highlight=False, emoji=False)
         raise typer.Exit(2)
     console.print("[green]valid[/]", highlight=False)
 

@@ -1,4 +1,4 @@
 """Loading and checking optimization.yaml."""
 
 # models first: compat.py builds on it, and models imports compat at its end
-from convergence.config import models as _models  # noqa: F401,E402
+from convergence.config import models as _models  # noqa: F401

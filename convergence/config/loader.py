@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from convergence.config.models import MAX_NAME, At, ConvergenceConfig, short
+from convergence.errors import ConvergenceError
 
 MAX_FILE_BYTES = 1_000_000
 """Larger configs are refused (put big test sets in a JSON/JSONL file): pure-Python YAML parses ~0.4 MB/s."""
@@ -45,7 +46,7 @@ _MERGE_TAG = _YAML_TAG + "merge"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-class ConfigError(Exception):
+class ConfigError(ConvergenceError):
     """One or more problems in a config file; ``str()`` is the full report."""
 
     def __init__(self, path: Path, problems: list["Problem"]):
@@ -107,23 +108,24 @@ def _line(node: yaml.Node) -> int:
 
 
 def _key_value(loader: _Loader, key: yaml.Node) -> Any:
-    """The Python value of a scalar mapping key (``1`` and ``1.0`` are one key, as in a dict)."""
+    """The Python value of a scalar mapping key (``1`` and ``1.0`` are one key, as in
+    a dict). Other keys (lists, mappings) stand for themselves: they are refused
+    when the document is built."""
     if isinstance(key, yaml.ScalarNode) and key.tag in _ALLOWED_TAGS:
         try:
             return loader.construct_object(key)
         except yaml.YAMLError:
             return key.value
-    return None
+    return f"<{key.tag.replace(_YAML_TAG, '!!')} key at line {_line(key)}>"
 
 
 def _check_nodes(loader: _Loader, root: yaml.Node) -> list[Problem]:
-    """Structure checks on the composed document, before anything is built from it:
-    recursive aliases, expansion size (alias bombs), depth, tags, duplicate keys.
-    Iterative and memoised per node, so it is linear in the file's size."""
+    """Structure checks on the composed document, before anything walks or builds
+    it: recursive aliases, expansion size (alias bombs), depth. Iterative and
+    memoised per node, so it is linear in the file's size."""
     size: dict[int, int] = {}
     height: dict[int, int] = {}
     active: set[int] = set()
-    problems: list[Problem] = []
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, leaving = stack.pop()
@@ -145,11 +147,10 @@ def _check_nodes(loader: _Loader, root: yaml.Node) -> list[Problem]:
         if nid in active:
             return [Problem("", "recursive alias: this anchored value contains an alias (*name) to itself",
                             _line(node))]
-        problems += _node_problems(loader, node)
         active.add(nid)
         stack.append((node, True))
         stack.extend((c, False) for c in reversed(_children(node)))
-    return problems
+    return []
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -160,60 +161,66 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _node_problems(loader: _Loader, node: yaml.Node) -> list[Problem]:
-    out: list[Problem] = []
-    if node.tag not in _ALLOWED_TAGS and node.tag != _MERGE_TAG:
-        tag = node.tag.replace(_YAML_TAG, "!!")
-        out.append(Problem("", f"YAML tag {short(tag, 60)} is not supported: use plain strings, numbers, "
-                               "booleans, lists and mappings (quote a date or binary text)", _line(node)))
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key, _ in node.value:
-            if key.tag == _MERGE_TAG:
-                continue
-            value = _key_value(loader, key)
-            if value is None and not (isinstance(key, yaml.ScalarNode) and key.tag == _YAML_TAG + "null"):
-                continue  # non-scalar keys are refused when the document is built
-            try:
-                first = seen.get(value)
-            except TypeError:
-                continue
-            if first is not None:
-                out.append(Problem("", f"duplicate key {short(value, 60)} (first at line {first}); "
-                                       "YAML would silently keep only the last one", _line(key)))
-            else:
-                seen[value] = _line(key)
-    return out
-
-
-def _compose_lines(loader: _Loader, root: yaml.Node) -> dict[tuple[Any, ...], int]:
-    """Line of every field path (keys as built), merged (``<<``) keys included."""
+def _walk(loader: _Loader, root: yaml.Node) -> tuple[dict[tuple[Any, ...], int], list[Problem]]:
+    """Line of every field path (keys as built, merged ``<<`` keys included), and
+    the problems only a walk with paths can name: duplicate keys, unsupported tags.
+    Runs after :func:`_check_nodes`, so the expanded tree is bounded."""
     lines: dict[tuple[Any, ...], int] = {}
+    problems: list[Problem] = []
+
+    def tag_ok(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        if n.tag not in _ALLOWED_TAGS:
+            tag = n.tag.replace(_YAML_TAG, "!!")
+            problems.append(Problem(_dotted(path), f"YAML tag {short(tag, 60)} is not supported: use plain strings, "
+                                                  "numbers, booleans, lists and mappings", _line(n)))
 
     def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
         lines.setdefault(path, _line(n))
+        tag_ok(n, path)
         if isinstance(n, yaml.MappingNode):
             merges: list[yaml.Node] = []
+            seen: dict[Any, int] = {}
             for k, v in n.value:
                 if k.tag == _MERGE_TAG:
                     merges += v.value if isinstance(v, yaml.SequenceNode) else [v]
                     continue
                 key = _key_value(loader, k)
+                tag_ok(k, path + (key,))
+                try:
+                    first = seen.get(key)
+                    if first is None:
+                        seen[key] = _line(k)
+                except TypeError:  # an unhashable key: refused when the document is built
+                    first = None
+                if first is not None:
+                    problems.append(Problem(_dotted(path + (key,)), f"duplicate key {short(key, 60)} (first at line "
+                                            f"{first}); YAML would silently keep only the last one", _line(k)))
+                    continue
                 lines[path + (key,)] = _line(k)
                 walk(v, path + (key,))
             for m in merges:
                 if isinstance(m, yaml.MappingNode):
                     for k, v in m.value:
                         key = _key_value(loader, k)
-                        if path + (key,) not in lines:
-                            lines[path + (key,)] = _line(k)
-                            walk(v, path + (key,))
+                        try:
+                            if path + (key,) in lines:
+                                continue
+                        except TypeError:
+                            continue
+                        lines[path + (key,)] = _line(k)
+                        walk(v, path + (key,))
         elif isinstance(n, yaml.SequenceNode):
             for i, v in enumerate(n.value):
                 walk(v, path + (i,))
 
     walk(root, ())
-    return lines
+    seen_problems: set[tuple[str, int | None, str]] = set()
+    unique = []
+    for p in problems:  # an aliased node is walked once per alias
+        if (p.field, p.line, p.message) not in seen_problems:
+            seen_problems.add((p.field, p.line, p.message))
+            unique.append(p)
+    return lines, unique
 
 
 def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
@@ -275,6 +282,13 @@ def _interpolate_text(text: str) -> tuple[str, list[str]]:
     return "".join(out), errors
 
 
+def interpolate(data: Any) -> tuple[Any, list[Problem]]:
+    """``${...}`` references in a config as written (e.g. one stored with a run)
+    replaced from the current environment, and what could not be replaced."""
+    problems: list[Problem] = []
+    return _rebuild(data, (), problems, {}, True), problems
+
+
 def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: dict,
              interpolate: bool) -> Any:
     """A fresh tree (aliases become copies). With ``interpolate`` strings get
@@ -299,6 +313,8 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
         text = str(part)
+        if not text.isprintable():
+            text = repr(text)[1:-1]  # a newline in a key must not split the report's line
         if len(text) > 60:
             text = text[:57] + "..."
         out += f"[{text}]" if isinstance(part, int) and not isinstance(part, bool) else (f".{text}" if out else text)
@@ -372,7 +388,7 @@ def _friendly(err: dict[str, Any], data: Any) -> tuple[tuple[Any, ...], str]:
     if clean and clean[-1] == "[key]":
         clean = clean[:-1]
         msg = err["msg"].removeprefix("Value error, ")
-        return clean, f"name {short(clean[-1] if clean else '', 60)}: {msg}"
+        return clean, f"this name {msg}"
     if kind == "extra_forbidden":
         key = clean[-1]
         parent = _model_at(clean[:-1], data)
@@ -424,25 +440,34 @@ def parse_config(text: str, path: Path) -> LoadedConfig:
         raise ConfigError(path, [Problem("", f"the file is {len(text):,} characters long; at most "
                                              f"{MAX_FILE_BYTES:,} are read (put large test sets in a "
                                              "JSON/JSONL file: evaluation.test_cases.path)")])
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         root = loader.get_single_node()
         if root is None:
             raise ConfigError(path, [Problem("", "the file is empty; run `convergence init` for a starting point")])
         problems = _check_nodes(loader, root)
         if problems:
             raise ConfigError(path, problems)
-        lines = _compose_lines(loader, root)
+        lines, problems = _walk(loader, root)
+        if problems:
+            raise ConfigError(path, problems)
         data = loader.construct_document(root)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, [Problem("", f"invalid YAML: {short(problem, 200)}", line)]) from None
+        if isinstance(exc, yaml.reader.ReaderError):
+            line = text.count("\n", 0, exc.position) + 1
+            problem = f"character #x{exc.character:04x} is not allowed in YAML (a control character?)" if isinstance(
+                exc.character, int) else str(exc.reason)
+        problem = " ".join(str(problem).split())
+        raise ConfigError(path, [Problem("", f"invalid YAML: {problem[:200]}", line)]) from None
     except RecursionError:
         raise ConfigError(path, [Problem("", f"values are nested too deeply (at most {MAX_DEPTH} levels)")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(path, [Problem("", f"expected a mapping at the top level, got {type(data).__name__}", 1)])
     problems = []

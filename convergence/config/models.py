@@ -45,8 +45,14 @@ class At(ValueError):
     down), so the loader can report that field's path and line instead of
     the model's. ``path`` is relative to the model that raises it."""
 
-    def __init__(self, path: str | tuple[Any, ...], message: str):
-        self.path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+    def __init__(self, path: str | int | tuple[Any, ...], message: str):
+        """``path``: a tuple of keys/indexes, an index, or a dotted string of field names."""
+        if isinstance(path, str):
+            self.path: tuple[Any, ...] = tuple(path.split("."))
+        elif isinstance(path, int):
+            self.path = (path,)
+        else:
+            self.path = tuple(path)
         super().__init__(message)
 
 
@@ -290,7 +296,7 @@ class CategoricalParam(Strict):
         else:
             for label in v:
                 if not label.strip() or len(label) > MAX_NAME:
-                    raise At(label, f"label must be 1-{MAX_NAME} characters")
+                    raise At((label,), f"label must be 1-{MAX_NAME} characters")
         return v
 
 
@@ -367,7 +373,7 @@ class SearchSpaceConfig(Strict):
             raise ValueError("define at least one parameter")
         for name in v:
             if name in RESERVED_PARAMETER_NAMES:
-                raise At(name, f"'{name}' is a reserved template variable (the test case's); rename the parameter")
+                raise At((name,), f"'{name}' is a reserved template variable (the test case's); rename the parameter")
         return v
 
 
@@ -651,7 +657,14 @@ class ConvergenceConfig(Strict):
     def _target(self) -> "ConvergenceConfig":
         if (self.api is None) == (self.target is None):
             raise ValueError("give exactly one of 'api' (the-convergence style) or 'target'")
+        self._execution_overrides()
         t = self.resolved_target
+        if t.retry.backoff_initial_seconds > t.retry.backoff_max_seconds:
+            ex = self.optimization.execution
+            where = (("optimization", "execution", "retry_delay_seconds") if ex.retry_delay_seconds is not None
+                     else ("target", "retry", "backoff_initial_seconds"))
+            raise At(where, f"({t.retry.backoff_initial_seconds}) must be <= the longest backoff, "
+                            f"retry.backoff_max_seconds ({t.retry.backoff_max_seconds})")
         if isinstance(t, LiteLLMTargetConfig) and t.call_params is not None:
             for i, name in enumerate(t.call_params):
                 if name not in self.search_space.parameters:
@@ -660,6 +673,29 @@ class ConvergenceConfig(Strict):
         if self.legacy is not None:
             self.legacy.apply(self)
         return self
+
+    def _execution_overrides(self) -> None:
+        """``optimization.execution`` timeout/retry settings override the target's:
+        refuse a file that sets both to different values (one would be ignored).
+        (With ``api:``, ``request.timeout_seconds`` stays the HTTP client's limit and
+        ``execution.timeout_seconds`` bounds each attempt: both are used.)"""
+        ex = self.optimization.execution
+        pairs: list[tuple[str, Any, tuple[Any, ...], Any]] = []
+        if self.target is not None:
+            t = self.target
+            if "timeout_seconds" in t.model_fields_set:
+                pairs.append(("timeout_seconds", ex.timeout_seconds, ("target", "timeout_seconds"), t.timeout_seconds))
+            if "retry" in t.model_fields_set:
+                r = t.retry
+                if "max_retries" in r.model_fields_set:
+                    pairs.append(("max_retries", ex.max_retries, ("target", "retry", "max_retries"), r.max_retries))
+                if "backoff_initial_seconds" in r.model_fields_set:
+                    pairs.append(("retry_delay_seconds", ex.retry_delay_seconds,
+                                  ("target", "retry", "backoff_initial_seconds"), r.backoff_initial_seconds))
+        for name, value, other, other_value in pairs:
+            if value is not None and value != other_value:
+                raise At(("optimization", "execution", name),
+                         f"({value}) overrides {'.'.join(map(str, other))} ({other_value}); give one of them")
 
     @property
     def resolved_target(self) -> LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig:
@@ -711,7 +747,7 @@ def finite(x: float) -> bool:
 
 # the-convergence's sections are models built on the ones above; the package
 # __init__ imports this module first, so this import always finds them defined.
-from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig  # noqa: E402
+from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
 
 for _model in (TestCasesConfig, EvaluationConfig, ConvergenceConfig):
     _model.model_rebuild()

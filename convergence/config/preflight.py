@@ -17,13 +17,28 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
-from convergence.config.loader import ConfigError, LoadedConfig, Problem, _dotted, resolve_path
-from convergence.config.models import HTTPTargetConfig, LiteLLMTargetConfig, PythonTargetConfig, short
+from convergence.config.loader import (
+    ConfigError,
+    LoadedConfig,
+    Problem,
+    _dotted,
+    resolve_path,
+)
+from convergence.config.models import (
+    CategoricalParam,
+    HTTPTargetConfig,
+    LiteLLMTargetConfig,
+    PythonTargetConfig,
+    short,
+)
 from convergence.core.types import TestCase
 
 MAX_RENDERS = 5_000
@@ -136,7 +151,10 @@ def _test_cases(ctx: _Ctx) -> None:
     try:
         ctx.cases = load_test_cases(tc, ctx.base)
     except TestCaseError as exc:
-        ctx.add(loc, short(str(exc), 400).strip("'\""))
+        message = str(exc)
+        for prefix in ("evaluation.test_cases.inline: ", "evaluation.test_cases.inline, "):
+            message = message.removeprefix(prefix)
+        ctx.add(loc, message if len(message) <= 400 else message[:397] + "...")
     except (OSError, ValueError) as exc:
         ctx.add(loc, f"cannot read the test cases: {short(str(exc), 300)}")
 
@@ -151,6 +169,14 @@ def _target(ctx: _Ctx) -> None:
         problem = url_problem(t.endpoint)
         if problem:
             ctx.add(ctx.tloc("endpoint"), problem)
+        for name, value in t.request.headers.items():
+            problem = header_problem(name, None if "{{" in value or "{%" in value else value)
+            if problem:
+                ctx.add(ctx.tloc("request", "headers", name), problem)
+        if t.auth.type == "api_key":
+            problem = header_problem(t.auth.header_name, None)
+            if problem:
+                ctx.add(ctx.tloc("auth", "header_name"), problem)
     elif isinstance(t, LiteLLMTargetConfig):
         if t.api_base is not None:
             problem = url_problem(t.api_base)
@@ -158,9 +184,9 @@ def _target(ctx: _Ctx) -> None:
                 ctx.add(ctx.tloc("api_base"), problem)
         _local_model(ctx, t.model, ctx.tloc("model"))
         model_param = ctx.cfg.search_space.parameters.get("model")
-        if model_param is not None and getattr(model_param, "type", None) == "categorical":
+        if isinstance(model_param, CategoricalParam):
             values = model_param.values
-            items = values.items() if isinstance(values, dict) else enumerate(values)
+            items: Iterable[tuple[Any, Any]] = values.items() if isinstance(values, dict) else enumerate(values)
             for label, value in items:
                 if isinstance(value, str):
                     _local_model(ctx, value, ("search_space", "parameters", "model", "values", label))
@@ -179,6 +205,22 @@ def _local_model(ctx: _Ctx, model: str, loc: tuple[Any, ...]) -> None:
 
     if model.startswith(PROVIDER + "/") and model != LOCAL_MODEL:
         ctx.add(loc, f"unknown local model {short(model, 60)}; the embedded model is {LOCAL_MODEL!r}")
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+
+
+def header_problem(name: str, value: str | None) -> str | None:
+    """What is wrong with an HTTP header (``value`` None: only the name is checked), or None.
+    httpx sends header values as ASCII; a newline would split the header."""
+    if not _HEADER_NAME.match(name):
+        return f"{short(name, 60)} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"
+    if value is not None:
+        if not value.isascii():
+            return f"the value {short(value, 60)} is not ASCII (HTTP header values are sent as ASCII)"
+        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+            return f"the value {short(value, 60)} contains control characters (a newline would split the header)"
+    return None
 
 
 def url_problem(url: str) -> str | None:
@@ -202,7 +244,12 @@ def url_problem(url: str) -> str | None:
 
 
 def _metrics(ctx: _Ctx) -> None:
-    from convergence.evaluation.metrics import BUILTINS, MetricConfigError, infer_function, resolve_metric
+    from convergence.evaluation.metrics import (
+        BUILTINS,
+        MetricConfigError,
+        infer_function,
+        resolve_metric,
+    )
 
     ev = ctx.cfg.evaluation
     custom = ev.custom_evaluator if ev.custom_evaluator is not None and ev.custom_evaluator.enabled else None
@@ -238,13 +285,16 @@ def _metrics(ctx: _Ctx) -> None:
             ctx.add(loc + ("function",), "importing the metric function called sys.exit()")
             continue
         except (MetricConfigError, ValueError) as exc:
-            field = "judge" if function == "llm_judge" else ("args" if function in BUILTINS else "function")
+            field = {"llm_judge": "judge", "regex": "args.pattern", "json_schema": "args.schema"}.get(
+                function, "args" if function in BUILTINS else "function")
+            if field == "args.schema" and "schema" not in m.args:
+                field = "args"
             if function == "custom":
                 where: tuple[Any, ...] = ("evaluation", "custom_evaluator")
             elif m.function is None:
                 where = loc
             else:
-                where = loc + (field,)
+                where = loc + tuple(field.split("."))
             ctx.add(where, _strip_metric(str(exc), name))
             continue
         except Exception as exc:  # noqa: BLE001 - user code ran at import time
@@ -325,14 +375,14 @@ def _templates(ctx: _Ctx) -> None:
         if t.messages is not None:
             for i, m in enumerate(t.messages):
                 content = m.get("content", "")
-                templates.append((ctx.tloc("messages", i, "content"), lambda v, s=content: render(s, v)))
+                templates.append((ctx.tloc("messages", i, "content"), partial(_render_text, render, content)))
         elif t.prompt is not None:
-            templates.append((ctx.tloc("prompt"), lambda v, s=t.prompt: render(s, v)))
+            templates.append((ctx.tloc("prompt"), partial(_render_text, render, t.prompt)))
     elif isinstance(t, HTTPTargetConfig):
         for k, h in t.request.headers.items():
-            templates.append((ctx.tloc("request", "headers", k), lambda v, s=h: render(s, v)))
+            templates.append((ctx.tloc("request", "headers", k), partial(_rendered_header, k, render, h)))
         if t.request.body is not None:
-            templates.append((ctx.tloc("request", "body"), lambda v, b=t.request.body: render_tree(b, v)))
+            templates.append((ctx.tloc("request", "body"), partial(_render_text, render_tree, t.request.body)))
 
     space = SearchSpace.from_config(cfg.search_space)
     base = {name: d.choices[0] if d.choices else d.snap(d.low) for name, d in space.dims.items()}
@@ -385,6 +435,19 @@ def _templates(ctx: _Ctx) -> None:
     if not cases:  # still catch syntax errors
         for tloc, fn in templates:
             _compile_only(ctx, tloc, fn)
+
+
+def _render_text(fn: Callable[[Any, dict[str, Any]], Any], source: Any, variables: dict[str, Any]) -> Any:
+    return fn(source, variables)
+
+
+def _rendered_header(name: str, fn: Callable[[str, dict[str, Any]], str], source: str,
+                     variables: dict[str, Any]) -> str:
+    value = fn(source, variables)
+    problem = header_problem(name, value)
+    if problem:
+        raise ValueError(f"rendered header {problem.removeprefix('the ')}")
+    return value
 
 
 def _compile_only(ctx: _Ctx, loc: tuple[Any, ...], fn: Callable[[dict[str, Any]], Any]) -> None:
@@ -466,13 +529,18 @@ def _dir_problem(p: Path) -> str | None:
             if not os.access(p, os.W_OK | os.X_OK):
                 return f"the directory {_show(p)} is not writable"
             return None
-        anc = _nearest_existing(p)
-        if not anc.is_dir():
-            return f"cannot create {_show(p)}: {_show(anc)} is a file"
-        if not os.access(anc, os.W_OK | os.X_OK):
-            return f"cannot create {_show(p)}: the directory {_show(anc)} is not writable"
+        return _creatable(p)
     except OSError as exc:
         return f"cannot use {_show(p)}: {exc.strerror or exc}"
+
+
+def _creatable(p: Path) -> str | None:
+    """Why ``p`` (which does not exist) cannot be created, or None."""
+    anc = _nearest_existing(p)
+    if not anc.is_dir():
+        return f"cannot create {_show(p)}: {_show(anc)} is a file"
+    if not os.access(anc, os.W_OK | os.X_OK):
+        return f"cannot create {_show(p)}: the directory {_show(anc)} is not writable"
     return None
 
 
@@ -494,7 +562,7 @@ def _file_problem(p: Path, *, sqlite: bool) -> str | None:
                 if not os.access(p.parent, os.W_OK | os.X_OK):
                     return f"the directory of {_show(p)} is not writable (SQLite needs its -wal file there)"
             return None
-        return _dir_problem(p.parent)
+        return _creatable(p)
     except OSError as exc:
         return f"cannot use {_show(p)}: {exc.strerror or exc}"
 
@@ -513,7 +581,7 @@ def _import(ctx: _Ctx, spec: str, loc: tuple[Any, ...]) -> Callable[..., Any] | 
         ctx.add(loc, short(str(exc), 400).strip("'\""))
     except SystemExit:
         ctx.add(loc, f"importing {short(spec, 80)} called sys.exit()")
-    except BaseException as exc:  # noqa: BLE001 - user code ran at import time
+    except BaseException as exc:  # user code ran at import time
         if isinstance(exc, KeyboardInterrupt):
             raise
         ctx.add(loc, f"importing {short(spec, 80)} raised {type(exc).__name__}: {short(str(exc), 200)}")

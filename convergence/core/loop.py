@@ -112,7 +112,7 @@ class Optimizer:
         self.opt = self.cfg.optimization
         self.on_run_started: Callable[[int], None] | None = None
         """Called with the run id once the run row is committed (the CLI's resume hint)."""
-        self._written: dict[str, Any] = getattr(loaded, "written", None) or loaded.raw
+        self._written: dict[str, Any] = loaded.written
         """The config as written (``${VAR}`` references, not their values): what is stored and traced."""
         self._secrets = secret_env_values(extra_names=config_secret_names(self._written))
         self._redactor = Redactor(self._secrets)
@@ -561,8 +561,10 @@ async def optimize(
 ) -> RunOutcome:
     """Programmatic entry point: ``await optimize("optimization.yaml")``."""
     from convergence.config.loader import load_config
+    from convergence.config.preflight import check
 
     loaded = load_config(config_path)
+    check(loaded)  # what `convergence validate` checks, before the first call
     store = await Store.open(resolve_path(loaded.base_dir, loaded.config.storage.path))
     try:
         outcome = await Optimizer(loaded, store, events=events).run(resume=resume)

@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - install, then optimize the embedded model on optimization.yaml
 #   make test   - install, then run the whole test suite (slow real-model tests included)
+#   make lint   - install, then ruff and mypy (CI runs it before the tests)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +28,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check convergence tests benchmarks
+	$(BIN)/mypy convergence
 
 bench: install
 	$(BIN)/python benchmarks/throughput.py

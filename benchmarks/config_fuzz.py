@@ -57,9 +57,10 @@ import threading
 import time
 import typing
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -170,7 +171,10 @@ output:
   plot_format: html
   export_best_config: {enabled: true, format: json, output_path: best.json}
 legacy: {enabled: true, session_id: fuzz-session, tracking_backend: builtin, export_dir: results}
-society: {enabled: false, auto_generate_agents: true, llm: {model: local/gemma-3-270m, temperature: 0.5, max_tokens: 64}}
+society:
+  enabled: false
+  auto_generate_agents: true
+  llm: {model: local/gemma-3-270m, temperature: 0.5, max_tokens: 64}
 tracing: {weave: {enabled: false, project: fuzz}}
 """,
     "full_python": """\
@@ -381,7 +385,7 @@ def mappings(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 def type_sweep(name: str, data: dict) -> list[Variant]:
     out = []
-    for path, value in leaves(data):
+    for path, _value in leaves(data):
         kind = _field_kind(path, data)
         if kind is None:
             continue
@@ -465,13 +469,17 @@ def semantic(name: str, data: dict) -> list[Variant]:
         s("auth-no-token-env", (t_key, "auth"), {"type": "bearer"})
         s("auth-unknown-type", (t_key, "auth"), {"type": "oauth", "token_env": "FZ_TOKEN"})
         s("auth-basic-no-password", (t_key, "auth"), {"type": "basic", "username": "u"})
-        s("auth-unset-env", (t_key, "auth"), {"type": "bearer", "token_env": UNSET}, dotted((t_key, "auth", "token_env")))
-        s("auth-unused-field", (t_key, "auth"), {"type": "none", "token_env": "FZ_TOKEN"}, dotted((t_key, "auth", "token_env")))
+        s("auth-unset-env", (t_key, "auth"), {"type": "bearer", "token_env": UNSET},
+          dotted((t_key, "auth", "token_env")))
+        s("auth-unused-field", (t_key, "auth"), {"type": "none", "token_env": "FZ_TOKEN"},
+          dotted((t_key, "auth", "token_env")))
         s("method-delete", (t_key, "request", "method"), "DELETE")
-        s("header-non-ascii", (t_key, "request", "headers"), {"X-Name": "café"}, dotted((t_key, "request", "headers", "X-Name")))
+        s("header-non-ascii", (t_key, "request", "headers"), {"X-Name": "café"},
+          dotted((t_key, "request", "headers", "X-Name")))
         s("header-bad-name", (t_key, "request", "headers"), {"X(Name)": "v"}, dotted((t_key, "request", "headers")))
         s("body-syntax", (t_key, "request", "body"), {"prompt": "{{ question"}, dotted((t_key, "request", "body")))
-        s("body-undefined", (t_key, "request", "body"), {"prompt": "{{ no_such_var }}"}, dotted((t_key, "request", "body")))
+        s("body-undefined", (t_key, "request", "body"), {"prompt": "{{ no_such_var }}"},
+          dotted((t_key, "request", "body")))
         s("timeout-zero", (t_key, "request", "timeout_seconds"), 0)
         s("result-field-empty", (t_key, "response", "result_field"), "")
         if t_key == "api":
@@ -528,12 +536,14 @@ def semantic(name: str, data: dict) -> list[Variant]:
     s("continuous-nan", ("search_space", "parameters", p0), {"type": "continuous", "min": NAN, "max": 1})
     s("continuous-too-wide", ("search_space", "parameters", p0), {"type": "continuous", "min": -1e308, "max": 1e308})
     s("continuous-step-zero", ("search_space", "parameters", p0), {"type": "continuous", "min": 0, "max": 1, "step": 0})
-    s("continuous-log-zero", ("search_space", "parameters", p0), {"type": "continuous", "min": 0, "max": 1, "log": True})
+    s("continuous-log-zero", ("search_space", "parameters", p0),
+      {"type": "continuous", "min": 0, "max": 1, "log": True})
     s("continuous-missing-max", ("search_space", "parameters", p0), {"type": "continuous", "min": 0})
     s("discrete-empty", ("search_space", "parameters", p0), {"type": "discrete", "values": []})
     s("discrete-text", ("search_space", "parameters", p0), {"type": "discrete", "values": [1, "two"]})
     s("discrete-bool", ("search_space", "parameters", p0), {"type": "discrete", "values": [1, True]})
-    s("discrete-values-and-range", ("search_space", "parameters", p0), {"type": "discrete", "values": [1], "min": 0, "max": 3})
+    s("discrete-values-and-range", ("search_space", "parameters", p0),
+      {"type": "discrete", "values": [1], "min": 0, "max": 3})
     s("discrete-fraction-min", ("search_space", "parameters", p0), {"type": "discrete", "min": 0.5, "max": 3})
     s("discrete-huge", ("search_space", "parameters", p0), {"type": "discrete", "min": 0, "max": 10**30})
     s("discrete-no-range", ("search_space", "parameters", p0), {"type": "discrete"})
@@ -559,7 +569,8 @@ def semantic(name: str, data: dict) -> list[Variant]:
     s("cases-augmentation", tc + ("augmentation",), {"enabled": True, "mutation_rate": 0.3})
     mp = ("evaluation", "metrics")
     s("metrics-empty", mp, {})
-    s("weights-all-zero", mp, {k: {**v, "weight": 0} if isinstance(v, dict) else v for k, v in metrics.items()}, dotted(mp))
+    s("weights-all-zero", mp, {k: {**v, "weight": 0} if isinstance(v, dict) else v for k, v in metrics.items()},
+      dotted(mp))
     s("weight-negative", mp + (m0, "weight"), -1)
     s("direction-sideways", mp + (m0, "type"), "sideways")
     s("function-unknown", mp + (m0, "function"), "no_such_metric")
@@ -571,15 +582,21 @@ def semantic(name: str, data: dict) -> list[Variant]:
     s("regex-bad-pattern", mp + ("rx",), {"function": "regex", "args": {"pattern": "(unclosed"}}, dotted(mp + ("rx",)))
     s("regex-ignore-case-int", mp + ("rx",), {"function": "regex", "args": {"pattern": "a", "ignore_case": 1}},
       dotted(mp + ("rx", "args", "ignore_case")))
-    s("regex-arg-typo", mp + ("rx",), {"function": "regex", "args": {"patern": "a"}}, dotted(mp + ("rx", "args", "patern")))
+    s("regex-arg-typo", mp + ("rx",), {"function": "regex", "args": {"patern": "a"}},
+      dotted(mp + ("rx", "args", "patern")))
     s("schema-missing", mp + ("js",), {"function": "json_schema"}, dotted(mp + ("js",)))
-    s("schema-invalid", mp + ("js",), {"function": "json_schema", "args": {"schema": {"type": 12}}}, dotted(mp + ("js",)))
-    s("schema-file-invalid", mp + ("js",), {"function": "json_schema", "args": {"schema": "fz_badschema.json"}}, dotted(mp + ("js",)))
-    s("schema-file-missing", mp + ("js",), {"function": "json_schema", "args": {"schema": "nope.json"}}, dotted(mp + ("js",)))
+    s("schema-invalid", mp + ("js",), {"function": "json_schema", "args": {"schema": {"type": 12}}},
+      dotted(mp + ("js",)))
+    s("schema-file-invalid", mp + ("js",), {"function": "json_schema", "args": {"schema": "fz_badschema.json"}},
+      dotted(mp + ("js",)))
+    s("schema-file-missing", mp + ("js",), {"function": "json_schema", "args": {"schema": "nope.json"}},
+      dotted(mp + ("js",)))
     s("numeric-tolerance-text", mp + ("nm",), {"function": "numeric", "args": {"tolerance": "close"}},
       dotted(mp + ("nm", "args", "tolerance")))
-    s("numeric-tolerance-negative", mp + ("nm",), {"function": "numeric", "args": {"tolerance": -1}}, dotted(mp + ("nm",)))
-    s("similarity-args", mp + ("sm",), {"function": "similarity", "args": {"threshold": 0.5}}, dotted(mp + ("sm", "args")))
+    s("numeric-tolerance-negative", mp + ("nm",), {"function": "numeric", "args": {"tolerance": -1}},
+      dotted(mp + ("nm",)))
+    s("similarity-args", mp + ("sm",), {"function": "similarity", "args": {"threshold": 0.5}},
+      dotted(mp + ("sm", "args")))
     s("latency-measure", mp + ("lt",), {"function": "latency", "type": "lower_is_better", "args": {"measure": "cpu"}},
       dotted(mp + ("lt",)))
     s("judge-on-contains", mp + ("jc",), {"function": "contains", "judge": {"model": "local/gemma-3-270m"}},
@@ -597,7 +614,8 @@ def semantic(name: str, data: dict) -> list[Variant]:
     s("metric-long-name", mp + ("m" * 300,), {"function": "contains"}, "evaluation.metrics")
     s("custom-evaluator-missing", ("evaluation", "custom_evaluator"),
       {"module": "no_such_eval_mod", "function": "f"}, "evaluation")
-    s("custom-evaluator-incomplete", ("evaluation", "custom_evaluator"), {"module": "fz_funcs"}, "evaluation.custom_evaluator")
+    s("custom-evaluator-incomplete", ("evaluation", "custom_evaluator"), {"module": "fz_funcs"},
+      "evaluation.custom_evaluator")
     s("expected-missing", tc, {"inline": [{"input": {"question": "x"}}]}, "evaluation")
     # ---- optimization
     op = ("optimization",)
@@ -688,7 +706,8 @@ def semantic(name: str, data: dict) -> list[Variant]:
             new = with_value(data, path, value)
         if path[:2] in (("output", "save_path"), ("storage", "path"), ("output", "formats")) and "legacy" in new:
             # legacy.export_dir / sqlite_path / export_formats are other names of these: drop them
-            legacy = {k: v for k, v in new["legacy"].items() if k not in ("export_dir", "sqlite_path", "export_formats")}
+            moved = ("export_dir", "sqlite_path", "export_formats")
+            legacy = {k: v for k, v in new["legacy"].items() if k not in moved}
             new = {**new, "legacy": legacy}
         out.append(Variant(f"{name}:{label}", name, section, f"semantic-{label}", dump(new), "reject",
                            "field" if expected else "line", expected or None))
@@ -725,7 +744,8 @@ def text_level(name: str, text: str, data: dict) -> list[Variant]:
     v("unclosed-flow", enc + b"\nzz: [a, b\n")
     v("two-documents", enc + b"\n---\nstudy: other\n")
     v("binary-tag", enc + b"\nstudy: !!binary aGVsbG8=\n", where="field", fieldp="study")
-    v("set-tag", enc.replace(b"search_space:", b"zz_set: !!set {a, b}\nsearch_space:", 1), where="field", fieldp="zz_set")
+    v("set-tag", enc.replace(b"search_space:", b"zz_set: !!set {a, b}\nsearch_space:", 1),
+      where="field", fieldp="zz_set")
     v("python-tag", enc + b"\nzz: !!python/object/apply:os.system [echo hi]\n", where="field", fieldp="zz")
     v("custom-tag", enc + b"\nzz: !secret xyz\n", where="field", fieldp="zz")
     v("empty-file", b"", where="file")
@@ -1085,7 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=600, help="variants to run (stratified sample; default 600)")
     ap.add_argument("--all", action="store_true", help="run every generated variant")
-    ap.add_argument("--in-process", action="store_true", help="run validate in this process (fast) instead of subprocesses")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run validate in this process (fast) instead of subprocesses")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per variant before it counts as a hang")
     ap.add_argument("--workers", type=int, default=None, help="parallel subprocesses (default: CPU count)")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")

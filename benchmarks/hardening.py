@@ -41,6 +41,7 @@ Exit status: 0 when every requested sub-command met its targets, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -54,10 +55,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -172,10 +174,8 @@ class Proc:
         """SIGKILL if still running; True when it was running (a real kill)."""
         if self._done.is_set():
             return False
-        try:
+        with contextlib.suppress(ProcessLookupError):
             self.popen.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._done.wait()
         if self.rc != -signal.SIGKILL:
             return False  # it exited on its own just before the signal
@@ -220,11 +220,10 @@ _OUTCOME_RE = re.compile(r"^(\w+): .* - run (\d+), (\d+) trial\(s\), (\d+) call\
 
 def outcome_line(stdout: str) -> dict[str, Any] | None:
     """The CLI's final ``finished: ... - run N, T trial(s), C call(s)`` line."""
-    m = None
-    for m in _OUTCOME_RE.finditer(stdout):
-        pass
-    if m is None:
+    matches = list(_OUTCOME_RE.finditer(stdout))
+    if not matches:
         return None
+    m = matches[-1]
     return {"status": m.group(1), "run_id": int(m.group(2)), "trials": int(m.group(3)), "calls": int(m.group(4))}
 
 
@@ -394,9 +393,9 @@ def run_facts(conn: sqlite3.Connection, run_id: int, n_cases: int) -> RunFacts:
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     rows = [[_cell(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     return "\n".join(out)
 
 
@@ -676,7 +675,7 @@ def cmd_kill_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
         note = []
         first_is_fresh = True
         finished = False
-        for k in range(n_kills):
+        for _ in range(n_kills):
             args = ["optimize", "opt.yaml", "-q", "--no-outputs"] + ([] if first_is_fresh else ["--resume"])
             remaining = max(0.05, 1.0 - count_lines(log) / max(1, ref["calls"]))
             t_kill = rng.uniform(0.9 * start_s, start_s + max(0.05, (end_s - start_s) * remaining))
@@ -888,9 +887,9 @@ def cmd_two_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
         v.check(f"pair {r}: run finished with no rows lost ({facts.status}, {facts.rows_lost} lost)",
                 facts.status == "finished" and facts.rows_lost == 0 and facts.trials_lost == 0)
     print(table(["pair", "first killed", "calls at kill", "resume exits", "proceeded", "winner wall s",
-                 "refusal printed at s", "refused exited at s", "db status", "one run's calls", "calls received", "excess", "rows lost",
-                 "trials lost", "tracebacks"], rows))
-    for i, m in enumerate(messages):
+                 "refusal printed at s", "refused exited at s", "db status", "one run's calls", "calls received",
+                 "excess", "rows lost", "trials lost", "tracebacks"], rows))
+    for m in messages:
         print(f"  refused --resume said: {m}")
     if not messages:
         print("  (no --resume was refused)")
@@ -935,10 +934,10 @@ class _EchoHandler(BaseHTTPRequestHandler):
     secret: str
     lock = threading.Lock()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:  # the stdlib's name
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:

@@ -63,9 +63,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,8 @@ def llm_table(p: dict[str, Any]) -> float:
 
 TEMPLATES = ["plain", "role", "json", "checklist", "socratic", "expert"]
 TEMPLATE_W = {"plain": 0.70, "role": 0.80, "json": 0.75, "checklist": 0.85, "socratic": 0.90, "expert": 1.00}
-_NARROW_MAX = 0.8121487687632378  # max of the raw score (at expert, T=0.37, top_p=0.83, max_tokens=384); checked in main()
+_NARROW_MAX = 0.8121487687632378
+"""Max of the raw score (at expert, T=0.37, top_p=0.83, max_tokens=384); checked in main()."""
 
 
 def _narrow_raw(p: dict[str, Any]) -> float:
@@ -310,7 +312,8 @@ def run_optuna(objective: str, method: str, budget: int, seed: int) -> dict[str,
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space, fn = SPACES[objective], OBJECTIVES[objective]
-    sampler = optuna.samplers.TPESampler(seed=seed) if method == "optuna_tpe" else optuna.samplers.RandomSampler(seed=seed)
+    samplers = optuna.samplers
+    sampler = samplers.TPESampler(seed=seed) if method == "optuna_tpe" else samplers.RandomSampler(seed=seed)
 
     def suggest(trial: Any) -> dict[str, Any]:
         p: dict[str, Any] = {}
@@ -396,7 +399,8 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[st
     keys = sorted({(r["objective"], r["budget"]) for r in results}, key=lambda k: (list(OBJECTIVES).index(k[0]), k[1]))
     for objective, budget in keys:
         by_method = {
-            m: {r["seed"]: r for r in results if r["objective"] == objective and r["budget"] == budget and r["method"] == m}
+            m: {r["seed"]: r for r in results
+                if r["objective"] == objective and r["budget"] == budget and r["method"] == m}
             for m in methods
         }
         seeds = sorted(set.intersection(*(set(v) for v in by_method.values())))
@@ -405,14 +409,15 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[st
         for s in seeds:
             vals = np.array([by_method[m][s]["best"] for m in methods])
             ranks = len(methods) + 1 - _rankdata(vals)
-            for m, rk in zip(methods, ranks):
+            for m, rk in zip(methods, ranks, strict=True):
                 rank_sum[m] += rk
         base = [by_method[BASELINE][s]["best"] for s in seeds]
         rows = []
         for m in methods:
             best = np.array([by_method[m][s]["best"] for s in seeds])
             row = {
-                "method": m, "n": len(seeds), "mean": float(best.mean()), "std": float(best.std(ddof=1)) if len(best) > 1 else 0.0,
+                "method": m, "n": len(seeds), "mean": float(best.mean()),
+                "std": float(best.std(ddof=1)) if len(best) > 1 else 0.0,
                 "median": float(np.median(best)), "hit_opt": float(np.mean(best >= 0.999)),
                 "mean_rank": rank_sum[m] / max(1, len(seeds)),
                 "distinct": float(np.mean([by_method[m][s]["n_distinct"] for s in seeds])),
@@ -445,7 +450,8 @@ def print_tables(tables: list[dict[str, Any]]) -> None:
     for t in tables:
         base_mean = next(r["mean"] for r in t["rows"] if r["method"] == BASELINE)
         print(f"\n### {t['objective']}, budget {t['budget']} evaluations, {t['rows'][0]['n']} seeds\n")
-        print("| method | mean best | std | median | hit optimum | mean rank | distinct configs | vs random search (MWU, one-sided) |")
+        print("| method | mean best | std | median | hit optimum | mean rank | distinct configs "
+              "| vs random search (MWU, one-sided) |")
         print("|---|--:|--:|--:|--:|--:|--:|---|")
         for r in sorted(t["rows"], key=lambda r: r["mean_rank"]):
             name = r["method"] if r["method"].startswith("optuna") else f"convergence {r['method']}"
@@ -466,10 +472,12 @@ def check_objectives() -> None:
             for s in STYLES for mo in MODELS for i in range(31) for mt in MAX_TOKENS)
     assert abs(m - 1.0) < 1e-9, m
     # narrow: elsewhere the score is at most 0.6 / _NARROW_MAX < 0.74; search the needle's neighbourhood
-    m = max(narrow({"template": "expert", "temperature": round(0.01 * i, 2), "top_p": round(0.01 * j, 2), "max_tokens": mt})
+    m = max(narrow({"template": "expert", "temperature": round(0.01 * i, 2), "top_p": round(0.01 * j, 2),
+                    "max_tokens": mt})
             for i in range(25, 50) for j in range(75, 92) for mt in range(256, 529, 16))
     assert abs(m - 1.0) < 1e-6, m
-    m = max(many_cats({"prompt": p, "model": mo, "system": s, "stop": "newline", "temperature": BEST_T8[MODELS8.index(mo)]})
+    m = max(many_cats({"prompt": p, "model": mo, "system": s, "stop": "newline",
+                       "temperature": BEST_T8[MODELS8.index(mo)]})
             for p in PROMPTS for mo in MODELS8 for s in SYSTEMS)
     assert abs(m - 1.0) < 1e-9, m
 
@@ -511,13 +519,15 @@ def main() -> None:
     import optuna
 
     meta = {
-        "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets, "objectives": args.objectives, "methods": methods,
+        "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets, "objectives": args.objectives,
+        "methods": methods,
         "workers": args.workers, "wall_seconds": wall, "population": {b: population_for(b) for b in budgets},
         "optuna": optuna.__version__, "python": sys.version.split()[0], "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(),
     }
     if args.json:
-        print(json.dumps({"meta": meta, "tables": tables, "overall_mean_rank": ranks, "runs": results}, indent=2, default=str))
+        out = {"meta": meta, "tables": tables, "overall_mean_rank": ranks, "runs": results}
+        print(json.dumps(out, indent=2, default=str))
         return
     print(f"# Search quality: best score on a fixed budget ({seeds} seeds, budgets {budgets}, "
           f"{len(jobs)} runs in {wall:.0f} s on {args.workers} worker(s), load avg {meta['load_avg'][0]:.1f})")
@@ -526,7 +536,8 @@ def main() -> None:
     for m, r in sorted(ranks.items(), key=lambda kv: kv[1]):
         print(f"* {m}: {r:.2f}")
     print("\nMWU: one-sided Mann-Whitney U test that the method's best scores exceed Convergence random "
-          "search's (* p < 0.05, ** p < 0.01)" + ("" if _has_scipy() else "; normal approximation, scipy not installed") + ".")
+          "search's (* p < 0.05, ** p < 0.01)"
+          + ("" if _has_scipy() else "; normal approximation, scipy not installed") + ".")
 
 
 def _has_scipy() -> bool:

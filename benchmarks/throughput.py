@@ -410,7 +410,8 @@ def _print_report(rep: dict[str, Any]) -> None:
         print(hdr)
         print("-" * len(hdr))
         for r in rep["throughput"]:
-            print(f"{r['concurrency']:>5} {r['latency_ms']:>5g} {r['per_generation']:>9} {r['evaluations']:>7} {r['wall_s']:>7.2f} "
+            print(f"{r['concurrency']:>5} {r['latency_ms']:>5g} {r['per_generation']:>9} {r['evaluations']:>7} "
+                  f"{r['wall_s']:>7.2f} "
                   f"{r['evals_per_s']:>9.0f} {r['limit_per_s']:>9.0f} {r['pct_of_limit']:>7.1f}% "
                   f"{r['overhead_ms_per_eval']:>17.2f} {r['cpu_us_per_eval']:>12.0f} "
                   f"{r['in_generation_pct']:>8.1f}% {r['bare_pct_of_limit']:>12.1f}% {r['pct_of_bare']:>9.1f}%")

@@ -37,19 +37,53 @@ _EXPORTS = {
     "ProposalContext": "convergence.society.base",
     "build_report": "convergence.outputs",
     "write_outputs": "convergence.outputs",
+    # exceptions: catch ConvergenceError for all of them (the tree is in convergence/errors.py)
+    "ConvergenceError": "convergence.errors",
+    "TestCaseError": "convergence.evaluation.cases",
+    "MetricConfigError": "convergence.evaluation.metrics",
+    "MetricError": "convergence.evaluation.metrics",
+    "JudgeParseError": "convergence.evaluation.judge",
+    "TemplateError": "convergence.targets.templating",
+    "TargetError": "convergence.targets.base",
+    "StorageError": "convergence.storage.store",
+    "RunInUseError": "convergence.storage.store",
+    "LeaseLostError": "convergence.storage.store",
+    "WriterError": "convergence.storage.writer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from convergence.config.loader import ConfigError, load_config, parse_config
-    from convergence.config.models import ConvergenceConfig
-    from convergence.core.loop import Optimizer, ResumeError, RunOutcome, optimize
-    from convergence.core.space import SearchSpace
-    from convergence.core.types import CallResult, TestCase, TrialRecord
-    from convergence.outputs import build_report, write_outputs
-    from convergence.society.base import ProposalContext, Proposer
-    from convergence.storage.store import Store
+    # ``X as X``: re-exported (``__all__`` is built from _EXPORTS, which linters cannot read)
+    from convergence.config.loader import (
+        ConfigError as ConfigError,
+        load_config as load_config,
+        parse_config as parse_config,
+    )
+    from convergence.config.models import ConvergenceConfig as ConvergenceConfig
+    from convergence.core.loop import (
+        Optimizer as Optimizer,
+        ResumeError as ResumeError,
+        RunOutcome as RunOutcome,
+        optimize as optimize,
+    )
+    from convergence.core.space import SearchSpace as SearchSpace
+    from convergence.core.types import CallResult as CallResult, TestCase as TestCase, TrialRecord as TrialRecord
+    from convergence.errors import ConvergenceError as ConvergenceError
+    from convergence.evaluation.cases import TestCaseError as TestCaseError
+    from convergence.evaluation.judge import JudgeParseError as JudgeParseError
+    from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
+    from convergence.outputs import build_report as build_report, write_outputs as write_outputs
+    from convergence.society.base import ProposalContext as ProposalContext, Proposer as Proposer
+    from convergence.storage.store import (
+        LeaseLostError as LeaseLostError,
+        RunInUseError as RunInUseError,
+        StorageError as StorageError,
+        Store as Store,
+    )
+    from convergence.storage.writer import WriterError as WriterError
+    from convergence.targets.base import TargetError as TargetError
+    from convergence.targets.templating import TemplateError as TemplateError
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,12 @@ them; each subclass lives next to the code that raises it::
      |    +-- LeaseLostError  another process took the run over
      +-- WriterError          storage/writer.py    the group-commit writer keeps failing
      +-- ResumeError          core/loop.py         nothing to resume, the config changed, or the run is in use
+
+Three exception classes are internal and never reach the caller: ``At``
+(config/models.py, a validator's error that the loader reports as a
+``ConfigError``), ``PathError`` (targets/http_target.py, a missing JSON path,
+turned into a ``TargetError``) and ``TraceFailure`` (tracing/session.py, a
+redacted stand-in recorded in a trace, never raised).
 """
 
 from __future__ import annotations

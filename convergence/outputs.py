@@ -21,7 +21,7 @@ from convergence.storage.store import RunRow, Store
 
 
 def _iso(ts: float | None) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds") if ts else None
 
 
 def config_of_run(run: RunRow) -> ConvergenceConfig | None:

@@ -50,7 +50,8 @@ def llama_server(gguf_path: str) -> Iterator[LlamaServer]:
     """``python -m llama_cpp.server`` on a free 127.0.0.1 port, stopped after the module."""
     port = free_port()
     alias = "gemma-3-270m-served"
-    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+    # no `with`: the log outlives this statement (the server writes it); closed and removed in the finally below
+    log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "llama_cpp.server",

@@ -225,7 +225,7 @@ def test_recursive_alias_and_alias_bomb_are_refused_quickly() -> None:
     [p] = problems(GOOD + "zz: &loop [*loop]\n")
     assert "recursive alias" in p
     bomb = "zz:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"  {n}: &{n} [{', '.join(['*' + prev] * 9)}]\n" for prev, n in zip("abcdefgh", "bcdefghi"))
+        f"  {n}: &{n} [{', '.join(['*' + prev] * 9)}]\n" for prev, n in zip("abcdefgh", "bcdefghi", strict=True))
     start = time.perf_counter()
     [p] = problems(GOOD + bomb)
     assert time.perf_counter() - start < 0.5
@@ -243,9 +243,11 @@ def test_unsupported_yaml_tags_are_refused_and_dates_stay_text() -> None:
 
 @pytest.mark.parametrize("line, field", [
     ("search_space: {parameters: {x: {type: continuous, min: 0, max: .inf}}}", "search_space.parameters.x.max"),
-    ("evaluation: {test_cases: {inline: [{input: a, expected: b}]}, metrics: {acc: {function: exact_match, weight: .inf}}}",
+    ("evaluation: {test_cases: {inline: [{input: a, expected: b}]}, "
+     "metrics: {acc: {function: exact_match, weight: .inf}}}",
      "evaluation.metrics.acc.weight"),
-    ("evaluation: {test_cases: {inline: [{input: a, expected: b}]}, metrics: {acc: {function: numeric, args: {tolerance: .nan}}}}",
+    ("evaluation: {test_cases: {inline: [{input: a, expected: b}]}, "
+     "metrics: {acc: {function: numeric, args: {tolerance: .nan}}}}",
      "evaluation.metrics.acc.args.tolerance"),
 ])
 def test_infinite_and_nan_numbers_are_refused_everywhere(line: str, field: str) -> None:
@@ -370,7 +372,9 @@ def test_written_keeps_env_references_and_raw_has_their_values(monkeypatch: pyte
 def test_experiments_per_generation_is_population_size() -> None:
     cfg = parse(GOOD + "optimization: {execution: {experiments_per_generation: 5}}\n").config  # type: ignore[attr-defined]
     assert cfg.optimization.evolution.population_size == 5
-    [p] = problems(GOOD + "optimization: {execution: {experiments_per_generation: 5}, evolution: {population_size: 4}}\n")
+    [p] = problems(
+        GOOD + "optimization: {execution: {experiments_per_generation: 5}, evolution: {population_size: 4}}\n"
+    )
     assert "optimization.execution.experiments_per_generation" in p and "give one of them" in p
 
 
@@ -420,7 +424,7 @@ def test_api_options_the_target_kind_would_ignore_are_refused() -> None:
     assert "api.request.body" in p
 
 
-# --------------------------------------------------------------------------- preflight: what optimize checks before its first call
+# ----------------------------------------------------------- preflight: what optimize checks before its first call
 
 
 def preflight_problems(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> list[str]:
@@ -457,7 +461,8 @@ def test_preflight_compiles_metrics_and_checks_their_args(tmp_path: Path) -> Non
         js: {function: json_schema, args: {schema: {type: 12}}}
         own: {function: "fn:missing"}
     """
-    text = GOOD.replace("  metrics:\n    acc: {function: exact_match}\n", textwrap.dedent(metrics).replace("\n", "\n  ", ).rstrip() + "\n")
+    indented = textwrap.dedent(metrics).replace("\n", "\n  ").rstrip() + "\n"
+    text = GOOD.replace("  metrics:\n    acc: {function: exact_match}\n", indented)
     found = preflight_problems(tmp_path, text, FN)
     joined = "\n".join(found)
     assert "evaluation.metrics.rx" in joined and "invalid pattern" in joined
@@ -504,7 +509,8 @@ def test_preflight_checks_urls_headers_and_local_models(tmp_path: Path) -> None:
 def test_preflight_checks_storage_and_output_paths(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     (tmp_path / "notdb.db").write_text("not sqlite")
-    found = "\n".join(preflight_problems(tmp_path, GOOD + "storage: {path: notdb.db}\noutput: {save_path: afile}\n", FN))
+    text = GOOD + "storage: {path: notdb.db}\noutput: {save_path: afile}\n"
+    found = "\n".join(preflight_problems(tmp_path, text, FN))
     assert "storage.path|" in found and "not a SQLite database" in found
     assert "output.save_path|" in found and "not a directory" in found
     [p] = preflight_problems(tmp_path, GOOD + "storage: {path: afile/x.db}\n", FN)

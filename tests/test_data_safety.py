@@ -15,11 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
+from test_loop import SPACE, make_config, run
 
 from convergence.core.loop import Optimizer, ResumeError
-from convergence.core.types import CallResult, CaseResult, TrialRecord
+from convergence.core.types import CallResult, CaseResult
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
-from test_loop import SPACE, make_config, run
 
 pytestmark = pytest.mark.anyio
 
@@ -141,7 +141,7 @@ async def test_resume_with_nothing_to_resume_says_why(tmp_path: Path) -> None:
     loaded = make_config(tmp_path, BODY)
     first = await run(loaded)
     assert first.status == "finished"
-    with pytest.raises(ResumeError, match="is finished .* nothing to resume"):
+    with pytest.raises(ResumeError, match=r"is finished .* nothing to resume"):
         await run(loaded, resume=True)
 
 
@@ -183,7 +183,7 @@ def test_two_processes_on_one_fresh_database_lose_nothing(tmp_path: Path) -> Non
         cmd = [sys.executable, "-m", "convergence", "optimize", str(loaded.path), "--quiet", "--no-outputs"]
         procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), d))
     for p, _ in procs:
-        out, err = p.communicate(timeout=120)
+        _out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and "Traceback" not in err, err
     with sqlite3.connect(tmp_path / "shared.db") as conn:
         for run_id, n_trials, n_cases in conn.execute(

@@ -24,7 +24,8 @@ def test_hardening_quick(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         # kill-resume: an attempt counted (durably) and killed before the target logged it may
         # over-count by one per kill (2 of 20 kills in the full run); never an under-count
-        [sys.executable, str(SCRIPT), command, "--quick", *(["--totals-slack", "1"] if command == "kill-resume" else [])],
+        [sys.executable, str(SCRIPT), command, "--quick",
+         *(["--totals-slack", "1"] if command == "kill-resume" else [])],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout + proc.stderr

@@ -7,6 +7,7 @@ import time
 import anyio
 import numpy as np
 import pytest
+from llm_fixtures import gguf_path  # noqa: F401
 
 from convergence.llm import client
 from convergence.llm.local_provider import (
@@ -15,7 +16,6 @@ from convergence.llm.local_provider import (
     continuation_logprob,
     messages_to_prompt,
 )
-from llm_fixtures import gguf_path  # noqa: F401
 
 PROMPT = "The capital of France is"
 
@@ -173,7 +173,9 @@ def test_continuation_logprob_matches_llama_cpp_full_logits(gguf_path: str) -> N
 async def test_scoring_and_generation_do_not_depend_on_history() -> None:
     """Interleaving scoring with other prompts and generation gives identical numbers and text."""
     first = await acontinuation_logprob(PROMPT, " Paris")
-    text_before = client.response_text(await client.acompletion(LOCAL_MODEL, _user(PROMPT), max_tokens=6, temperature=0))
+    text_before = client.response_text(
+        await client.acompletion(LOCAL_MODEL, _user(PROMPT), max_tokens=6, temperature=0)
+    )
     other = await acontinuation_logprob("Le capital de la France est", " Paris")
     again = await acontinuation_logprob(PROMPT, " Paris")
     text_after = client.response_text(await client.acompletion(LOCAL_MODEL, _user(PROMPT), max_tokens=6, temperature=0))

@@ -186,7 +186,8 @@ optimization:
 
 
 async def test_failed_call_fails_only_its_test_case(tmp_path: Path) -> None:
-    loaded = make_config(tmp_path, SPACE.replace('- {input: "two", expected: "yes"}', '- {input: "explode", expected: "yes"}') + """
+    space = SPACE.replace('- {input: "two", expected: "yes"}', '- {input: "explode", expected: "yes"}')
+    loaded = make_config(tmp_path, space + """
 optimization:
   seed: 5
   evolution: {population_size: 3, generations: 1}

@@ -99,7 +99,8 @@ def test_latency_scores_wall_time_by_default_or_the_last_attempt(tmp_path: Path)
     assert BUILTINS["latency"]("x", case, retried, {}) == 2100.0
     wall = resolve_metric("latency_ms", MetricConfig(type="lower_is_better", threshold=3000), None, tmp_path)
     assert wall.function == "latency" and wall("x", case, retried) == 2100.0
-    attempt = resolve_metric("attempt_ms", MetricConfig(function="latency", args={"measure": "attempt"}), None, tmp_path)
+    attempt_cfg = MetricConfig(function="latency", args={"measure": "attempt"})
+    attempt = resolve_metric("attempt_ms", attempt_cfg, None, tmp_path)
     assert attempt("x", case, retried) == 40.0
     explicit = resolve_metric("wall", MetricConfig(function="latency", args={"measure": "wall"}), None, tmp_path)
     assert explicit("x", case, retried) == 2100.0
@@ -122,7 +123,7 @@ def test_resolution_infers_from_name_and_lists_builtins(tmp_path: Path) -> None:
     assert "exact_match" in str(ei.value) and "llm_judge" in str(ei.value) and "module:function" in str(ei.value)
     with pytest.raises(MetricConfigError, match="unknown function 'exactmatch'"):
         resolve_metric("a", MetricConfig(function="exactmatch"), None, tmp_path)
-    with pytest.raises(MetricConfigError, match="needs evaluation.custom_evaluator"):
+    with pytest.raises(MetricConfigError, match=r"needs evaluation\.custom_evaluator"):
         resolve_metric("a", MetricConfig(function="custom"), None, tmp_path)
     with pytest.raises(MetricConfigError, match="invalid pattern"):
         resolve_metric("a", MetricConfig(function="regex", args={"pattern": "("}), None, tmp_path)

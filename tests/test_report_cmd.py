@@ -169,7 +169,7 @@ async def _unfinished_run(project: Path, how: str) -> int:
         with anyio.CancelScope() as scope:
             try:
                 await Optimizer(loaded, store, events=_StopAt(how, scope)).run()
-            except Exception:  # the RuntimeError, possibly inside an ExceptionGroup
+            except (RuntimeError, ExceptionGroup):  # the RuntimeError, possibly inside an ExceptionGroup
                 assert how == "failed"
         (run,) = await store.list_runs()
         return run.id

@@ -135,7 +135,7 @@ def test_non_dominated_matches_brute_force_and_handles_10k_points() -> None:
 def test_importance_ranks_the_parameter_that_drives_the_score_above_noise() -> None:
     report = make_report(n=60)
     imp = parameter_importance(report.trials, report.parameters)
-    assert list(imp)[0] == "model"
+    assert next(iter(imp)) == "model"
     assert imp["model"] > imp["noise"]
     assert imp["model"] > imp["prompt"]
     assert math.isclose(sum(imp.values()), 1.0)
@@ -174,7 +174,7 @@ def test_write_reports_writes_parseable_json_csv_markdown_and_png_plots(tmp_path
     with (tmp_path / "results.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(report.trials)
-    for row, t in zip(rows, report.trials):
+    for row, t in zip(rows, report.trials, strict=True):
         assert int(row["trial_id"]) == t.trial_id and float(row["score"]) == t.score
         assert row["model"] == t.config["model"] and float(row["temperature"]) == t.config["temperature"]
         assert float(row["latency_ms"]) == t.latency_ms and row["status"] == t.status
@@ -221,8 +221,8 @@ def test_cost_vs_quality_falls_back_to_latency_and_says_so_when_nothing_cost_mon
     assert front.emphasis and front.x == sorted(front.x)
     # No point off the front is both cheaper and better than a front point.
     dots = paid.series[0]
-    for fx, fy in zip(front.x, front.y):
-        assert not any(x < fx and y > fy for x, y in zip(dots.x, dots.y))
+    for fx, fy in zip(front.x, front.y, strict=True):
+        assert not any(x < fx and y > fy for x, y in zip(dots.x, dots.y, strict=True))
 
 
 def test_pareto_plot_uses_the_two_heaviest_metrics() -> None:
@@ -445,10 +445,9 @@ def test_a_writer_dying_half_way_never_touches_the_final_path(tmp_path: Path, mo
     # A kill inside the writer itself: the temp file is half-written, the final path untouched.
     target = tmp_path / "results.json"
     whole = target.read_bytes()
-    with pytest.raises(RuntimeError):
-        with atomic.atomic_path(target) as tmp:
-            tmp.write_bytes(b'{"half": ')
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_bytes(b'{"half": ')
+        raise RuntimeError("killed")
     assert target.read_bytes() == whole
     assert not [p for p in tmp_path.iterdir() if atomic.TMP_MARK in p.name]
 

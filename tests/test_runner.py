@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from itertools import pairwise
 
 import anyio
 import pytest
 
 from convergence.config.models import RetryConfig
-from convergence.core.types import CallResult, Config
-from convergence.core.types import TestCase as Case
+from convergence.core.types import CallResult, Config, TestCase as Case
 from convergence.targets.base import Target, TargetError
 from convergence.targets.runner import CallRunner, RateLimiter
 
@@ -59,9 +59,9 @@ async def test_backoff_waits_grow_exponentially() -> None:
     retry = RetryConfig(max_retries=3, backoff_initial_seconds=0.05, backoff_max_seconds=1.0)
     result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
     assert result.error == "http_503: busy" and result.attempts == 4
-    gaps = [b - a for a, b in zip(target.starts, target.starts[1:])]
+    gaps = [b - a for a, b in pairwise(target.starts)]
     # initial * 2**(n-1) plus up to `initial` of jitter, plus scheduling slack
-    for gap, base in zip(gaps, (0.05, 0.10, 0.20)):
+    for gap, base in zip(gaps, (0.05, 0.10, 0.20), strict=True):
         assert base - 0.005 <= gap <= base + 0.05 + 0.04, gaps
     assert gaps[0] < gaps[2] and gaps[1] < gaps[2]
 
@@ -72,7 +72,7 @@ async def test_backoff_is_capped_by_max() -> None:
     retry = RetryConfig(max_retries=4, backoff_initial_seconds=0.03, backoff_max_seconds=0.04)
     result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
     assert result.error == "timeout: slow upstream" and result.attempts == 5
-    gaps = [b - a for a, b in zip(target.starts, target.starts[1:])]
+    gaps = [b - a for a, b in pairwise(target.starts)]
     assert all(0.025 <= g <= 0.04 + 0.04 for g in gaps), gaps
 
 
@@ -291,6 +291,6 @@ async def test_retry_after_is_capped_by_backoff_max_and_never_shortens_backoff()
     retry = RetryConfig(max_retries=3, backoff_initial_seconds=0.1, backoff_max_seconds=0.25)
     result = await CallRunner(target, retry=retry, timeout_seconds=1, rate_limit_per_second=None).run({}, CASE)
     assert result.ok and result.attempts == 3
-    capped, zero = (b - a for a, b in zip(target.starts, target.starts[1:]))
+    capped, zero = (b - a for a, b in pairwise(target.starts))
     assert 0.25 <= capped < 0.25 + 0.1, capped  # 30 s asked, backoff_max 0.25 s
     assert 0.2 <= zero < 0.25 + 0.1, zero  # "Retry-After: 0" keeps the normal 0.2-0.25 s backoff

@@ -8,6 +8,7 @@ tests check what actually went over the wire.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -58,10 +59,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client timed out and hung up: expected in the timeout test
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client timed out and hung up:
+            self.wfile.write(data)  # expected in the timeout test
 
     def _handle(self) -> None:
         url = urlsplit(self.path)
@@ -158,7 +157,7 @@ CASE = Case(id="c1", input={"question": "2+2?"}, expected="4")
 
 @pytest.mark.anyio
 async def test_default_body_is_case_input_merged_with_params(server: tuple[str, Seen]) -> None:
-    base, seen = server
+    base, _seen = server
     runner = runner_for(HTTPTargetConfig(endpoint=f"{base}/echo/{key()}"))
     result = await runner.run({"temperature": 0.3, "model": "m1"}, CASE)
     await runner.aclose()
@@ -364,7 +363,7 @@ async def test_slow_response_hits_timeout_per_attempt(server: tuple[str, Seen]) 
 
 @pytest.mark.anyio
 async def test_html_response_gives_clear_error(server: tuple[str, Seen]) -> None:
-    base, seen = server
+    base, _seen = server
     runner = runner_for(HTTPTargetConfig(endpoint=f"{base}/html/{key()}"))
     result = await runner.run({}, CASE)
     await runner.aclose()

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from llm_fixtures import LlamaServer, free_port, gguf_path, llama_server  # noqa: F401
 
 from convergence.config.models import LiteLLMTargetConfig, RetryConfig
 from convergence.core.types import TestCase as Case
@@ -20,7 +21,6 @@ from convergence.llm.local_provider import LOCAL_MODEL
 from convergence.targets.base import Target, TargetError
 from convergence.targets.litellm_target import LiteLLMTarget
 from convergence.targets.runner import CallRunner
-from llm_fixtures import LlamaServer, free_port, gguf_path, llama_server  # noqa: F401
 
 CASE = Case(id="c1", input={"question": "What is the capital of France?"}, expected="Paris")
 PROMPT = "{{ style }}\nQ: {{ question }}\nA:"
@@ -84,7 +84,8 @@ async def test_undefined_template_variable_is_a_non_retryable_error() -> None:
 @pytest.mark.anyio
 async def test_unreachable_server_is_a_retryable_error() -> None:
     cfg = LiteLLMTargetConfig(
-        model="openai/anything", api_base=f"http://127.0.0.1:{free_port()}/v1", params={"max_tokens": 2}, timeout_seconds=10
+        model="openai/anything", api_base=f"http://127.0.0.1:{free_port()}/v1", params={"max_tokens": 2},
+        timeout_seconds=10,
     )
     with pytest.raises(TargetError) as info:
         await LiteLLMTarget(cfg).call({}, CASE)
@@ -96,7 +97,9 @@ async def test_unreachable_server_is_a_retryable_error() -> None:
 async def test_local_model_through_the_target_returns_text_tokens_and_zero_cost() -> None:
     target = LiteLLMTarget(LiteLLMTargetConfig(model=LOCAL_MODEL, prompt=PROMPT, params={"max_tokens": 6}))
     short = await target.call({"style": "Short.", "temperature": 0}, CASE)
-    longer = await target.call({"style": "Answer with the name of the city and nothing else, please.", "temperature": 0}, CASE)
+    longer = await target.call(
+        {"style": "Answer with the name of the city and nothing else, please.", "temperature": 0}, CASE
+    )
     assert isinstance(short.output, str) and short.output.strip()
     assert 0 < short.completion_tokens <= 6
     assert short.cost_usd == 0.0 and short.latency_ms > 0
@@ -137,7 +140,9 @@ async def test_openai_compatible_server_over_http(llama_server: LlamaServer, mon
 
 @pytest.mark.slow
 @pytest.mark.anyio
-async def test_server_rejecting_an_oversized_prompt_is_not_retried(llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+async def test_server_rejecting_an_oversized_prompt_is_not_retried(
+    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811 - the fixture imported above
+) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-local-dummy")
     cfg = LiteLLMTargetConfig(
         model=f"openai/{llama_server.model_alias}",
@@ -182,7 +187,9 @@ class _StubOpenAI(BaseHTTPRequestHandler):
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": "stub",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}
+                ],
                 "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
             }
         data = json.dumps(payload).encode()

@@ -14,8 +14,7 @@ import anyio
 import pytest
 
 from convergence.config.models import PythonTargetConfig, RetryConfig
-from convergence.core.types import CallResult
-from convergence.core.types import TestCase as Case
+from convergence.core.types import CallResult, TestCase as Case
 from convergence.targets.base import TargetError
 from convergence.targets.factory import build_target, missing_env_vars
 from convergence.targets.python_target import PythonTarget

@@ -10,12 +10,24 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from convergence.cli.common import (
+    CFG_OPT,
+    DB_OPT,
+    _db_path,
+    _load,
+    _open_store,
+    _report_or_exit,
+    _run_async,
+    console,
+    err,
+)
+from convergence.cli.traces import traces as traces_cmd
 
 app = typer.Typer(
     name="convergence",
@@ -24,72 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# piped output (CI logs, files) gets wide tables instead of wrapped cells
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
-
 ConfigArg = typer.Argument(Path("optimization.yaml"), help="The optimization YAML file.")
-DB_OPT = typer.Option(None, "--db", help="Project database (default: from --config, else .convergence/convergence.db).")
-CFG_OPT = typer.Option(None, "--config", "-c", help="A YAML file whose storage.path locates the database.")
-
-
-def _load(path: Path) -> Any:
-    from rich.markup import escape as _escape
-
-    from convergence.config.loader import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        # the report quotes user input: escaped, so a '[' in it is text, not rich markup
-        err.print("[red]config error[/] " + _escape(str(exc)), highlight=False, emoji=False)
-        raise typer.Exit(2) from None
-
-
-def _db_path(db: Optional[Path], config: Optional[Path]) -> Path:
-    if db is not None:
-        return db
-    if config is not None:
-        from convergence.config.loader import resolve_path
-
-        loaded = _load(config)
-        return resolve_path(loaded.base_dir, loaded.config.storage.path)
-    default = Path("optimization.yaml")
-    if default.exists():
-        from convergence.config.loader import ConfigError, load_config, resolve_path
-
-        try:
-            loaded = load_config(default)
-            return resolve_path(loaded.base_dir, loaded.config.storage.path)
-        except ConfigError:
-            pass
-    return Path(".convergence/convergence.db")
-
-
-def _run_async(fn: Any, *args: Any) -> Any:
-    import anyio
-
-    return anyio.run(fn, *args)
-
-
-async def _open_store(path: Path) -> Any:
-    from convergence.storage.store import Store
-
-    if not path.exists():
-        err.print(f"[red]no database at {path}[/] (run `convergence optimize` first, or pass --db/--config)")
-        raise typer.Exit(2)
-    return await Store.open(path)
-
-
-async def _report_or_exit(store: Any, run_id: int) -> Any:
-    """The run's report, or a clear message and exit code 2 for an unknown run."""
-    from convergence.outputs import build_report
-
-    try:
-        return await build_report(store, run_id)
-    except KeyError as exc:
-        err.print(f"[red]{exc.args[0]}[/]")
-        raise typer.Exit(2) from None
 
 
 # --------------------------------------------------------------------------- optimize
@@ -98,7 +45,10 @@ async def _report_or_exit(store: Any, run_id: int) -> Any:
 @app.command()
 def optimize(
     config: Path = ConfigArg,
-    resume: bool = typer.Option(False, "--resume", help="Continue the study's last unfinished run; finished case results are reused, not re-paid."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue the study's last unfinished run; finished case results are reused, not re-paid.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_outputs: bool = typer.Option(False, "--no-outputs", help="Skip reports, plots and best-config export."),
 ) -> None:
@@ -142,7 +92,7 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, st
     from convergence.config.loader import resolve_path
     from convergence.core.loop import Optimizer, ResumeError
     from convergence.evaluation.cases import TestCaseError
-    from convergence.storage.store import Store, StorageError
+    from convergence.storage.store import StorageError, Store
     from convergence.storage.writer import WriterError
 
     cfg = loaded.config
@@ -201,7 +151,8 @@ def _print_outcome(outcome: Any, optimizer: Any) -> None:
     console.print(
         f"\n[bold]{outcome.status}[/]: {outcome.stop_reason} - run {outcome.run_id}, "
         f"{len(outcome.trials)} trial(s), {outcome.total_calls} call(s), ${outcome.total_cost_usd:.4f}, "
-        f"{outcome.elapsed_seconds:.1f}s" + (f", {outcome.cached_cases} cached case result(s) reused" if outcome.cached_cases else "")
+        f"{outcome.elapsed_seconds:.1f}s"
+        + (f", {outcome.cached_cases} cached case result(s) reused" if outcome.cached_cases else "")
     )
     if not usable:
         console.print("[yellow]no configuration completed every test case[/]")
@@ -257,7 +208,8 @@ def validate(config: Path = ConfigArg) -> None:
         f"  parameters: {show(', '.join(space.names))} "
         f"({'continuous' if size == float('inf') else f'{size:.0f}'} configurations)",
         f"  test cases: {n_cases}",
-        "  metrics: " + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
+        "  metrics: "
+        + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
         f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
         f"up to {evo.generations * evo.population_size * n_cases} calls",
     ]
@@ -271,7 +223,7 @@ def validate(config: Path = ConfigArg) -> None:
 
 
 @app.command()
-def schema(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to a file instead of stdout.")) -> None:
+def schema(out: Path | None = typer.Option(None, "--out", "-o", help="Write to a file instead of stdout.")) -> None:
     """Print the JSON Schema of optimization.yaml (for editor completion)."""
     from convergence.config.models import ConvergenceConfig
 
@@ -305,13 +257,13 @@ def init(
 
 
 @app.command()
-def runs(db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT,
-         study: Optional[str] = typer.Option(None, help="Only this study.")) -> None:
+def runs(db: Path | None = DB_OPT, config: Path | None = CFG_OPT,
+         study: str | None = typer.Option(None, help="Only this study.")) -> None:
     """List runs in the project database."""
     _run_async(_runs, _db_path(db, config), study)
 
 
-async def _runs(path: Path, study: Optional[str]) -> None:
+async def _runs(path: Path, study: str | None) -> None:
     store = await _open_store(path)
     try:
         rows = await store.list_runs(study)
@@ -331,7 +283,7 @@ async def _runs(path: Path, study: Optional[str]) -> None:
 
 @app.command()
 def show(run: int = typer.Argument(..., help="Run id (see `convergence runs`)."),
-         db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT,
+         db: Path | None = DB_OPT, config: Path | None = CFG_OPT,
          top: int = typer.Option(10, help="How many trials to list.")) -> None:
     """Show one run: status, generations and its best trials."""
     _run_async(_show, _db_path(db, config), run, top)
@@ -343,7 +295,8 @@ async def _show(path: Path, run_id: int, top: int) -> None:
     store = await _open_store(path)
     try:
         report = await _report_or_exit(store, run_id)
-        console.print(f"[bold]run {report.run_id}[/] study [cyan]{report.study}[/] - {report.status}: {report.stop_reason}")
+        console.print(f"[bold]run {report.run_id}[/] study [cyan]{report.study}[/] - "
+                      f"{report.status}: {report.stop_reason}")
         console.print(f"  started {report.started_at}, finished {report.finished_at or '-'}, seed {report.seed}, "
                       f"{report.total_calls} calls, ${report.total_cost_usd:.4f}, {report.elapsed_seconds:.1f}s")
         gt = Table(title="Generations")
@@ -368,8 +321,8 @@ async def _show(path: Path, run_id: int, top: int) -> None:
 @app.command("export")
 def export_cmd(run: int = typer.Argument(..., help="Run id."),
                fmt: str = typer.Option("yaml", "--format", "-f", help="yaml | json | python"),
-               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (default: stdout)."),
-               db: Optional[Path] = DB_OPT, config: Optional[Path] = CFG_OPT) -> None:
+               out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file (default: stdout)."),
+               db: Path | None = DB_OPT, config: Path | None = CFG_OPT) -> None:
     """Export the best configuration of RUN."""
     if fmt not in ("yaml", "json", "python"):
         err.print(f"[red]unknown format {fmt!r}[/]; expected yaml, json or python")
@@ -377,7 +330,7 @@ def export_cmd(run: int = typer.Argument(..., help="Run id."),
     _run_async(_export, _db_path(db, config), run, fmt, out)
 
 
-async def _export(path: Path, run_id: int, fmt: str, out: Optional[Path]) -> None:
+async def _export(path: Path, run_id: int, fmt: str, out: Path | None) -> None:
     from convergence.reporting.export import export_config
 
     store = await _open_store(path)
@@ -402,20 +355,20 @@ REPORT_FORMATS = ("json", "markdown", "csv")
 
 @app.command("report")
 def report_cmd(run: int = typer.Argument(..., help="Run id (see `convergence runs`)."),
-               db: Optional[Path] = DB_OPT,
-               config: Optional[Path] = typer.Option(
+               db: Path | None = DB_OPT,
+               config: Path | None = typer.Option(
                    None, "--config", "-c",
                    help="A YAML file: its storage.path locates the database and its output: section "
                         "replaces the run's stored one (save_path relative to the YAML)."),
-               out: Optional[Path] = typer.Option(
+               out: Path | None = typer.Option(
                    None, "--out", "-o", help="Output directory (default: <save_path>/run-N, where optimize writes)."),
-               formats: Optional[list[str]] = typer.Option(
+               formats: list[str] | None = typer.Option(
                    None, "--formats", "-f",
                    help="Report files: json, markdown, csv (repeat or comma-separate; default: output.formats).",
                )) -> None:
     """(Re)write every output of RUN (reports, plots, best config), whatever its state:
     finished, stopped, failed, interrupted or killed. Files are replaced atomically."""
-    fmts: Optional[list[str]] = None
+    fmts: list[str] | None = None
     if formats:
         aliases = {"md": "markdown"}
         fmts = list(dict.fromkeys(aliases.get(f, f) for item in formats
@@ -428,7 +381,7 @@ def report_cmd(run: int = typer.Argument(..., help="Run id (see `convergence run
     _run_async(_report_files, _db_path(db, config), run, loaded, out, fmts)
 
 
-async def _report_files(path: Path, run_id: int, loaded: Any, out: Optional[Path], fmts: Optional[list[str]]) -> None:
+async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, fmts: list[str] | None) -> None:
     from convergence.outputs import output_config_of_run, write_run_outputs
 
     store = await _open_store(path)
@@ -454,9 +407,7 @@ async def _report_files(path: Path, run_id: int, loaded: Any, out: Optional[Path
         await store.close()
 
 
-from convergence.cli.traces import traces as _traces  # noqa: E402 - light module; imports stay lazy inside
-
-app.command("traces")(_traces)
+app.command("traces")(traces_cmd)  # registered last: its place in --help
 
 
 def main() -> None:

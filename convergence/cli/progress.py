@@ -36,7 +36,7 @@ class RichEvents:
         self._errors = 0
         self._best = "-"
 
-    def __enter__(self) -> "RichEvents":
+    def __enter__(self) -> RichEvents:
         self.progress.__enter__()
         return self
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
+
+from convergence.cli.common import CFG_OPT, DB_OPT, _db_path, _open_store, _run_async, console, err
 
 
 async def build_tree(
@@ -116,24 +118,22 @@ def render_tree(tree: dict[str, Any]) -> Any:
 
 def traces(
     run: int = typer.Argument(..., help="Run id (see `convergence runs`)."),
-    db: Optional[Path] = typer.Option(None, "--db", help="Project database (default: from --config, else .convergence/convergence.db)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML file whose storage.path locates the database."),
-    generation: Optional[int] = typer.Option(None, "--generation", "-g", help="Only this generation (1-based, as `show` prints)."),
-    trial: Optional[str] = typer.Option(None, "--trial", "-t", help="Only this trial: its id or a config-hash prefix."),
+    db: Path | None = DB_OPT,
+    config: Path | None = CFG_OPT,
+    generation: int | None = typer.Option(
+        None, "--generation", "-g", help="Only this generation (1-based, as `show` prints)."
+    ),
+    trial: str | None = typer.Option(None, "--trial", "-t", help="Only this trial: its id or a config-hash prefix."),
     errors_only: bool = typer.Option(False, "--errors-only", help="Only calls that failed (and their trials)."),
     as_json: bool = typer.Option(False, "--json", help="Print the tree as JSON."),
 ) -> None:
     """Print RUN as a tree (generations -> trials -> calls) from the local store; no network."""
-    from convergence.cli.app import _db_path, _run_async
-
     _run_async(_traces, _db_path(db, config), run, None if generation is None else generation - 1, trial,
                errors_only, as_json)
 
 
 async def _traces(path: Path, run_id: int, generation: int | None, trial: str | None, errors_only: bool,
                   as_json: bool) -> None:
-    from convergence.cli.app import _open_store, console, err
-
     store = await _open_store(path)
     try:
         try:

@@ -68,7 +68,7 @@ class ApiConfig(Strict):
     _messages = field_validator("messages")(check_messages)
 
     @model_validator(mode="after")
-    def _check(self) -> "ApiConfig":
+    def _check(self) -> ApiConfig:
         if self.mock_mode:
             raise At("mock_mode", "is not supported: Convergence always calls the real target")
         if self.adapter_enabled:
@@ -138,7 +138,7 @@ class AugmentationConfig(Strict):
     preserve_originals: bool = True
 
     @model_validator(mode="after")
-    def _off(self) -> "AugmentationConfig":
+    def _off(self) -> AugmentationConfig:
         if self.enabled:
             raise ValueError(
                 "test-case augmentation is not supported: mutated test cases have no trustworthy "
@@ -176,7 +176,7 @@ class LegacyConfig(Strict):
             )
         return v
 
-    def apply(self, cfg: "ConvergenceConfig") -> None:
+    def apply(self, cfg: ConvergenceConfig) -> None:
         """Move these settings to the ones they mean, refusing contradictions."""
         opt = cfg.optimization
         if not self.enabled:
@@ -192,7 +192,7 @@ class LegacyConfig(Strict):
             _move(cfg, "output", "formats", list(self.export_formats), "export_formats")
 
 
-def _move(cfg: "ConvergenceConfig", section: str, field: str, value: Any, legacy_name: str) -> None:
+def _move(cfg: ConvergenceConfig, section: str, field: str, value: Any, legacy_name: str) -> None:
     target = getattr(cfg, section)
     explicit = section in cfg.model_fields_set and field in target.model_fields_set
     if explicit and getattr(target, field) != value:

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from convergence.config.models import MAX_NAME, At, ConvergenceConfig, short
 from convergence.errors import ConvergenceError
@@ -49,7 +50,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 class ConfigError(ConvergenceError):
     """One or more problems in a config file; ``str()`` is the full report."""
 
-    def __init__(self, path: Path, problems: list["Problem"]):
+    def __init__(self, path: Path, problems: list[Problem]):
         self.path = path
         self.problems = problems
         super().__init__(self.render())
@@ -377,7 +378,7 @@ def _pick(ann: Any, node: Any) -> Any:
         return ann
 
 
-def _friendly(err: dict[str, Any], data: Any) -> tuple[tuple[Any, ...], str]:
+def _friendly(err: ErrorDetails, data: Any) -> tuple[tuple[Any, ...], str]:
     loc = tuple(err["loc"])
     kind = err["type"]
     # drop pydantic's union tags ("litellm", "categorical", ...) and validator names from the path

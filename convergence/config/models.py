@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -132,7 +132,7 @@ class AuthConfig(Strict):
     password_env: Text | None = None
 
     @model_validator(mode="after")
-    def _needs_env(self) -> "AuthConfig":
+    def _needs_env(self) -> AuthConfig:
         if self.type in ("bearer", "api_key") and not self.token_env:
             raise ValueError(f"auth type '{self.type}' needs token_env (the env var holding the token)")
         if self.type == "basic" and not self.password_env:
@@ -223,7 +223,7 @@ class LiteLLMTargetConfig(_TargetCommon):
     _messages = field_validator("messages")(check_messages)
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> "LiteLLMTargetConfig":
+    def _one_prompt(self) -> LiteLLMTargetConfig:
         if self.prompt is None and self.messages is None:
             self.prompt = "{{ input }}"
         if self.prompt is not None and self.messages is not None:
@@ -254,7 +254,7 @@ class PythonTargetConfig(_TargetCommon):
 
 
 TargetConfig = Annotated[
-    Union[LiteLLMTargetConfig, HTTPTargetConfig, PythonTargetConfig],
+    LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig,
     Field(discriminator="type"),
 ]
 
@@ -309,7 +309,7 @@ class ContinuousParam(Strict):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _range(self) -> "ContinuousParam":
+    def _range(self) -> ContinuousParam:
         if not self.min <= self.max:
             raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
         if not math.isfinite(self.max - self.min):
@@ -331,7 +331,7 @@ class DiscreteParam(Strict):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _shape(self) -> "DiscreteParam":
+    def _shape(self) -> DiscreteParam:
         if self.values is None:
             if self.min is None or self.max is None:
                 raise ValueError("discrete needs 'values' or both 'min' and 'max'")
@@ -356,7 +356,7 @@ class DiscreteParam(Strict):
 
 
 Parameter = Annotated[
-    Union[CategoricalParam, ContinuousParam, DiscreteParam], Field(discriminator="type")
+    CategoricalParam | ContinuousParam | DiscreteParam, Field(discriminator="type")
 ]
 
 RESERVED_PARAMETER_NAMES = frozenset({"input", "expected", "metadata", "case_id", "params"})
@@ -389,7 +389,7 @@ class TestCasesConfig(Strict):
     limit: Int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _one(self) -> "TestCasesConfig":
+    def _one(self) -> TestCasesConfig:
         if (self.path is None) == (self.inline is None):
             raise ValueError("give exactly one of 'path' (JSON/JSONL file) or 'inline' (a list)")
         return self
@@ -426,14 +426,16 @@ class MetricConfig(Strict):
     judge: JudgeConfig | None = None
 
     @model_validator(mode="after")
-    def _used(self) -> "MetricConfig":
+    def _used(self) -> MetricConfig:
         if self.judge is not None and self.function != "llm_judge":
             raise At("judge", "is only used by 'function: llm_judge'")
         if self.direction == "lower_is_better":
             if self.threshold is not None and self.threshold <= 0:
-                raise At("threshold", f"must be > 0 for a lower_is_better metric (it is the value that scores 0), got {self.threshold}")
+                raise At("threshold", "must be > 0 for a lower_is_better metric (it is the value that scores 0), "
+                                      f"got {self.threshold}")
             if self.threshold is not None and self.budget_per_call is not None:
-                raise At("budget_per_call", "give threshold or budget_per_call, not both (both set the value that scores 0)")
+                raise At("budget_per_call",
+                         "give threshold or budget_per_call, not both (both set the value that scores 0)")
         elif self.budget_per_call is not None:
             raise At("budget_per_call", "only applies to lower_is_better metrics (type: lower_is_better)")
         return self
@@ -451,7 +453,7 @@ class EvaluationConfig(Strict):
     custom_evaluator: CustomEvaluatorConfig | None = None
 
     @model_validator(mode="after")
-    def _weights(self) -> "EvaluationConfig":
+    def _weights(self) -> EvaluationConfig:
         if not self.metrics:
             raise At("metrics", "define at least one metric")
         if sum(m.weight for m in self.metrics.values()) <= 0:
@@ -534,7 +536,7 @@ class OptimizationConfig(Strict):
     """How many of the study's best earlier configurations seed generation 0."""
 
     @model_validator(mode="after")
-    def _aliases_and_elite(self) -> "OptimizationConfig":
+    def _aliases_and_elite(self) -> OptimizationConfig:
         evo, ex = self.evolution, self.execution
         per_gen = ex.experiments_per_generation
         if per_gen is not None:
@@ -573,15 +575,15 @@ class ExportBestConfig(Strict):
 
 Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality"]
 ReportFormat = Literal["json", "markdown", "csv"]
+_DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("json", "markdown", "csv")
+_DEFAULT_VISUALIZATIONS: tuple[Visualization, ...] = ("score_over_time", "cost_vs_quality", "parameter_importance")
 
 
 class OutputConfig(Strict):
     save_path: Text = "results"
     save_all_experiments: bool = True
-    formats: list[ReportFormat] = Field(default_factory=lambda: ["json", "markdown", "csv"])
-    visualizations: list[Visualization] = Field(
-        default_factory=lambda: ["score_over_time", "cost_vs_quality", "parameter_importance"]
-    )
+    formats: list[ReportFormat] = Field(default_factory=lambda: list(_DEFAULT_FORMATS))
+    visualizations: list[Visualization] = Field(default_factory=lambda: list(_DEFAULT_VISUALIZATIONS))
     plot_format: Literal["png", "html"] = "png"
     export_best_config: ExportBestConfig = Field(default_factory=ExportBestConfig)
 
@@ -612,7 +614,7 @@ class SocietyConfig(Strict):
     llm: SocietyLLMConfig | None = None
 
     @model_validator(mode="after")
-    def _not_yet(self) -> "SocietyConfig":
+    def _not_yet(self) -> SocietyConfig:
         if self.enabled:
             raise ValueError(
                 "society.enabled: true is not supported yet (the RLP/SAO learning agents are not "
@@ -654,7 +656,7 @@ class ConvergenceConfig(Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
-    def _target(self) -> "ConvergenceConfig":
+    def _target(self) -> ConvergenceConfig:
         if (self.api is None) == (self.target is None):
             raise ValueError("give exactly one of 'api' (the-convergence style) or 'target'")
         self._execution_overrides()
@@ -668,8 +670,9 @@ class ConvergenceConfig(Strict):
         if isinstance(t, LiteLLMTargetConfig) and t.call_params is not None:
             for i, name in enumerate(t.call_params):
                 if name not in self.search_space.parameters:
-                    raise At(("target", "call_params", i), f"call parameter {short(name, 60)} is not a search-space parameter "
-                                    f"(have: {', '.join(list(self.search_space.parameters)[:20])})")
+                    raise At(("target", "call_params", i),
+                             f"call parameter {short(name, 60)} is not a search-space parameter "
+                             f"(have: {', '.join(list(self.search_space.parameters)[:20])})")
         if self.legacy is not None:
             self.legacy.apply(self)
         return self
@@ -747,7 +750,7 @@ def finite(x: float) -> bool:
 
 # the-convergence's sections are models built on the ones above; the package
 # __init__ imports this module first, so this import always finds them defined.
-from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
+from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig  # noqa: E402 - see above
 
 for _model in (TestCasesConfig, EvaluationConfig, ConvergenceConfig):
     _model.model_rebuild()

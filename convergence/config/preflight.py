@@ -89,7 +89,8 @@ def preflight(loaded: LoadedConfig) -> Preflight:
         except ConfigError:
             raise
         except Exception as exc:  # noqa: BLE001 - a check must never turn into a traceback
-            ctx.add((), f"internal check {step.__name__.strip('_')} failed: {type(exc).__name__}: {short(str(exc), 200)}")
+            ctx.add((), f"internal check {step.__name__.strip('_')} failed: "
+                        f"{type(exc).__name__}: {short(str(exc), 200)}")
     return Preflight(ctx.problems, ctx.cases)
 
 
@@ -129,7 +130,8 @@ def _env_vars(ctx: _Ctx) -> None:
     for name in missing_env_vars(t):
         if isinstance(t, HTTPTargetConfig):
             auth = t.auth
-            attr = next((a for a in ("token_env", "username_env", "password_env") if getattr(auth, a) == name), "token_env")
+            names = ("token_env", "username_env", "password_env")
+            attr = next((a for a in names if getattr(auth, a) == name), "token_env")
             loc = ctx.tloc("auth", attr)
         elif ctx.cfg.api is not None and not ctx.cfg.api.api_key_env:
             loc = ("api", "auth", "token_env")
@@ -137,10 +139,10 @@ def _env_vars(ctx: _Ctx) -> None:
             loc = ctx.tloc("api_key_env")
         ctx.add(loc, f"environment variable {name} is not set (the target needs it); export {name}=...")
     for mname, m in ctx.cfg.evaluation.metrics.items():
-        if m.function == "llm_judge" and m.judge is not None and m.judge.api_key_env:
-            if not os.environ.get(m.judge.api_key_env):
-                ctx.add(("evaluation", "metrics", mname, "judge", "api_key_env"),
-                        f"environment variable {m.judge.api_key_env} is not set (the judge needs it)")
+        judge = m.judge if m.function == "llm_judge" else None
+        if judge is not None and judge.api_key_env and not os.environ.get(judge.api_key_env):
+            ctx.add(("evaluation", "metrics", mname, "judge", "api_key_env"),
+                    f"environment variable {judge.api_key_env} is not set (the judge needs it)")
 
 
 def _test_cases(ctx: _Ctx) -> None:
@@ -218,7 +220,7 @@ def header_problem(name: str, value: str | None) -> str | None:
     if value is not None:
         if not value.isascii():
             return f"the value {short(value, 60)} is not ASCII (HTTP header values are sent as ASCII)"
-        if any(ord(c) < 32 and c != "\t" or ord(c) == 127 for c in value):
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             return f"the value {short(value, 60)} contains control characters (a newline would split the header)"
     return None
 
@@ -277,7 +279,8 @@ def _metrics(ctx: _Ctx) -> None:
             bad_args = _numeric_args(ctx, loc, m.args) or bad_args
         if bad_args:
             continue
-        if function == "llm_judge" and m.judge is not None and m.judge.api_key_env and not os.environ.get(m.judge.api_key_env):
+        judge = m.judge if function == "llm_judge" else None
+        if judge is not None and judge.api_key_env and not os.environ.get(judge.api_key_env):
             continue  # reported by _env_vars
         try:
             resolve_metric(name, m, ev.custom_evaluator, ctx.base)
@@ -298,7 +301,8 @@ def _metrics(ctx: _Ctx) -> None:
             ctx.add(where, _strip_metric(str(exc), name))
             continue
         except Exception as exc:  # noqa: BLE001 - user code ran at import time
-            ctx.add(loc + ("function",), f"importing the metric function raised {type(exc).__name__}: {short(str(exc), 200)}")
+            ctx.add((*loc, "function"),
+                    f"importing the metric function raised {type(exc).__name__}: {short(str(exc), 200)}")
             continue
         _case_checks(ctx, name, loc, function, m.args)
     if ev.custom_evaluator is not None and custom is not None and not uses_custom:
@@ -347,7 +351,8 @@ def _case_checks(ctx: _Ctx, name: str, loc: tuple[Any, ...], function: str, args
     flags = re.IGNORECASE if args.get("ignore_case") else 0
     for case in ctx.cases:
         if case.expected is None:
-            ctx.add(loc, f"{function} compares with each test case's 'expected', but case {short(case.id, 40)} has none")
+            ctx.add(loc, f"{function} compares with each test case's 'expected', "
+                         f"but case {short(case.id, 40)} has none")
             return
         answers = case.expected if isinstance(case.expected, list) else [case.expected]
         for a in answers:
@@ -390,7 +395,7 @@ def _templates(ctx: _Ctx) -> None:
     for name, d in space.dims.items():
         if d.kind != "categorical":
             continue
-        for label, value in zip(d.choices, d.values):
+        for label, value in zip(d.choices, d.values, strict=True):
             if isinstance(value, str) and ("{{" in value or "{%" in value) and label != base[name]:
                 variants.append(({**base, name: label}, None))
     cases = ctx.cases or []

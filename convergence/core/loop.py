@@ -10,28 +10,28 @@ the run exactly and only pays for what never finished.
 
 from __future__ import annotations
 
-from convergence.errors import ConvergenceError
-
 import math
 import secrets
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import anyio
 import numpy as np
 
+from convergence import tracing
 from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.core.budget import Budget, EarlyStopper
+from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, run_fingerprint
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
+from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext
 from convergence.society.society import Society
-from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, run_fingerprint
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
-from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
 from convergence.targets.base import Target
-from convergence import tracing
 from convergence.tracing import views as trace_views
+from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
 
 
 class LoopEvents(Protocol):
@@ -148,7 +148,9 @@ class Optimizer:
 
     # ------------------------------------------------------------------ internals
 
-    async def _open_run(self, study: str, resume: bool) -> tuple[int, int, Budget, dict[str, dict[str, CaseResult]], dict[int, list[dict[str, Any]]]]:
+    async def _open_run(
+        self, study: str, resume: bool
+    ) -> tuple[int, int, Budget, dict[str, dict[str, CaseResult]], dict[int, list[dict[str, Any]]]]:
         """Start a new run, or take over the study's unfinished one with
         everything it already paid for: (run id, seed, budget so far, cached
         case results, stored proposals per generation). Either way the run
@@ -237,7 +239,7 @@ class Optimizer:
                     if gen in stored_gens:
                         proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
                     else:
-                        n_new = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, len(population))
+                        n_new = evo.population_size - (0 if gen == 0 else min(evo.elite_size, len(population)))
                         proposals = self._warm_proposals(warm, seen) if gen == 0 else []
                         ctx = ProposalContext(self.space, gen, population, history, rng, seen)
                         proposals += await self._propose(gen, ctx, n_new - len(proposals))
@@ -361,7 +363,7 @@ class Optimizer:
             trials.append(trial)
         return trials
 
-    def _complete(self, slot: "_Slot") -> TrialRecord:
+    def _complete(self, slot: _Slot) -> TrialRecord:
         """Score a trial the moment its last case lands (inside the generation,
         where the loop has idle time) and tell the UI about the live best."""
         slot.record = trial = self._score(slot.generation, slot.proposal, slot.results)
@@ -370,12 +372,12 @@ class Optimizer:
         self.events.trial_finished(trial, self._live_best)
         return trial
 
-    async def _eval_worker(self, jobs: Iterator[tuple["_Slot", TestCase]]) -> None:
+    async def _eval_worker(self, jobs: Iterator[tuple[_Slot, TestCase]]) -> None:
         """One concurrency slot: evaluate jobs until the shared iterator is empty."""
         for slot, case in jobs:
             await self._eval_case(slot, case)
 
-    async def _eval_traced(self, jobs: list[tuple["_Slot", TestCase]]) -> None:
+    async def _eval_traced(self, jobs: list[tuple[_Slot, TestCase]]) -> None:
         """Traced runs only: one task per trial, so each trial is the parent of its
         case calls in Weave; one limiter of ``concurrency`` slots for the whole generation."""
         limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
@@ -387,7 +389,7 @@ class Optimizer:
                 tg.start_soon(self._eval_trial, slot, cases, limiter)
 
     @tracing.traced("convergence.trial", inputs=trace_views.trial_inputs, output=trace_views.trial_output)
-    async def _eval_trial(self, slot: "_Slot", cases: list[TestCase], limiter: anyio.CapacityLimiter) -> TrialRecord:
+    async def _eval_trial(self, slot: _Slot, cases: list[TestCase], limiter: anyio.CapacityLimiter) -> TrialRecord:
         """One configuration on its pending test cases; returns its score so the trace shows it."""
 
         async def one(case: TestCase) -> None:
@@ -399,7 +401,7 @@ class Optimizer:
                 tg.start_soon(one, case)
         return slot.record or self._score(slot.generation, slot.proposal, slot.results)
 
-    async def _eval_case(self, slot: "_Slot", case: TestCase) -> None:
+    async def _eval_case(self, slot: _Slot, case: TestCase) -> None:
         if not self._all_failed.tripped and self.budget.reserve_call():
             ticket = _Ticket(self.budget, self.store)
             try:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from convergence.core.types import Config
 @lru_cache(maxsize=256)
 def _decimals(step: float) -> int:
     """Digits to round a stepped value to, so 0.1 * 3 snaps to 0.3, not 0.30000000000000004."""
-    return max(0, -int(math.floor(math.log10(step))) + 2)
+    return max(0, -math.floor(math.log10(step)) + 2)
 
 
 def _label(value: Any) -> Any:
@@ -92,14 +93,14 @@ class Dimension:
         width = (self.high - self.low) or 1.0
         return self.snap(float(current) + float(rng.normal(0, scale * width)))
 
-    def arms(self, bins: int) -> list[tuple[float, float]] | list[Any]:
-        """Discrete arms for the bandit: the choices, or equal-width bins."""
+    def arms(self, bins: int) -> list[Any]:
+        """Discrete arms for the bandit: the choices, or equal-width bins (``(lo, hi)`` tuples)."""
         if self.kind in ("categorical", "values"):
             return list(self.choices)
         if self.kind == "integer" and (self.high - self.low) / (self.step or 1) + 1 <= bins:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step and (self.high - self.low) / self.step + 1 <= bins:
-            n = int(round((self.high - self.low) / self.step)) + 1
+            n = round((self.high - self.low) / self.step) + 1
             return [self.snap(self.low + i * self.step) for i in range(n)]
         lo, hi = (math.log(self.low), math.log(self.high)) if self.log else (self.low, self.high)
         edges = np.linspace(lo, hi, bins + 1)
@@ -110,7 +111,7 @@ class Dimension:
         arms = self.arms(bins) if arms is None else arms
         if arms and isinstance(arms[0], tuple):
             x = math.log(value) if self.log else float(value)
-            for i, (lo, hi) in enumerate(arms):
+            for i, (_lo, hi) in enumerate(arms):
                 if x <= hi:
                     return i
             return len(arms) - 1
@@ -139,7 +140,7 @@ class SearchSpace:
         self.dims: dict[str, Dimension] = {d.name: d for d in dims}
 
     @classmethod
-    def from_config(cls, cfg: SearchSpaceConfig) -> "SearchSpace":
+    def from_config(cls, cfg: SearchSpaceConfig) -> SearchSpace:
         dims = []
         for name, p in cfg.parameters.items():
             if isinstance(p, CategoricalParam):

@@ -13,11 +13,12 @@ from typing import Any
 
 from convergence.config.models import TestCasesConfig
 from convergence.core.types import TestCase
+from convergence.errors import ConvergenceError
 
 _KNOWN = frozenset({"id", "input", "expected", "metadata"})
 
 
-class TestCaseError(ValueError):
+class TestCaseError(ConvergenceError, ValueError):
     """A test case (or its file) is malformed; the message says where and why."""
 
     __test__ = False  # not a pytest test class despite the name
@@ -35,7 +36,7 @@ def load_test_cases(cfg: TestCasesConfig, base_dir: Path) -> list[TestCase]:
         items = _read_file(path)
     cases = [_to_case(item, n, source, where) for n, (where, item) in enumerate(items, start=1)]
     seen: dict[str, str] = {}
-    for (where, _), case in zip(items, cases):
+    for (where, _), case in zip(items, cases, strict=True):
         if case.id in seen:
             raise TestCaseError(
                 f"{source}, {where}: duplicate test case id {case.id!r} (first used at {seen[case.id]}); "

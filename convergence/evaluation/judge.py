@@ -14,12 +14,13 @@ from typing import Any
 
 from convergence.config.models import JudgeConfig
 from convergence.core.types import CallResult, TestCase
+from convergence.errors import ConvergenceError
 from convergence.evaluation.text import to_text
 from convergence.tracing import traced
 from convergence.tracing.views import judge_inputs, judge_output
 
 
-class JudgeParseError(ValueError):
+class JudgeParseError(ConvergenceError, ValueError):
     """The judge's answer was neither yes/no nor a 0-10 score."""
 
 

@@ -15,24 +15,26 @@ import json
 import math
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Union
+from typing import Any
 
-from convergence.evaluation.text import to_text
 from convergence.config.models import CustomEvaluatorConfig, JudgeConfig, MetricConfig
 from convergence.core.types import CallResult, TestCase
+from convergence.errors import ConvergenceError
+from convergence.evaluation.text import to_text
 
 SyncMetricFn = Callable[[Any, TestCase, CallResult, dict[str, Any]], float]
 AsyncMetricFn = Callable[[Any, TestCase, CallResult, dict[str, Any]], Awaitable[float]]
-MetricFn = Union[SyncMetricFn, AsyncMetricFn]
+MetricFn = SyncMetricFn | AsyncMetricFn
 
 
-class MetricError(ValueError):
+class MetricError(ConvergenceError, ValueError):
     """A metric could not score one test case (e.g. the case has no ``expected``)."""
 
 
-class MetricConfigError(ValueError):
+class MetricConfigError(ConvergenceError, ValueError):
     """A metric's configuration cannot be turned into a function."""
 
 
@@ -279,7 +281,7 @@ class Metric:
     """A resolved metric: a callable with the common signature plus what the
     evaluator needs to know about it (its function name, prepared args, async)."""
 
-    __slots__ = ("name", "function", "fn", "args", "is_async")
+    __slots__ = ("args", "fn", "function", "is_async", "name")
 
     def __init__(self, name: str, function: str, fn: MetricFn, args: dict[str, Any], is_async: bool) -> None:
         self.name = name
@@ -327,7 +329,10 @@ def resolve_metric(
     if function == "llm_judge":
         from convergence.evaluation.judge import LLMJudge
 
-        judge = LLMJudge(cfg.judge or JudgeConfig())
+        try:
+            judge = LLMJudge(cfg.judge or JudgeConfig())
+        except ValueError as e:  # the judge's api_key_env is not set
+            raise MetricConfigError(f"metric '{name}': {e}") from None
         return Metric(name, function, judge.metric, args, True)
     if function == "custom":
         if active_custom is None:
@@ -444,9 +449,7 @@ def _adapt(name: str, function: str, target: Callable[..., Any], args: dict[str,
       returned dict feeds every metric by name; with one it is called per
       metric with ``metric=<name>``. The third argument is the case's metadata.
     """
-    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None)
-    )
+    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(target).__call__)
     names, _, takes_metric = _positional(target)
     if "case" in names or "call" in names:
         if is_async:

@@ -28,9 +28,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
+
 from convergence.config.models import EvaluationConfig
 from convergence.core.types import CallResult, CaseResult, TestCase
-from convergence.evaluation.metrics import OPERATIONAL, Metric, resolve_metric
+from convergence.evaluation.metrics import OPERATIONAL, AsyncMetricFn, Metric, SyncMetricFn, resolve_metric
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,15 @@ class Evaluator:
                 )
             )
         self._specs = tuple(specs)
-        self._sync = tuple((s.name, s.metric.fn, s.metric.args, s.failure) for s in specs if not s.metric.is_async)
-        self._async = tuple((s.name, s.metric.fn, s.metric.args, s.failure) for s in specs if s.metric.is_async)
+        # is_async tells the two kinds of metric function apart (the casts say so to the type checker)
+        self._sync: tuple[tuple[str, SyncMetricFn, dict[str, Any], float], ...] = tuple(
+            (s.name, cast("SyncMetricFn", s.metric.fn), s.metric.args, s.failure)
+            for s in specs if not s.metric.is_async
+        )
+        self._async: tuple[tuple[str, AsyncMetricFn, dict[str, Any], float], ...] = tuple(
+            (s.name, cast("AsyncMetricFn", s.metric.fn), s.metric.args, s.failure)
+            for s in specs if s.metric.is_async
+        )
         self._failed_template = {s.name: s.failure for s in specs if s.operational is None}
         self._latency_names = tuple((s.name, s.ref) for s in specs if s.operational == "latency")
         self._cost_names = tuple(s.name for s in specs if s.operational == "cost")
@@ -150,9 +159,9 @@ class Evaluator:
             except Exception as e:  # noqa: BLE001 - one bad metric must not sink the trial
                 values[name] = failure
                 errors = self._record(errors, name, e)
-        for name, fn, args, failure in self._async:
+        for name, afn, args, failure in self._async:
             try:
-                values[name] = await fn(output, case, call, args)
+                values[name] = await afn(output, case, call, args)
             except Exception as e:  # noqa: BLE001
                 values[name] = failure
                 errors = self._record(errors, name, e)

@@ -132,10 +132,10 @@ def _completion_kwargs(optional_params: dict[str, Any]) -> dict[str, Any]:
             if name == "stop" and isinstance(value, str):
                 value = [value]
             out[_SAMPLING_ARGS[name]] = value
-        elif name not in _IGNORED_ARGS and name not in ("max_tokens", "max_completion_tokens"):
-            if name not in _warned_params:
-                _warned_params.add(name)
-                log.warning("%s ignores unsupported parameter %r", LOCAL_MODEL, name)
+        elif (name not in _IGNORED_ARGS and name not in _warned_params
+              and name not in ("max_tokens", "max_completion_tokens")):
+            _warned_params.add(name)
+            log.warning("%s ignores unsupported parameter %r", LOCAL_MODEL, name)
     return out
 
 
@@ -304,7 +304,7 @@ def continuation_logprob(prompt: str, continuation: str) -> float:
             )
         rows = _scored_rows(llm, prompt_tokens, cont_tokens)
         total = 0.0
-        for row, token in zip(rows, cont_tokens):
+        for row, token in zip(rows, cont_tokens, strict=True):
             total += _log_softmax_at(row, token)
         return total
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TMP_MARK = ".convergence-tmp-"
 
@@ -74,9 +74,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` all at once or not at all."""
     final = Path(path)
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
     return final
 
 

@@ -32,7 +32,7 @@ def best_config_and_metadata(report: RunReport) -> tuple[Config, dict[str, Any]]
     if best is None:
         raise ValueError(f"run {report.run_id} has no complete trial: there is no best configuration to export")
     resolved = report.resolved_best is not None
-    config = dict(report.resolved_best if resolved else best.config)  # type: ignore[arg-type]
+    config = dict(report.resolved_best) if report.resolved_best is not None else dict(best.config)
     meta: dict[str, Any] = {
         "study": report.study,
         "run_id": report.run_id,

@@ -7,9 +7,10 @@ import csv
 import io
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from convergence.config.models import OutputConfig
 from convergence.core.types import TrialRecord
@@ -146,7 +147,7 @@ def write_csv(report: RunReport, trials: list[TrialRecord], path: Path) -> Path:
 
 def _num(x: float | None) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "–"
+        return "\u2013"  # an en dash: no value
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
@@ -180,10 +181,10 @@ def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool)
               + ["total cost (USD)"] + (["latency (ms)"] if own_latency else []) + report.parameters)
     rows = []
     for i, t in enumerate(trials, 1):
-        rows.append((([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
+        rows.append(([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
                      _num(t.score)] + [_num(t.metrics.get(m)) for m in metrics]
                      + [_num(t.cost_usd)] + ([_num(t.latency_ms)] if own_latency else [])
-                     + [_md(t.config.get(p, ""), 40) for p in report.parameters]))
+                     + [_md(t.config.get(p, ""), 40) for p in report.parameters])
     return _table(header, rows)
 
 

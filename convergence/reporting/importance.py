@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def explained_share(scores: np.ndarray, keys: Sequence[Any]) -> float:
     explain no more than chance, towards 1 when they explain everything."""
     n = len(scores)
     groups: dict[Any, list[float]] = {}
-    for k, s in zip(keys, scores):
+    for k, s in zip(keys, scores, strict=True):
         groups.setdefault(k, []).append(float(s))
     k = len(groups)
     ss_total = float(np.sum((scores - scores.mean()) ** 2))

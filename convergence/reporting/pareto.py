@@ -9,7 +9,7 @@ front found so far must be checked: O(n * front) vectorised, fine for 10k.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -91,4 +91,4 @@ def pareto_front(trials: Sequence[TrialRecord], directions: Mapping[str, str]) -
     if not names:
         mat = np.array([[t.score] for t in usable], dtype=float).reshape(len(usable), 1)
     mask = non_dominated(mat)
-    return [t for t, keep in zip(usable, mask) if keep]
+    return [t for t, keep in zip(usable, mask, strict=True) if keep]

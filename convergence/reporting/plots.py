@@ -8,9 +8,10 @@ Both libraries are imported inside the renderers: the CLI must start fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -192,7 +193,7 @@ def render_png(chart: Chart, path: Path) -> list[Path]:
         elif s.kind == "step":
             ax.step(s.x, s.y, where=s.step_where, marker="o", label=s.name, color=color, linewidth=2)
         else:
-            ax.barh(list(s.y), s.x, label=s.name, color="tab:blue")
+            ax.barh(s.y, s.x, label=s.name, color="tab:blue")
     title = chart.title + (f"\n({chart.note})" if chart.note else "")
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(chart.x_label)

@@ -14,7 +14,8 @@ take the best arm per parameter.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,8 @@ class BanditProposer:
         self.cfg = cfg
         self.space = space
         self.arms = {name: d.arms(cfg.bins) for name, d in space.dims.items()}
-        self.alpha = {name: np.ones(len(a)) for name, a in self.arms.items()}
-        self.beta = {name: np.ones(len(a)) for name, a in self.arms.items()}
+        self.alpha: dict[str, np.ndarray] = {name: np.ones(len(a)) for name, a in self.arms.items()}
+        self.beta: dict[str, np.ndarray] = {name: np.ones(len(a)) for name, a in self.arms.items()}
         self._arm_idx: dict[str, list[int]] = {name: [] for name in self.arms}
         self._scores: list[float] = []
 
@@ -79,7 +80,7 @@ class BanditProposer:
         out: dict[str, dict[str, float]] = {}
         for name, arms in self.arms.items():
             means = self.alpha[name] / (self.alpha[name] + self.beta[name])
-            out[name] = {str(a): float(m) for a, m in zip(arms, means)}
+            out[name] = {str(a): float(m) for a, m in zip(arms, means, strict=True)}
         return out
 
 

@@ -8,8 +8,9 @@ Later agents (RLP, SAO, learned schedulers) plug in through the same two calls.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -4,7 +4,7 @@ everything the study has already seen."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import anyio
 import numpy as np
@@ -47,15 +47,16 @@ class Society:
         self.space = space
 
     @classmethod
-    def from_config(cls, cfg: OptimizationConfig, space: SearchSpace) -> "Society":
+    def from_config(cls, cfg: OptimizationConfig, space: SearchSpace) -> Society:
         evo = EvolutionaryProposer(cfg.evolution)
         bandit = BanditProposer(cfg.mab, space)
-        members: list[tuple[Proposer, float]] = {
+        by_algorithm: dict[str, list[tuple[Proposer, float]]] = {
             "mab_evolution": [(evo, 0.5), (bandit, 0.5)],
             "genetic": [(evo, 1.0)],
             "mab_only": [(bandit, 1.0)],
             "random": [(RandomProposer(), 1.0)],
-        }[cfg.algorithm]
+        }
+        members = by_algorithm[cfg.algorithm]
         return cls(members, space)
 
     def set_shares(self, shares: dict[str, float]) -> None:
@@ -75,7 +76,9 @@ class Society:
             counts = allot(need, [s for _, s in self.members])
             results: list[list[Config]] = [[] for _ in self.members]
 
-            async def run(i: int, proposer: Proposer, k: int, rng: np.random.Generator) -> None:
+            async def run(
+                results: list[list[Config]], i: int, proposer: Proposer, k: int, rng: np.random.Generator
+            ) -> None:
                 if k:
                     results[i] = await agent_step(
                         proposer, ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history, rng, seen), k
@@ -84,9 +87,9 @@ class Society:
             # one child generator per member and round: results do not depend on scheduling
             rngs = ctx.rng.spawn(len(self.members))
             async with anyio.create_task_group() as tg:
-                for i, ((proposer, _), k) in enumerate(zip(self.members, counts)):
-                    tg.start_soon(run, i, proposer, k, rngs[i])
-            for (proposer, _), configs in zip(self.members, results):
+                for i, ((proposer, _), k) in enumerate(zip(self.members, counts, strict=True)):
+                    tg.start_soon(run, results, i, proposer, k, rngs[i])
+            for (proposer, _), configs in zip(self.members, results, strict=True):
                 for c in configs:
                     self._take(c, proposer.name, seen, out, n)
             if round_ == max_rounds - 1 or len(out) >= n:

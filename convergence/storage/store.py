@@ -12,8 +12,6 @@ process at a time through a lease renewed by every commit.
 
 from __future__ import annotations
 
-from convergence.errors import ConvergenceError
-
 import json
 import math
 import os
@@ -21,15 +19,17 @@ import secrets
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiosqlite
 import anyio
 
 from convergence.core.types import CallResult, CaseResult, Config, TestCase, TrialRecord
+from convergence.errors import ConvergenceError
 from convergence.storage.migrations import LATEST, MIGRATIONS
 from convergence.storage.writer import Batch, GroupCommitWriter
 
@@ -250,7 +250,7 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: str | Path) -> "Store":
+    async def open(cls, path: str | Path) -> Store:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(p, timeout=60)
@@ -274,7 +274,7 @@ class Store:
             await self._db.close()
             await anyio.to_thread.run_sync(self._wdb.close)
 
-    async def __aenter__(self) -> "Store":
+    async def __aenter__(self) -> Store:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

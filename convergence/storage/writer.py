@@ -14,12 +14,13 @@ error is raised, so the next flush retries them.
 
 from __future__ import annotations
 
-from convergence.errors import ConvergenceError
-
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
+
+from convergence.errors import ConvergenceError
 
 Batch = list[tuple[str, list[tuple[Any, ...]]]]
 """Ordered runs of rows, each run sharing one SQL statement."""
@@ -72,7 +73,7 @@ class GroupCommitWriter:
             if self._done < target:
                 try:
                     await self.flush()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise WriterError(f"the database writer failed: {exc}") from exc
             return
         while self._done < target:

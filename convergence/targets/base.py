@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Protocol, runtime_checkable
 
 from convergence.core.types import CallResult, Config, TestCase
+from convergence.errors import ConvergenceError
 
 
 @runtime_checkable
@@ -28,7 +29,7 @@ class Target(Protocol):
         ...
 
 
-class TargetError(Exception):
+class TargetError(ConvergenceError):
     """A failed call. ``retryable`` tells the runner whether to back off and
     retry; ``retry_after`` (seconds, from the server's ``Retry-After``) is the
     least it should wait before the next attempt (the runner caps it by
@@ -65,7 +66,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         try:
             when = parsedate_to_datetime(text)
             if when.tzinfo is None:  # "-0000" and asctime forms: HTTP dates are always GMT
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             seconds = when.timestamp() - (time.time() if now is None else now)
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
@@ -83,8 +84,8 @@ def retry_after_from_headers(headers: object) -> float | None:
     ms = _header(headers, "retry-after-ms")
     if ms is not None:
         try:
-            value = float(ms) / 1000.0
-        except (TypeError, ValueError):
+            value = float(ms) / 1000.0 if isinstance(ms, (str, bytes, int, float)) else math.nan
+        except ValueError:
             value = math.nan
         if not math.isnan(value):
             return max(0.0, min(value, 1e9))

@@ -3,6 +3,7 @@ servers, and the embedded ``local/gemma-3-270m``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -107,7 +108,7 @@ class LiteLLMTarget:
             )
         except TargetError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every provider error becomes a TargetError
+        except Exception as exc:  # every provider error becomes a TargetError
             raise map_litellm_error(exc, model) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
         prompt_tokens, completion_tokens = response_usage(resp)
@@ -156,10 +157,8 @@ def _retry_after(exc: BaseException) -> float | None:
     rebuilds ``response`` without them); ``response.headers`` and ``headers``
     (set by a LiteLLM proxy) are the fallbacks."""
     candidates: list[object] = [getattr(exc, "litellm_response_headers", None)]
-    try:
+    with contextlib.suppress(Exception):  # some SDK errors raise on .response when there is none
         candidates.append(getattr(getattr(exc, "response", None), "headers", None))
-    except Exception:  # noqa: BLE001 - some SDK errors raise on .response when there is none
-        pass
     candidates.append(getattr(exc, "headers", None))
     for headers in candidates:
         seconds = retry_after_from_headers(headers)

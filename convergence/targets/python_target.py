@@ -62,7 +62,9 @@ def load_callable(spec: str, base_dir: Path) -> Callable[..., Any]:
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    # an instance whose class defines ``async def __call__`` is async too; ``type(fn).__call__`` is
+    # what a call runs (a class itself is not: calling it builds an instance)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def to_call_result(value: Any) -> CallResult:

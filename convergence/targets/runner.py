@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -202,8 +201,8 @@ class CallRunner:
             reraise=True,
         )
         try:
-            result = await retrying(attempt)
-        except Exception as exc:  # noqa: BLE001
+            result: CallResult = await retrying(attempt)
+        except Exception as exc:  # every failure but the gate's own becomes a result
             if isinstance(exc, ConvergenceError) and not isinstance(exc, TargetError):
                 raise  # the gate's own failure (lease lost, database gone), not the call's
             return CallResult(

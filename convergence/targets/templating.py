@@ -14,11 +14,12 @@ from typing import Any
 import jinja2
 
 from convergence.core.types import Config, TestCase
+from convergence.errors import ConvergenceError
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
-class TemplateError(ValueError):
+class TemplateError(ConvergenceError, ValueError):
     """A template refers to a variable the test case and configuration lack."""
 
 

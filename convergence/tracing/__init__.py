@@ -18,7 +18,7 @@ import logging
 import netrc
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,14 +29,14 @@ if TYPE_CHECKING:
     from convergence.storage.store import Store
     from convergence.tracing.session import RunTrace
 
-__all__ = ["traced", "active", "start_run", "end_run", "has_credentials", "current_run"]
+__all__ = ["active", "current_run", "end_run", "has_credentials", "start_run", "traced"]
 
 logger = logging.getLogger(__name__)
 
 _ACTIVE: int = 0
 """Number of runs being traced in this process; the only thing an untraced call reads."""
 
-_RUN: ContextVar["RunTrace | None"] = ContextVar("convergence_trace_run", default=None)
+_RUN: ContextVar[RunTrace | None] = ContextVar("convergence_trace_run", default=None)
 """The traced run of the current task (so a concurrent untraced run stays untraced)."""
 
 R = TypeVar("R")
@@ -47,7 +47,7 @@ OutputFn = Callable[[Any], Any]
 class TraceSpec:
     """What one traced step sends: its op name and how to read its inputs/outputs."""
 
-    __slots__ = ("name", "fn", "inputs", "output")
+    __slots__ = ("fn", "inputs", "name", "output")
 
     def __init__(self, name: str | Callable[..., str], fn: Callable[..., Awaitable[Any]],
                  inputs: InputsFn | None, output: OutputFn | None) -> None:
@@ -62,18 +62,18 @@ class TraceSpec:
 
 def traced(
     name: str | Callable[..., str], *, inputs: InputsFn | None = None, output: OutputFn | None = None
-) -> Callable[[Callable[..., Awaitable[R]]], Callable[..., Awaitable[R]]]:
+) -> Callable[[Callable[..., Coroutine[Any, Any, R]]], Callable[..., Coroutine[Any, Any, R]]]:
     """Trace an async function as a Weave op named ``name`` when a run is traced.
 
     ``inputs(*args, **kwargs)`` returns the dict shown as the call's inputs and
     ``output(result)`` what is shown as its output; both are redacted before
     they reach Weave. Untraced, the call costs one global read."""
 
-    def deco(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    def deco(fn: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., Coroutine[Any, Any, R]]:
         spec = TraceSpec(name, fn, inputs, output)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Awaitable[R]:
+        def wrapper(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
             if _ACTIVE:
                 return _traced_call(spec, args, kwargs)
             return fn(*args, **kwargs)
@@ -96,7 +96,7 @@ def active() -> bool:
     return bool(_ACTIVE) and _RUN.get() is not None
 
 
-def current_run() -> "RunTrace | None":
+def current_run() -> RunTrace | None:
     return _RUN.get() if _ACTIVE else None
 
 
@@ -144,8 +144,8 @@ def existing_weave_client() -> Any:
 
 
 async def start_run(
-    cfg: "WeaveConfig",
-    store: "Store",
+    cfg: WeaveConfig,
+    store: Store,
     *,
     study: str,
     run_id: int,
@@ -153,7 +153,7 @@ async def start_run(
     config: dict[str, Any],
     resume: bool,
     notify: Callable[[str], None] | None = None,
-) -> "RunTrace | None":
+) -> RunTrace | None:
     """Begin tracing one run when enabled and possible; otherwise do nothing.
 
     Disabled: returns at once (weave is not imported). Enabled without

@@ -12,8 +12,9 @@ the trial that spawned them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextvars import Token
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -34,7 +35,7 @@ class TraceFailure(Exception):
     """Stands in for a step's exception in the trace, with secrets removed from its message."""
 
 
-def _project_name(cfg: "WeaveConfig") -> str:
+def _project_name(cfg: WeaveConfig) -> str:
     project = cfg.project or DEFAULT_PROJECT
     if cfg.entity and "/" not in project:
         return f"{cfg.entity}/{project}"
@@ -122,7 +123,7 @@ class RunTrace:
             self._failed_once = True
             logger.warning("tracing: a Weave call could not be recorded; the run continues", exc_info=True)
 
-    async def call(self, spec: "TraceSpec", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def call(self, spec: TraceSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             inputs = spec.inputs(*args, **kwargs) if spec.inputs is not None else {}
             name = spec.op_name(args, kwargs)
@@ -173,8 +174,8 @@ def _outcome_output(outcome: Any) -> dict[str, Any]:
 
 
 async def open_run(
-    cfg: "WeaveConfig",
-    store: "Store",
+    cfg: WeaveConfig,
+    store: Store,
     client: Any,
     *,
     study: str,

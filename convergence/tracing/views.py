@@ -7,7 +7,8 @@ returned here is redacted before it is sent.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _OUTPUT_CHARS = 4000
 """Target outputs are cut in the trace; the full text stays in our store."""

@@ -600,6 +600,7 @@ class KRConfig:
 
 
 TOTALS_SLACK = 0
+REPAID_SLACK = 0
 
 
 def cmd_kill_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
@@ -783,8 +784,9 @@ def cmd_kill_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
             unfinished == 0 and resume_failures == 0)
     v.check("(a) every resumed run has the same (config_hash, status, score) trials and best as the reference",
             all_identical)
-    v.check(f"(b) re-paid calls per kill <= concurrency {kc.concurrency} (max {max_repaid})",
-            max_repaid <= kc.concurrency)
+    v.check(f"(b) re-paid calls per kill <= concurrency {kc.concurrency}"
+            + (f" + {REPAID_SLACK}" if REPAID_SLACK else "") + f" (max {max_repaid})",
+            max_repaid <= kc.concurrency + REPAID_SLACK)
     v.check("(c) runs.total_calls == calls the target received, every cycle" if not TOTALS_SLACK else
             f"(c) runs.total_calls - calls the target received in [0, {TOTALS_SLACK} per kill], every cycle",
             total_gap_ok)
@@ -1156,9 +1158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--totals-slack", type=int, default=0, metavar="N",
                     help="kill-resume (c): allow runs.total_calls to exceed the calls received by N per kill "
                          "(an attempt counted and committed, then killed before the target saw it); default 0")
+    ap.add_argument("--repaid-slack", type=int, default=0, metavar="N",
+                    help="kill-resume (b): allow N re-paid calls per kill beyond the concurrency (results "
+                         "finished within the commit under way at the kill); default 0")
     args = ap.parse_args(argv)
-    global TOTALS_SLACK
+    ap_repaid = args.repaid_slack
+    global TOTALS_SLACK, REPAID_SLACK
     TOTALS_SLACK = args.totals_slack
+    REPAID_SLACK = ap_repaid
     cli = Cli(args.src.resolve() if args.src else None)
     root = Path(tempfile.mkdtemp(prefix="convergence-hardening-"))
     print(f"CLI: {cli.describe()}\nwork dir: {root}\n")

@@ -22,10 +22,11 @@ SCRIPT = ROOT / "benchmarks" / "hardening.py"
 @pytest.mark.parametrize("command", ["two-process", "kill-resume", "two-resume", "secrets"])
 def test_hardening_quick(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(
-        # kill-resume: an attempt counted (durably) and killed before the target logged it may
-        # over-count by one per kill (2 of 20 kills in the full run); never an under-count
+        # kill-resume: an attempt counted and killed before the target logged it over-counts by one,
+        # and a result finished within the commit under way at the kill is re-paid (each seen in
+        # 1-3 of 20 kills of the full run, see benchmarks/README.md); never an under-count
         [sys.executable, str(SCRIPT), command, "--quick",
-         *(["--totals-slack", "1"] if command == "kill-resume" else [])],
+         *(["--totals-slack", "1", "--repaid-slack", "1"] if command == "kill-resume" else [])],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout + proc.stderr

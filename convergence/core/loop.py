@@ -194,7 +194,8 @@ class Optimizer:
         # Every call the run ever started (re-paid ones included) and every second it ran.
         budget.prior_seconds = prev.elapsed_seconds
         stored_attempts = sum(r.call.attempts for by_case in cached.values() for r in by_case.values())
-        budget.calls = max(prev.total_calls, stored_attempts)  # runs killed before totals were persisted
+        # the killed process's counter holds the attempts it sent after its last commit
+        budget.calls = max(prev.total_calls, self.store.paid_calls(prev.id) or 0, stored_attempts)
         budget.cost_usd = max(prev.total_cost_usd,
                               sum(r.call.cost_usd for by_case in cached.values() for r in by_case.values()))
         self.events.message(
@@ -506,10 +507,11 @@ _ALL_FAILED_PREFIX = "every call failed with the same error, stopped early: "
 
 
 class _Ticket:
-    """One reserved call. Each attempt is counted as paid, and that count
-    committed, right before it goes out (after the rate limiter), so the
-    run's stored totals hold every call the target received even if this
-    process is killed mid-call; a reservation that never went out is released."""
+    """One reserved call. Each attempt is counted as paid right before it goes
+    out (after the rate limiter) in the run's kill-safe counter
+    (``Store.count_call``), so the run's totals hold every call the target
+    received even if this process is killed mid-call. No attempt waits for the
+    disk. A reservation that never went out is released."""
 
     __slots__ = ("budget", "sent", "store")
 
@@ -524,11 +526,10 @@ class _Ticket:
             self.sent = True
             budget.pending -= 1
         budget.calls += 1
-        self.store.touch()
         try:
-            await self.store.durable()  # group commit: one commit covers every attempt made meanwhile
+            self.store.count_call(budget.calls)
         except BaseException:
-            budget.calls -= 1  # cancelled, or the lease was lost: it did not go out
+            budget.calls -= 1  # the lease was lost: it does not go out
             raise
 
     def close(self) -> None:

@@ -3,9 +3,9 @@
 Per-test-case results arrive thousands of times a second, so they are
 buffered and committed by a group-commit writer (``storage/writer.py``) as
 soon as it is free: a finished call is on disk within a commit's time (about
-a millisecond), and the loop makes each call's reservation durable before the
-call starts, so ``--resume`` never re-pays a call whose result was stored and
-the run's totals count every call the target received. Several processes may
+a millisecond), so ``--resume`` never re-pays a call whose result was stored;
+each attempt is counted in a kill-safe counter (``storage/counter.py``) right
+before it goes out, so the run's totals count every call the target received. Several processes may
 share one file (WAL, busy timeout, ``BEGIN IMMEDIATE``); a run is owned by one
 process at a time through a lease renewed by every commit.
 """
@@ -30,6 +30,7 @@ import anyio
 
 from convergence.core.types import CallResult, CaseResult, Config, TestCase, TrialRecord
 from convergence.errors import ConvergenceError
+from convergence.storage.counter import CallCounter, counter_path, read_count
 from convergence.storage.migrations import LATEST, MIGRATIONS
 from convergence.storage.writer import Batch, GroupCommitWriter
 
@@ -245,6 +246,7 @@ class Store:
         self._writer = GroupCommitWriter(self._commit)
         self.owner = f"{_HOST}:{os.getpid()}:{secrets.token_hex(4)}"
         self._tracked: tuple[int, Callable[[], tuple[int, float, float]]] | None = None
+        self._counter: CallCounter | None = None
         self.lease_lost: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -268,6 +270,9 @@ class Store:
         return await _version(self._db)
 
     async def close(self) -> None:
+        if self._counter is not None:
+            self._counter.close(remove=False)  # an unfinished run keeps its count for --resume
+            self._counter = None
         try:
             await self.flush()
         finally:
@@ -345,8 +350,26 @@ class Store:
 
     def track_run(self, run_id: int, totals: Callable[[], tuple[int, float, float]]) -> None:
         """Persist ``totals()`` -> (calls, cost_usd, elapsed_seconds) of ``run_id``
-        with every commit, and renew the run's lease."""
+        with every commit, and renew the run's lease. Also opens the run's
+        paid-call counter (``count_call``), starting from ``totals()``'s calls."""
         self._tracked = (run_id, totals)
+        if self._counter is not None:
+            self._counter.close(remove=False)
+        self._counter = CallCounter(counter_path(self.path, run_id), totals()[0])
+
+    def count_call(self, calls: int) -> None:
+        """Record that ``calls`` attempts have gone out, before the newest one
+        does: kill-safe at once (a shared memory map), in ``runs`` at the next
+        commit. Raises :class:`LeaseLostError` once another process owns the run."""
+        if self.lease_lost:
+            raise LeaseLostError(self.lease_lost)
+        assert self._counter is not None, "track_run first"
+        self._counter.set(calls)
+        self._writer.touch()
+
+    def paid_calls(self, run_id: int) -> int | None:
+        """The paid-call count a killed process left for ``run_id`` (None: no counter)."""
+        return read_count(counter_path(self.path, run_id))
 
     async def save_test_cases(self, run_id: int, cases: list[TestCase]) -> None:
         await self._db.executemany(
@@ -363,13 +386,17 @@ class Store:
         await self.flush()
         if self._tracked is not None and self._tracked[0] == run_id:
             self._tracked = None
-        await self._db.execute(
+        cur = await self._db.execute(
             "UPDATE runs SET status=?, stop_reason=?, finished_at=?, total_calls=?, total_cost_usd=?, "
             "elapsed_seconds=?, owner=NULL WHERE id=? AND (owner IS NULL OR owner=?)",
             (status, stop_reason, time.time(), total_calls, total_cost_usd, elapsed_seconds, run_id,
              self.owner),
         )
         await self._db.commit()
+        if self._counter is not None:
+            # the totals are in the row now; the counter file goes unless another process owns the run
+            self._counter.close(remove=cur.rowcount > 0)
+            self._counter = None
 
     # ------------------------------------------------------------------ buffered writes
     # Appended in order and committed in order, so a case result can never be

@@ -47,6 +47,7 @@ _EXPORTS = {
     "TargetError": "convergence.targets.base",
     "StorageError": "convergence.storage.store",
     "RunInUseError": "convergence.storage.store",
+    "RunNotFoundError": "convergence.storage.store",
     "LeaseLostError": "convergence.storage.store",
     "WriterError": "convergence.storage.writer",
 }
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.storage.store import (
         LeaseLostError as LeaseLostError,
         RunInUseError as RunInUseError,
+        RunNotFoundError as RunNotFoundError,
         StorageError as StorageError,
         Store as Store,
     )

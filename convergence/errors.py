@@ -12,6 +12,7 @@ them; each subclass lives next to the code that raises it::
      +-- TemplateError        targets/templating.py  a Jinja template that fails (also a ValueError)
      +-- TargetError          targets/base.py      one target call failed (``retryable``, ``retry_after``)
      +-- StorageError         storage/store.py     the project database cannot be used
+     |    +-- RunNotFoundError  no run with that id (also a KeyError)
      |    +-- RunInUseError   another live process owns the run
      |    +-- LeaseLostError  another process took the run over
      +-- WriterError          storage/writer.py    the group-commit writer keeps failing

@@ -17,7 +17,7 @@ from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig, OutputConfig
 from convergence.core.space import SearchSpace
 from convergence.reporting.model import GenerationSummary, RunReport
-from convergence.storage.store import RunRow, Store
+from convergence.storage.store import RunNotFoundError, RunRow, Store
 
 
 def _iso(ts: float | None) -> str | None:
@@ -83,7 +83,7 @@ def _metric_function(name: str, function: str | None, has_custom: bool) -> str |
 async def build_report(store: Store, run_id: int) -> RunReport:
     run = await store.get_run(run_id)
     if run is None:
-        raise KeyError(f"no run {run_id} in {store.path}")
+        raise RunNotFoundError(f"no run {run_id} in {store.path}")
     trials = await store.trials(run_id)
     gens = await store.generations(run_id)
     cfg = config_of_run(run)
@@ -139,7 +139,7 @@ async def write_run_outputs(
 
     run = await store.get_run(run_id)
     if run is None:
-        raise KeyError(f"no run {run_id} in {store.path}")
+        raise RunNotFoundError(f"no run {run_id} in {store.path}")
     if output_cfg is None:
         output_cfg = output_config_of_run(run)
     if out_dir is None:

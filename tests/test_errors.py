@@ -92,3 +92,13 @@ def test_a_judge_without_its_api_key_is_a_metric_config_error(monkeypatch: pytes
     cfg = MetricConfig(function="llm_judge", judge=JudgeConfig(api_key_env="CONVERGENCE_TEST_JUDGE_KEY"))
     with pytest.raises(convergence.MetricConfigError, match=r"metric 'quality'.*CONVERGENCE_TEST_JUDGE_KEY"):
         resolve_metric("quality", cfg, None, Path("."))
+
+
+async def test_an_unknown_run_is_one_of_our_errors_and_still_a_key_error(tmp_path: Path) -> None:
+    from convergence import ConvergenceError, RunNotFoundError, Store
+    from convergence.outputs import build_report
+
+    async with await Store.open(tmp_path / "c.db") as store:
+        with pytest.raises(ConvergenceError) as info:
+            await build_report(store, 42)
+    assert isinstance(info.value, (RunNotFoundError, KeyError)) and str(info.value).startswith("no run 42")

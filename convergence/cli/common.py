@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 
 # piped output (CI logs, files) gets wide tables instead of wrapped cells
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, emoji=False)  # "x.yaml:100:" stays text
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 DB_OPT = typer.Option(None, "--db", help="Project database (default: from --config, else .convergence/convergence.db).")
 CFG_OPT = typer.Option(None, "--config", "-c", help="A YAML file whose storage.path locates the database.")

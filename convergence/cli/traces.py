@@ -23,9 +23,11 @@ async def build_tree(
     """The run as nested plain data (what ``--json`` prints). ``generation`` is
     0-based as stored; ``trial`` is a trial id or a config-hash prefix."""
 
+    from convergence.storage.store import RunNotFoundError
+
     run = await store.get_run(run_id)
     if run is None:
-        raise KeyError(f"no run {run_id} in {store.path}")
+        raise RunNotFoundError(f"no run {run_id} in {store.path}")
     gens = await store.generations(run_id)
     trials = await store.trials(run_id)
     results = await store.case_results(run_id)

@@ -94,7 +94,7 @@ class Optimizer:
         events: LoopEvents | None = None,
         society: Society | None = None,
     ):
-        from convergence.evaluation.cases import load_test_cases
+        from convergence.evaluation.cases import TestCaseError, load_test_cases
         from convergence.evaluation.scorer import Evaluator
 
         self.loaded = loaded
@@ -104,7 +104,7 @@ class Optimizer:
         self.space = SearchSpace.from_config(self.cfg.search_space)
         self.cases = cases if cases is not None else load_test_cases(self.cfg.evaluation.test_cases, loaded.base_dir)
         if not self.cases:
-            raise ValueError("no test cases: the optimization needs at least one")
+            raise TestCaseError("no test cases: the optimization needs at least one")
         self.evaluator = Evaluator(self.cfg.evaluation, loaded.base_dir)
         self._case_order = {c.id: i for i, c in enumerate(self.cases)}
         self.society = society or Society.from_config(self.cfg.optimization, self.space)

@@ -188,6 +188,13 @@ _SQL_TOTALS = (
 )
 
 
+class RunNotFoundError(StorageError, KeyError):
+    """No run with that id in the project database (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class RunInUseError(StorageError):
     """Another live process owns the run (its lease is fresh)."""
 

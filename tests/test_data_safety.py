@@ -318,3 +318,26 @@ async def test_resume_after_an_outage_calls_the_failed_cases_again(tmp_path: Pat
         del os.environ["OUTAGE_FLAG"]
     assert second.run_id == first.run_id and second.status == "finished"
     assert all(t.n_errors == 0 for t in second.trials)
+
+
+async def test_a_structured_output_is_stored_whole_with_only_the_secret_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-structured-0123456789abcdef"
+    monkeypatch.setenv("PLANTED_API_KEY", secret)
+    (tmp_path / "echo.py").write_text(
+        "import os\n"
+        "def call(params, input):\n"
+        "    return {'output': {'echo': 'Bearer ' + os.environ['PLANTED_API_KEY'], 'tokens': 7,\n"
+        "                       'long': 'x' * 30000}}\n")
+    loaded = make_config(tmp_path, BODY)
+    loaded.path.write_text(loaded.path.read_text().replace('function: "tgt:peak"', 'function: "echo:call"'))
+    from convergence.config.loader import load_config
+
+    out = await run(load_config(loaded.path))
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+        stored = (await store.case_results(out.run_id))[out.trials[0].config_hash]["case-1"].call.output
+    import json
+
+    value = json.loads(stored)
+    assert value["echo"] == "Bearer REDACTED" and value["tokens"] == 7 and len(value["long"]) == 30000

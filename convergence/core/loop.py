@@ -417,7 +417,7 @@ class Optimizer:
                 self._all_failed.any_success = True
             if self._secrets and call.output is not None:
                 call.output = (self._redactor.exact(call.output) if isinstance(call.output, str)
-                               else self._redactor.scrub(call.output))
+                               else self._redactor.exact_deep(call.output))
             metrics = await self.evaluator.evaluate(case, call)
             result = CaseResult(case.id, call, metrics)
             slot.results.append(result)

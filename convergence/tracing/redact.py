@@ -114,6 +114,19 @@ class Redactor:
                 s = s.replace(secret, REDACTED)
         return s
 
+    def exact_deep(self, value: Any, _depth: int = 0) -> Any:
+        """``exact`` on every string inside dicts, lists and tuples (keys
+        kept, nothing cut): for a target's structured output."""
+        if isinstance(value, str):
+            return self.exact(value)
+        if _depth > 50:
+            return value
+        if isinstance(value, dict):
+            return {k: self.exact_deep(v, _depth + 1) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.exact_deep(v, _depth + 1) for v in value)
+        return value
+
     def clean(self, value: Any, _depth: int = 0) -> Any:
         if value is None or isinstance(value, (bool, int, float)):
             return value

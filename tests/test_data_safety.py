@@ -5,6 +5,7 @@ a run at a time, and a resume neither re-pays nor hides what was paid."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -104,6 +105,24 @@ optimization:
   evolution: {population_size: 4, generations: 3, elite_size: 1}
   execution: {early_stopping: {enabled: false}}
 """
+
+
+_TEST_TARGET = 'target: {type: python, function: "tgt:peak", retry: {max_retries: 0}}'
+
+
+def with_target(tmp_path: Path, source: str, body: str = BODY, target: str = "", extra: str = "",
+                retry: str = "max_retries: 0") -> Any:
+    """The test study with its target replaced by ``source``, a module defining
+    ``call(params, input)``; ``target`` adds settings to the target, ``extra`` top-level YAML."""
+    from convergence.config.loader import load_config
+
+    module = "target_" + re.sub(r"\W", "_", tmp_path.name)  # one module per test: imports are cached
+    (tmp_path / f"{module}.py").write_text(source)
+    loaded = make_config(tmp_path, body)
+    settings = f", {target}" if target else ""
+    line = f'target: {{type: python, function: "{module}:call", retry: {{{retry}}}{settings}}}'
+    loaded.path.write_text(loaded.path.read_text().replace(_TEST_TARGET, line) + extra)
+    return load_config(loaded.path)
 
 
 async def test_resume_after_editing_the_search_space_is_refused_with_what_changed(tmp_path: Path) -> None:
@@ -219,22 +238,17 @@ def test_ctrl_c_says_the_run_was_interrupted_and_how_to_resume(tmp_path: Path) -
 async def test_secrets_in_errors_and_outputs_are_never_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = "sk-test-0123456789abcdefXYZ"
     monkeypatch.setenv("PLANTED_TOKEN", secret)
-    (tmp_path / "leaky.py").write_text(
+    loaded = with_target(
+        tmp_path,
         "import os\n"
         "def call(params, input):\n"
         "    if input == 'one':\n"
         "        raise RuntimeError('server said: bad header Authorization: ' + os.environ['PLANTED_TOKEN'])\n"
-        "    return 'echo ' + os.environ['PLANTED_TOKEN']\n"
+        "    return 'echo ' + os.environ['PLANTED_TOKEN']\n",
+        target="timeout_seconds: 5",
+        extra='tracing: {weave: {enabled: false, project: "${PLANTED_TOKEN}"}}\n',
     )
-    loaded = make_config(tmp_path, BODY)
-    text = loaded.path.read_text().replace(
-        'target: {type: python, function: "tgt:peak", retry: {max_retries: 0}}',
-        'target: {type: python, function: "leaky:call", retry: {max_retries: 0}, timeout_seconds: 5}\n'
-        'tracing: {weave: {enabled: false, project: "${PLANTED_TOKEN}"}}')
-    loaded.path.write_text(text)
-    from convergence.config.loader import load_config
-
-    out = await run(load_config(loaded.path))
+    out = await run(loaded)
     assert out.trials
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
     assert secret.encode() not in raw
@@ -242,22 +256,18 @@ async def test_secrets_in_errors_and_outputs_are_never_stored(tmp_path: Path, mo
 
 
 async def test_retries_count_as_paid_calls_in_the_run_totals(tmp_path: Path) -> None:
-    (tmp_path / "flaky.py").write_text(
+    loaded = with_target(
+        tmp_path,
         "seen = set()\n"
         "def call(params, input):\n"
         "    key = (repr(sorted(params.items())), input)\n"
         "    if key not in seen:\n"
         "        seen.add(key)\n"
         "        raise ConnectionError('connection reset')\n"
-        "    return 'yes'\n"
+        "    return 'yes'\n",
+        retry="max_retries: 2, backoff_initial_seconds: 0.001",
     )
-    loaded = make_config(tmp_path, BODY)
-    loaded.path.write_text(loaded.path.read_text().replace(
-        'target: {type: python, function: "tgt:peak", retry: {max_retries: 0}}',
-        'target: {type: python, function: "flaky:call", retry: {max_retries: 2, backoff_initial_seconds: 0.001}}'))
-    from convergence.config.loader import load_config
-
-    out = await run(load_config(loaded.path))
+    out = await run(loaded)
     n_cases = sum(t.n_cases for t in out.trials)
     assert all(t.n_errors == 0 for t in out.trials)
     assert out.total_calls == 2 * n_cases  # every case: one failed attempt, one retry
@@ -296,24 +306,23 @@ async def test_one_broken_test_case_does_not_stop_the_run(tmp_path: Path) -> Non
 
 
 async def test_resume_after_an_outage_calls_the_failed_cases_again(tmp_path: Path) -> None:
-    (tmp_path / "switch.py").write_text(
+    flag = tmp_path / "down"
+    flag.write_text("1")
+    loaded = with_target(
+        tmp_path,
         "import os\n"
         "def call(params, input):\n"
         "    if os.path.exists(os.environ['OUTAGE_FLAG']):\n"
         "        raise RuntimeError('503 upstream down')\n"
-        "    return 'yes'\n")
-    flag = tmp_path / "down"
-    flag.write_text("1")
-    loaded = make_config(tmp_path, BODY.replace("execution: {", "execution: {concurrency: 1, "))
-    loaded.path.write_text(loaded.path.read_text().replace('function: "tgt:peak"', 'function: "switch:call"'))
-    from convergence.config.loader import load_config
-
+        "    return 'yes'\n",
+        body=BODY.replace("execution: {", "execution: {concurrency: 1, "),
+    )
     os.environ["OUTAGE_FLAG"] = str(flag)
     try:
-        first = await run(load_config(loaded.path))
+        first = await run(loaded)
         assert first.status == "failed" and first.all_failed_error
         flag.unlink()  # the user fixes the target
-        second = await run(load_config(loaded.path), resume=True)
+        second = await run(loaded, resume=True)
     finally:
         del os.environ["OUTAGE_FLAG"]
     assert second.run_id == first.run_id and second.status == "finished"
@@ -325,16 +334,14 @@ async def test_a_structured_output_is_stored_whole_with_only_the_secret_replaced
 ) -> None:
     secret = "sk-structured-0123456789abcdef"
     monkeypatch.setenv("PLANTED_API_KEY", secret)
-    (tmp_path / "echo.py").write_text(
+    loaded = with_target(
+        tmp_path,
         "import os\n"
         "def call(params, input):\n"
         "    return {'output': {'echo': 'Bearer ' + os.environ['PLANTED_API_KEY'], 'tokens': 7,\n"
-        "                       'long': 'x' * 30000}}\n")
-    loaded = make_config(tmp_path, BODY)
-    loaded.path.write_text(loaded.path.read_text().replace('function: "tgt:peak"', 'function: "echo:call"'))
-    from convergence.config.loader import load_config
-
-    out = await run(load_config(loaded.path))
+        "                       'long': 'x' * 30000}}\n",
+    )
+    out = await run(loaded)
     async with await Store.open(tmp_path / "db.sqlite") as store:
         stored = (await store.case_results(out.run_id))[out.trials[0].config_hash]["case-1"].call.output
     import json

@@ -193,11 +193,10 @@ class Optimizer:
         stored_gens = {g.number: g.proposals for g in await self.store.generations(prev.id)}
         # Every call the run ever started (re-paid ones included) and every second it ran.
         budget.prior_seconds = prev.elapsed_seconds
-        stored_attempts = sum(r.call.attempts for by_case in cached.values() for r in by_case.values())
+        stored = [r.call for by_case in cached.values() for r in by_case.values()]
         # the killed process's counter holds the attempts it sent after its last commit
-        budget.calls = max(prev.total_calls, self.store.paid_calls(prev.id) or 0, stored_attempts)
-        budget.cost_usd = max(prev.total_cost_usd,
-                              sum(r.call.cost_usd for by_case in cached.values() for r in by_case.values()))
+        budget.calls = max(prev.total_calls, self.store.paid_calls(prev.id) or 0, sum(c.attempts for c in stored))
+        budget.cost_usd = max(prev.total_cost_usd, sum(c.cost_usd for c in stored))
         self.events.message(
             f"resuming run {prev.id}: {sum(len(v) for v in cached.values())} finished case results reused "
             f"({prev.total_calls} calls, {prev.elapsed_seconds:.1f}s so far)"
@@ -525,12 +524,8 @@ class _Ticket:
         if not self.sent:
             self.sent = True
             budget.pending -= 1
+        self.store.count_call(budget.calls + 1)  # raises first if the lease was lost: nothing goes out
         budget.calls += 1
-        try:
-            self.store.count_call(budget.calls)
-        except BaseException:
-            budget.calls -= 1  # the lease was lost: it does not go out
-            raise
 
     def close(self) -> None:
         if not self.sent:

@@ -26,15 +26,13 @@ def _iso(ts: float | None) -> str | None:
 
 def config_of_run(run: RunRow) -> ConvergenceConfig | None:
     """The config a run was started with (stored as written: its ``${VAR}``
-    references are filled from the current environment), or None if it no
-    longer validates or a referenced variable is unset."""
+    references are filled from the current environment when they can be, else
+    kept as text), or None if it no longer validates."""
     from convergence.config.loader import interpolate
 
     data, problems = interpolate(run.config)
-    if problems:
-        return None
-    try:
-        return ConvergenceConfig.model_validate(data)
+    try:  # an unset ${VAR} (say, a token in a header) must not lose the metrics and search space
+        return ConvergenceConfig.model_validate(run.config if problems else data)
     except ValueError:
         return None
 

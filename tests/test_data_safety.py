@@ -348,3 +348,18 @@ async def test_a_structured_output_is_stored_whole_with_only_the_secret_replaced
 
     value = json.loads(stored)
     assert value["echo"] == "Bearer REDACTED" and value["tokens"] == 7 and len(value["long"]) == 30000
+
+
+async def test_a_report_keeps_metrics_and_space_when_a_stored_reference_is_unset_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATER_UNSET_TOKEN", "sk-later-unset-0123456789")
+    loaded = with_target(tmp_path, "def call(params, input):\n    return 'yes'\n",
+                         extra='tracing: {weave: {enabled: false, project: "${LATER_UNSET_TOKEN}"}}\n')
+    out = await run(loaded)
+    monkeypatch.delenv("LATER_UNSET_TOKEN")
+    from convergence.outputs import build_report
+
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+        report = await build_report(store, out.run_id)
+    assert report.metric_directions == {"acc": "higher_is_better"} and report.parameters == ["x", "mode"]

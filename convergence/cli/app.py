@@ -64,7 +64,7 @@ def optimize(
     from convergence.config.preflight import check as _preflight_check
 
     try:  # the same deep checks as `validate` (imports, test cases, templates, URLs, paths), before any call
-        _preflight_check(loaded)
+        cases = _preflight_check(loaded).cases
     except ConfigError as exc:
         from rich.markup import escape as _escape
 
@@ -72,7 +72,7 @@ def optimize(
         raise typer.Exit(2) from None
     state: dict[str, Any] = {}
     try:
-        _run_async(_optimize, loaded, resume, quiet, no_outputs, state)
+        _run_async(_optimize, loaded, cases, resume, quiet, no_outputs, state)
     except KeyboardInterrupt:
         import shlex
 
@@ -87,7 +87,9 @@ EXIT_ALL_CALLS_FAILED = 3
 """Exit code when every call failed with one error (wrong URL, server down, bad key)."""
 
 
-async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any]) -> None:
+async def _optimize(
+    loaded: Any, cases: list[Any], resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any]
+) -> None:
     from convergence.cli.progress import RichEvents
     from convergence.config.loader import resolve_path
     from convergence.core.loop import Optimizer, ResumeError
@@ -104,7 +106,7 @@ async def _optimize(loaded: Any, resume: bool, quiet: bool, no_outputs: bool, st
         raise typer.Exit(2) from None
     try:
         try:
-            optimizer = Optimizer(loaded, store)
+            optimizer = Optimizer(loaded, store, cases=cases)  # loaded once, by the preflight
         except (TestCaseError, ValueError) as exc:
             err.print(f"[red]error[/] {exc}")
             raise typer.Exit(2) from None

@@ -415,8 +415,7 @@ class Optimizer:
             else:
                 self._all_failed.any_success = True
             if self._secrets and call.output is not None:
-                call.output = (self._redactor.exact(call.output) if isinstance(call.output, str)
-                               else self._redactor.exact_deep(call.output))
+                call.output = self._redactor.exact_deep(call.output)
             metrics = await self.evaluator.evaluate(case, call)
             result = CaseResult(case.id, call, metrics)
             slot.results.append(result)
@@ -562,10 +561,10 @@ async def optimize(
     from convergence.config.preflight import check
 
     loaded = load_config(config_path)
-    check(loaded)  # what `convergence validate` checks, before the first call
+    cases = check(loaded).cases  # what `convergence validate` checks, before the first call
     store = await Store.open(resolve_path(loaded.base_dir, loaded.config.storage.path))
     try:
-        outcome = await Optimizer(loaded, store, events=events).run(resume=resume)
+        outcome = await Optimizer(loaded, store, cases=cases, events=events).run(resume=resume)
         if write_outputs:
             from convergence.outputs import write_outputs as _write
 

@@ -28,7 +28,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from convergence.config.models import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.errors import ConvergenceError
 from convergence.targets.base import Target, TargetError
 from convergence.tracing import traced
 from convergence.tracing.views import call_result_view, target_call_inputs
@@ -106,11 +105,13 @@ Gate = Callable[[], Awaitable[None]]
 class _Attempts:
     """One run's attempt counter and the exception already raised by attempt 1."""
 
-    __slots__ = ("count", "pending")
+    __slots__ = ("count", "gate_error", "pending")
 
     def __init__(self, first: BaseException) -> None:
         self.count = 1
         self.pending: BaseException | None = first
+        self.gate_error: BaseException | None = None
+        """What the gate raised (lease lost, database gone): the run's failure, not the call's."""
 
 
 class CallRunner:
@@ -168,12 +169,16 @@ class CallRunner:
         with anyio.fail_after(self.timeout_seconds):
             return await self.target.call(params, case)
 
-    async def _attempt(self, params: Config, case: TestCase, gate: Gate | None) -> CallResult:
+    async def _attempt(self, params: Config, case: TestCase, gate: Gate | None, state: _Attempts) -> CallResult:
         """A retry attempt: rate limit, then the call, timed on its own."""
         if self.limiter is not None:
             await self.limiter.acquire()
         if gate is not None:
-            await gate()
+            try:
+                await gate()
+            except BaseException as exc:
+                state.gate_error = exc
+                raise
         start = time.perf_counter()
         result = await self._call(params, case)
         result.latency_ms = (time.perf_counter() - start) * 1000.0
@@ -191,7 +196,7 @@ class CallRunner:
                 exc, state.pending = state.pending, None
                 raise exc
             state.count += 1
-            return await self._attempt(params, case, gate)
+            return await self._attempt(params, case, gate, state)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_retries + 1),
@@ -203,8 +208,8 @@ class CallRunner:
         try:
             result: CallResult = await retrying(attempt)
         except Exception as exc:  # every failure but the gate's own becomes a result
-            if isinstance(exc, ConvergenceError) and not isinstance(exc, TargetError):
-                raise  # the gate's own failure (lease lost, database gone), not the call's
+            if exc is state.gate_error:
+                raise
             return CallResult(
                 error=self._describe(exc), attempts=state.count, wall_ms=(time.perf_counter() - started) * 1000.0
             )

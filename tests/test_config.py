@@ -90,9 +90,43 @@ def test_min_greater_than_max_refused() -> None:
     assert "min (2.0) must be <= max (1.0)" in p
 
 
-def test_society_enabled_is_refused_clearly() -> None:
-    [p] = problems(GOOD + "society:\n  enabled: true\n")
-    assert "society" in p and "not supported yet" in p
+def test_the_convergence_society_block_loads_as_written() -> None:
+    cfg = parse(GOOD + textwrap.dedent("""\
+        society:
+          enabled: true
+          auto_generate_agents: true
+          learning: {rlp_enabled: true, sao_enabled: false}
+          llm: {model: openai/gpt-4o-mini, api_key_env: OPENAI_API_KEY}
+        """)).config  # type: ignore[attr-defined]
+    assert cfg.society.enabled and cfg.society.llm.model == "openai/gpt-4o-mini"
+    # the algorithm's numeric agents keep 70 %, RLP gets 30 %
+    assert cfg.society.roster("mab_evolution") == {"evolution": 0.35, "bandit": 0.35, "rlp": 0.3}
+
+
+def test_society_agents_and_shares_are_ours_to_set() -> None:
+    cfg = parse(GOOD + "society:\n  enabled: true\n  agents: {evolution: 0.4, bandit: 0.3, rlp: 0.3}\n"
+                "  rlp: {G: 2, thought_length: 16}\n").config  # type: ignore[attr-defined]
+    assert cfg.society.roster("genetic") == {"evolution": 0.4, "bandit": 0.3, "rlp": 0.3}
+    assert cfg.society.rlp.G == 2 and cfg.society.rlp.thought_length == 16
+
+
+def test_bad_agent_name_is_a_clear_error_with_the_valid_names() -> None:
+    [p] = problems(GOOD + "society:\n  enabled: true\n  agents: {evolution: 0.5, rpl: 0.5}\n")
+    assert "society.agents.rpl" in p and "unknown agent 'rpl'" in p and "evolution, bandit, random, rlp" in p
+
+
+@pytest.mark.parametrize(("block", "expected"), [
+    ("society:\n  agents: {evolution: 1.0}\n", "the society is off"),
+    ("society:\n  enabled: true\n  learning: {sao_enabled: true}\n", "SAO agent is not shipped"),
+    ("society:\n  enabled: true\n  learning: {rlp_enabled: false}\n  agents: {rlp: 1}\n", "make them agree"),
+    ("society:\n  enabled: true\n  auto_generate_agents: false\n", "list the agents"),
+    ("society:\n  enabled: true\n  rlp: {strategies: [exploit, guess]}\n", "unknown strategy 'guess'"),
+    ("society:\n  enabled: true\n  agents: {evolution: 0, bandit: 0}\n", "must not all be 0"),
+    ("optimization: {algorithm: genetic}\nsociety:\n  enabled: true\n  agents: {bandit: 1}\n",
+     "replaces optimization.algorithm"),
+])
+def test_contradictory_society_settings_are_refused(block: str, expected: str) -> None:
+    assert any(expected in p for p in problems(GOOD + block))
 
 
 def test_the_convergence_api_section_maps_to_targets() -> None:

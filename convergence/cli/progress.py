@@ -73,6 +73,44 @@ class RichEvents:
             line += f"; best so far [green]{best.score:.4f}[/]"
         self.progress.console.print(line)
 
+    def society_step(self, generation: int, reports: dict[str, Any], new: list[TrialRecord]) -> None:
+        """One line for the society (who proposed, how many reached the top k),
+        then RLP's thoughts in short with their outcomes and rewards."""
+        if self.quiet or not reports:
+            return
+        parts = []
+        for r in reports.values():
+            part = f"{r.agent} {r.proposed}/{r.asked}"
+            if r.status in ("failed", "timeout"):
+                part += f" [red]{r.status}[/]"
+            part += f" (top-k {r.in_top})"
+            parts.append(part)
+        self.progress.console.print("  society: " + " · ".join(parts), highlight=False)
+        for r in reports.values():
+            if r.error:
+                self.progress.console.print(f"    [yellow]{r.agent}: {r.error}[/]", highlight=False)
+            d = r.detail
+            for t in d.get("thoughts", []):
+                text = t.get("thought") or "(empty thought)"
+                text = text if len(text) <= 70 else text[:69] + "…"
+                line = f"    {r.agent} [{t.get('strategy')}] \"{text}\""
+                if t.get("outcomes"):
+                    line += f" -> {', '.join(t['outcomes'])}"
+                if t.get("reward") is not None:
+                    line += f", reward {t['reward']:+.3f}"
+                self.progress.console.print(line, highlight=False, markup=False)
+            if d.get("answers"):
+                mean = d.get("mean_reward")
+                policy = d.get("policy") or {}
+                top = max(policy.items(), key=lambda kv: kv[1], default=None)
+                self.progress.console.print(
+                    f"    {r.agent}: {d['answers'] - d.get('invalid', 0)}/{d['answers']} answers parsed"
+                    + (f", mean reward {mean:+.3f} ({d.get('reward_method')})" if mean is not None else "")
+                    + (f", policy favours {top[0]} ({top[1]:.2f})" if top else "")
+                    + f", LLM {d.get('llm_seconds', 0):.1f}s", highlight=False)
+            for note in d.get("notes", []):
+                self.progress.console.print(f"    [yellow]{r.agent}: {note}[/]", highlight=False)
+
     def message(self, text: str) -> None:
         if not self.quiet:
             self.progress.console.print(f"[cyan]{text}[/]")

@@ -30,8 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-if TYPE_CHECKING:  # defined in compat.py, which builds on this module (imported at the bottom)
+if TYPE_CHECKING:  # defined in compat.py / society.py, which build on this module (imported at the bottom)
     from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
+    from convergence.config.society import SocietyConfig
 
 MAX_NAME = 200
 """Longest study, parameter or metric name (they are printed, stored and plotted)."""
@@ -593,35 +594,7 @@ class StorageConfig(Strict):
     """SQLite file, relative to the YAML's directory: one per project."""
 
 
-# --------------------------------------------------------------------------- placeholders
-
-
-class SocietyLLMConfig(Strict):
-    model: Text = "local/gemma-3-270m"
-    api_key_env: Text | None = None
-    temperature: Float = Field(0.7, ge=0, le=2)
-    max_tokens: Int = Field(256, ge=1, le=100_000)
-
-
-class SocietyConfig(Strict):
-    """Learning agents (RLP, SAO) arrive in a later release; parsed now so
-    files that mention them get a clear message instead of a crash."""
-
-    model_config = ConfigDict(extra="allow")
-
-    enabled: bool = False
-    auto_generate_agents: bool = True
-    llm: SocietyLLMConfig | None = None
-
-    @model_validator(mode="after")
-    def _not_yet(self) -> SocietyConfig:
-        if self.enabled:
-            raise ValueError(
-                "society.enabled: true is not supported yet (the RLP/SAO learning agents are not "
-                "shipped in this version); the loop already runs an evolutionary and a Thompson-"
-                "sampling proposer. Set enabled: false"
-            )
-        return self
+# --------------------------------------------------------------------------- tracing
 
 
 class WeaveConfig(Strict):
@@ -652,7 +625,7 @@ class ConvergenceConfig(Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     legacy: LegacyConfig | None = None
     """the-convergence's cross-run tracking settings (see compat.py)."""
-    society: SocietyConfig = Field(default_factory=SocietyConfig)
+    society: SocietyConfig = Field(default_factory=lambda: SocietyConfig())
     tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
@@ -675,6 +648,9 @@ class ConvergenceConfig(Strict):
                              f"(have: {', '.join(list(self.search_space.parameters)[:20])})")
         if self.legacy is not None:
             self.legacy.apply(self)
+        if self.society.agents is not None and "algorithm" in self.optimization.model_fields_set:
+            raise At(("society", "agents"), f"replaces optimization.algorithm ({self.optimization.algorithm}) "
+                                            f"as the list of proposers; give one of them")
         return self
 
     def _execution_overrides(self) -> None:
@@ -751,6 +727,7 @@ def finite(x: float) -> bool:
 # the-convergence's sections are models built on the ones above; the package
 # __init__ imports this module first, so this import always finds them defined.
 from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig  # noqa: E402 - see above
+from convergence.config.society import SocietyConfig  # noqa: E402 - see above
 
 for _model in (TestCasesConfig, EvaluationConfig, ConvergenceConfig):
     _model.model_rebuild()

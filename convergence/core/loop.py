@@ -27,7 +27,7 @@ from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
 from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext
-from convergence.society.society import Society
+from convergence.society.society import AgentReport, Society
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.targets.base import Target
 from convergence.tracing import views as trace_views
@@ -41,6 +41,7 @@ class LoopEvents(Protocol):
     def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None: ...
     def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None: ...
     def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None: ...
+    def society_step(self, generation: int, reports: dict[str, AgentReport], new: list[TrialRecord]) -> None: ...
     def message(self, text: str) -> None: ...
 
 
@@ -55,6 +56,9 @@ class _NoEvents:
         pass
 
     def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
+        pass
+
+    def society_step(self, generation: int, reports: dict[str, AgentReport], new: list[TrialRecord]) -> None:
         pass
 
     def message(self, text: str) -> None:
@@ -107,7 +111,7 @@ class Optimizer:
             raise TestCaseError("no test cases: the optimization needs at least one")
         self.evaluator = Evaluator(self.cfg.evaluation, loaded.base_dir)
         self._case_order = {c.id: i for i, c in enumerate(self.cases)}
-        self.society = society or Society.from_config(self.cfg.optimization, self.space)
+        self.society = society or Society.from_config(self.cfg, self.space)
         self._target = target
         self.opt = self.cfg.optimization
         self.on_run_started: Callable[[int], None] | None = None
@@ -215,6 +219,7 @@ class Optimizer:
             any_success=any(r.call.ok for by_case in cached.values() for r in by_case.values()))
         await tracing.start_run(self.cfg.tracing.weave, self.store, study=study, run_id=run_id, seed=seed,
                                 config=self._written, resume=resume, notify=self.events.message)
+        await self.society.attach(self.store, await self.store.study_id(study))
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -236,6 +241,7 @@ class Optimizer:
             async with self.store.writing():
                 for gen in range(evo.generations):
                     rng = np.random.default_rng([seed, gen])
+                    self.society.reports = {}
                     if gen in stored_gens:
                         proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
                     else:
@@ -266,6 +272,8 @@ class Optimizer:
                         run_id, gen, gen_best.score if gen_best else None, mean, len(new)
                     )
                     self.events.generation_finished(gen, best, new)
+                    if self.society.reports:
+                        await self._society_learns(gen, new, history)
                     if self._all_failed.tripped:
                         stop_reason = self._all_failed.reason()
                         status = "failed"
@@ -303,6 +311,22 @@ class Optimizer:
             elapsed_seconds=elapsed, cached_cases=self._cached_hits, resumed=resume,
             all_failed_error=self._all_failed.error if self._all_failed.tripped else None,
         )
+
+    async def _society_learns(self, gen: int, new: list[TrialRecord], history: list[TrialRecord]) -> None:
+        """Agents learn from the generation's outcomes; what each did, and how many
+        of its proposals are in the run's top k (k = population size), is stored and shown."""
+        await self.society.learn(new, gen, self.run_id)
+        top = sorted(history, key=lambda t: -t.score)[: self.opt.evolution.population_size]
+        for name, r in self.society.reports.items():
+            r.in_top = sum(1 for t in top if t.proposer == name)
+            detail = {**r.detail, "in_top_k": r.in_top, "top_k": len(top)}
+            if r.error:
+                detail["error"] = self._redactor.text(r.error)
+            self.store.record_society(self.run_id, gen, name, share=r.share, asked=r.asked, proposed=r.proposed,
+                                      status=r.status, seconds=round(r.seconds, 3), detail=detail)
+        step = getattr(self.events, "society_step", None)
+        if step is not None:
+            step(gen, self.society.reports, new)
 
     def _warm_proposals(self, warm: list[dict[str, Any]], seen: set[str]) -> list[Proposal]:
         out = []

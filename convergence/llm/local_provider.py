@@ -15,11 +15,20 @@ before; runs must be reproducible under a seed, so we pay for the prompt.
 
 Prompting: Gemma 3 270M here is a *base* model, so messages become a plain
 completion prompt (see :func:`messages_to_prompt`).
+
+OpenAI options it honours beyond sampling: ``response_format`` (``json_schema``
+or ``json_object``) becomes a llama.cpp grammar, so the answer parses whatever
+the base model would rather say; ``logprobs``/``top_logprobs`` come back in the
+OpenAI chat shape (``choices[0].logprobs.content``), read from the logits row
+each token was sampled from (see :func:`_recording_llama_class`). LiteLLM
+(1.106) passes all three to a ``CustomLLM`` untouched in ``optional_params``.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
+import json
 import logging
 import os
 import threading
@@ -32,7 +41,7 @@ import numpy as np
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 if TYPE_CHECKING:
-    from llama_cpp import Llama
+    from llama_cpp import Llama, LlamaGrammar
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ LOCAL_MODEL = f"{PROVIDER}/{MODEL_NAME}"
 N_CTX = 2048
 DEFAULT_MAX_TOKENS = 256
 """A base model rarely emits EOS; without a cap one call would fill the context."""
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit for ``top_logprobs``; callers written for it stay within it."""
 
 _LOAD_LOCK = threading.Lock()
 _CALL_LOCK = threading.Lock()
@@ -49,6 +60,8 @@ _REGISTER_LOCK = threading.Lock()
 _llm: Llama | None = None
 _handler: Any = None
 _warned_params: set[str] = set()
+_recorder: _Recorder | None = None
+"""Set only while a call that asked for log-probs holds ``_CALL_LOCK``."""
 
 # LiteLLM option name -> llama-cpp ``create_completion`` argument.
 _SAMPLING_ARGS: dict[str, str] = {
@@ -64,6 +77,8 @@ _SAMPLING_ARGS: dict[str, str] = {
 }
 # Options LiteLLM adds on its own that have no meaning for an in-process model.
 _IGNORED_ARGS = frozenset({"max_retries", "stream", "n", "user", "extra_body", "timeout"})
+# Options read outside the sampling map (token cap, log-probs, grammar).
+_HANDLED_ARGS = frozenset({"max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "response_format"})
 
 
 def model_path() -> str:
@@ -79,9 +94,7 @@ def get_llama() -> Llama:
     if _llm is None:
         with _LOAD_LOCK:
             if _llm is None:
-                from llama_cpp import Llama
-
-                _llm = Llama(
+                _llm = _recording_llama_class()(
                     model_path=model_path(),
                     n_ctx=N_CTX,
                     n_threads=os.cpu_count() or 1,
@@ -132,23 +145,168 @@ def _completion_kwargs(optional_params: dict[str, Any]) -> dict[str, Any]:
             if name == "stop" and isinstance(value, str):
                 value = [value]
             out[_SAMPLING_ARGS[name]] = value
-        elif (name not in _IGNORED_ARGS and name not in _warned_params
-              and name not in ("max_tokens", "max_completion_tokens")):
+        elif name not in _IGNORED_ARGS and name not in _HANDLED_ARGS and name not in _warned_params:
             _warned_params.add(name)
             log.warning("%s ignores unsupported parameter %r", LOCAL_MODEL, name)
+    grammar = _response_grammar(optional_params.get("response_format"))
+    if grammar is not None:
+        out["grammar"] = grammar
     return out
 
 
+def _response_grammar(response_format: Any) -> LlamaGrammar | None:
+    """The grammar for OpenAI's ``response_format``; ``None`` for plain text.
+
+    ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` constrains
+    the answer to the schema, ``{"type": "json_object"}`` to any JSON object.
+    """
+    if response_format is None:
+        return None
+    kind = _field(response_format, "type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        from llama_cpp.llama_grammar import JSON_GBNF
+
+        return _grammar_from_gbnf(JSON_GBNF)
+    if kind == "json_schema":
+        schema = _field(_field(response_format, "json_schema"), "schema")
+        if not isinstance(schema, dict):
+            raise _bad_request("response_format json_schema needs a JSON Schema object in json_schema.schema")
+        # key order kept: the grammar emits properties in the schema's order
+        return _grammar_from_schema(json.dumps(schema, ensure_ascii=False, separators=(",", ":")))
+    raise _bad_request(f"unsupported response_format type {kind!r}; use json_schema, json_object or text")
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj[name]`` or ``obj.name``: LiteLLM hands over dicts or pydantic objects."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_from_schema(schema_json: str) -> LlamaGrammar:
+    """Cached: a target sends the same schema on every call, converting it each time is waste."""
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    except Exception as exc:  # the converter raises bare Exceptions; the caller needs a 400
+        raise _bad_request(f"response_format schema cannot be turned into a grammar: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=4)
+def _grammar_from_gbnf(gbnf: str) -> LlamaGrammar:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def _top_logprobs(optional_params: dict[str, Any]) -> int | None:
+    """How many alternatives to report per generated token; ``None`` when log-probs were not asked for."""
+    top = optional_params.get("top_logprobs")
+    if not optional_params.get("logprobs"):
+        if top:
+            raise _bad_request("top_logprobs needs logprobs=True")
+        return None
+    k = int(top or 0)
+    if not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise _bad_request(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top!r}")
+    return k
+
+
+def _bad_request(message: str) -> Exception:
+    import litellm
+
+    return litellm.BadRequestError(message=f"{LOCAL_MODEL}: {message}", model=LOCAL_MODEL, llm_provider=PROVIDER)
+
+
+class _Recorder:
+    """Each sampled token's log-prob and top alternatives during one generation."""
+
+    def __init__(self, top_k: int) -> None:
+        self.top_k = top_k
+        self.sampled: list[tuple[int, float, list[tuple[int, float]]]] = []
+
+    def add(self, token: int, row: np.ndarray) -> None:
+        x = row.astype(np.float64)
+        peak = float(x.max())
+        log_norm = float(np.log(np.exp(x - peak).sum()))  # as _log_softmax_at, so the numbers agree
+        top: list[tuple[int, float]] = []
+        if self.top_k:
+            best = np.argpartition(x, -self.top_k)[-self.top_k :]
+            best = best[np.argsort(-x[best], kind="stable")]
+            top = [(int(t), float(x[t] - peak - log_norm)) for t in best]
+        self.sampled.append((token, float(x[token] - peak - log_norm), top))
+
+
+def _recording_llama_class() -> type[Llama]:
+    """``Llama`` whose ``sample`` records log-probs while a :class:`_Recorder` is set.
+
+    llama-cpp's own ``logprobs`` needs ``logits_all=True``: every position of
+    every call normalised over the 262k vocabulary. Right after sampling, the
+    context still holds the row the token was drawn from, so reading it there
+    costs one log-softmax per generated token, no extra decode, and nothing
+    when no one asked. (Recording in ``sample`` is also the only place that
+    sees the last token: ``create_completion`` never evaluates it.)
+    """
+    import llama_cpp
+
+    class RecordingLlama(llama_cpp.Llama):
+        def sample(self, *args: Any, **kwargs: Any) -> int:
+            token = int(super().sample(*args, **kwargs))
+            recorder = _recorder
+            if recorder is not None:
+                idx = kwargs.get("idx")
+                row_idx = idx - self.n_tokens if idx is not None else -1  # the row Llama.sample used
+                ptr = llama_cpp.llama_get_logits_ith(self.ctx, row_idx)
+                recorder.add(token, np.ctypeslib.as_array(ptr, shape=(self.n_vocab(),)))
+            return token
+
+    return RecordingLlama
+
+
+def _logprobs_content(
+    llm: Llama, sampled: list[tuple[int, float, list[tuple[int, float]]]], n_tokens: int, text: str
+) -> list[dict[str, Any]]:
+    """OpenAI's ``choices[0].logprobs.content`` for the tokens behind ``text``.
+
+    ``n_tokens`` (llama-cpp's completion count) drops a sampled end-of-text
+    token; tokens starting at or past the end of ``text`` only spelled a stop
+    sequence that was cut, and are dropped too.
+    """
+    end = len(text.encode("utf-8"))
+    offset = 0
+    content: list[dict[str, Any]] = []
+    for token, logprob, top in sampled[:n_tokens]:
+        if offset >= end:
+            break
+        offset += len(llm.detokenize([token]))
+        alternatives = [_token_entry(llm, t, lp) for t, lp in top]
+        content.append({**_token_entry(llm, token, logprob), "top_logprobs": alternatives})
+    return content
+
+
+def _token_entry(llm: Llama, token: int, logprob: float) -> dict[str, Any]:
+    piece = llm.detokenize([token], special=True)
+    return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
+
+
 def _generate(
-    prompt: str, kwargs: dict[str, Any], cancel: threading.Event, timeout: float | None = None
-) -> dict[str, Any]:
-    """One llama.cpp completion under the call lock.
+    prompt: str,
+    kwargs: dict[str, Any],
+    cancel: threading.Event,
+    timeout: float | None = None,
+    top_logprobs: int | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """One llama.cpp completion under the call lock, and its OpenAI ``logprobs.content``
+    when ``top_logprobs`` is not ``None`` (0 = the generated tokens' log-probs only).
 
     ``timeout`` counts from when this call gets the model, not while it waits
     for other calls (the model serves one call at a time, so queueing is not
     slowness). Generation stops at the next token on timeout or when
     ``cancel`` is set (the awaiting task was cancelled).
     """
+    global _recorder
     from llama_cpp import StoppingCriteriaList
 
     llm = get_llama()
@@ -160,14 +318,24 @@ def _generate(
         def should_stop(_ids: Any, _logits: Any) -> bool:
             return cancel.is_set() or (deadline is not None and time.monotonic() > deadline)
 
-        llm.reset()  # see "Determinism" in the module docstring
-        out = llm.create_completion(prompt, stopping_criteria=StoppingCriteriaList([should_stop]), **kwargs)
+        recorder = _Recorder(top_logprobs) if top_logprobs is not None else None
+        _recorder = recorder
+        try:
+            llm.reset()  # see "Determinism" in the module docstring
+            out: dict[str, Any] = llm.create_completion(  # type: ignore[assignment]
+                prompt, stopping_criteria=StoppingCriteriaList([should_stop]), **kwargs
+            )
+        finally:
+            _recorder = None
         if deadline is not None and time.monotonic() > deadline:
             raise _timeout_error(f"no answer within {timeout:g}s")
-        return out  # type: ignore[return-value]
+        if recorder is None:
+            return out, None
+        n_tokens = int((out.get("usage") or {}).get("completion_tokens", len(recorder.sampled)))
+        return out, _logprobs_content(llm, recorder.sampled, n_tokens, out["choices"][0].get("text", ""))
 
 
-def _check_model(model: str) -> None:
+def check_model(model: str) -> None:
     """Only the embedded model exists under ``local/``; say so instead of
     silently answering with it."""
     if model.removeprefix(f"{PROVIDER}/") != MODEL_NAME:
@@ -186,12 +354,14 @@ def _timeout_error(detail: str) -> Exception:
     return litellm.Timeout(message=f"{LOCAL_MODEL}: {detail}", model=LOCAL_MODEL, llm_provider=PROVIDER)
 
 
-def _fill_response(model_response: Any, out: dict[str, Any]) -> Any:
-    from litellm.types.utils import Usage
+def _fill_response(model_response: Any, out: dict[str, Any], logprobs: list[dict[str, Any]] | None) -> Any:
+    from litellm.types.utils import ChoiceLogprobs, Usage
 
     choice = out["choices"][0]
     model_response.choices[0].message.content = choice.get("text", "")
     model_response.choices[0].finish_reason = choice.get("finish_reason") or "stop"
+    if logprobs is not None:
+        model_response.choices[0].logprobs = ChoiceLogprobs(content=logprobs)
     usage = out.get("usage") or {}
     prompt_tokens = int(usage.get("prompt_tokens", 0))
     completion_tokens = int(usage.get("completion_tokens", 0))
@@ -222,27 +392,30 @@ def _make_handler() -> Any:
         """LiteLLM handler for ``local/...`` model strings."""
 
         def completion(self, model: str, messages: list, *args: Any, **kw: Any) -> Any:
-            _check_model(model)
-            optional_params = kw.get("optional_params") or {}
-            prompt = messages_to_prompt(messages)
-            limit = _timeout_seconds(kw.get("timeout"))
-            out = _generate(prompt, _completion_kwargs(optional_params), threading.Event(), limit)
-            return _fill_response(kw["model_response"], out)
-
-        async def acompletion(self, model: str, messages: list, *args: Any, **kw: Any) -> Any:
-            _check_model(model)
+            check_model(model)
             optional_params = kw.get("optional_params") or {}
             prompt = messages_to_prompt(messages)
             kwargs = _completion_kwargs(optional_params)
+            top_logprobs = _top_logprobs(optional_params)
+            limit = _timeout_seconds(kw.get("timeout"))
+            out, logprobs = _generate(prompt, kwargs, threading.Event(), limit, top_logprobs)
+            return _fill_response(kw["model_response"], out, logprobs)
+
+        async def acompletion(self, model: str, messages: list, *args: Any, **kw: Any) -> Any:
+            check_model(model)
+            optional_params = kw.get("optional_params") or {}
+            prompt = messages_to_prompt(messages)
+            kwargs = _completion_kwargs(optional_params)
+            top_logprobs = _top_logprobs(optional_params)
             limit = _timeout_seconds(kw.get("timeout"))
             cancel = threading.Event()
             try:
-                out = await anyio.to_thread.run_sync(
-                    _generate, prompt, kwargs, cancel, limit, abandon_on_cancel=True
+                out, logprobs = await anyio.to_thread.run_sync(
+                    _generate, prompt, kwargs, cancel, limit, top_logprobs, abandon_on_cancel=True
                 )
             finally:
                 cancel.set()  # an abandoned worker stops at its next token
-            return _fill_response(kw["model_response"], out)
+            return _fill_response(kw["model_response"], out, logprobs)
 
     return LocalLlamaLLM()
 

@@ -1,15 +1,25 @@
 """The society: proposers work concurrently, each on its share of the slots;
 their proposals are merged in a fixed order and de-duplicated against
-everything the study has already seen."""
+everything the study has already seen.
+
+An agent that raises or runs past ``society.agent_timeout_seconds`` yields
+its slots to the others for that generation (reported, the run goes on).
+LLM agents are asked once per generation; the numeric agents fill what
+they leave (and re-propose duplicates), so a slow LLM agent delays a
+generation by at most its timeout.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
-import numpy as np
 
-from convergence.config.models import OptimizationConfig
+from convergence.config.models import ConvergenceConfig, OptimizationConfig
+from convergence.config.society import ALGORITHM_AGENTS, SocietyConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
 from convergence.society.bandit import BanditProposer, RandomProposer
@@ -41,75 +51,185 @@ async def agent_step(proposer: Proposer, ctx: ProposalContext, k: int) -> list[C
     return await proposer.propose(ctx, k)
 
 
+@dataclass(slots=True)
+class AgentReport:
+    """What one agent did in one generation (console, store, report)."""
+
+    agent: str
+    share: float
+    asked: int = 0
+    proposed: int = 0
+    status: str = "idle"
+    """ok | failed | timeout | idle (asked for nothing, or chose not to propose)"""
+    seconds: float = 0.0
+    error: str | None = None
+    in_top: int = 0
+    """How many of the run's top-k configurations this agent proposed (set by the loop)."""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
 class Society:
-    def __init__(self, members: list[tuple[Proposer, float]], space: SearchSpace):
+    def __init__(self, members: list[tuple[Proposer, float]], space: SearchSpace, *,
+                 timeout_seconds: float | None = None):
         self.members = members
         self.space = space
+        self.timeout_seconds = timeout_seconds
+        self.reports: dict[str, AgentReport] = {}
+        """The last generation's report per agent."""
 
     @classmethod
-    def from_config(cls, cfg: OptimizationConfig, space: SearchSpace) -> Society:
-        evo = EvolutionaryProposer(cfg.evolution)
-        bandit = BanditProposer(cfg.mab, space)
-        by_algorithm: dict[str, list[tuple[Proposer, float]]] = {
-            "mab_evolution": [(evo, 0.5), (bandit, 0.5)],
-            "genetic": [(evo, 1.0)],
-            "mab_only": [(bandit, 1.0)],
-            "random": [(RandomProposer(), 1.0)],
-        }
-        members = by_algorithm[cfg.algorithm]
-        return cls(members, space)
+    def from_config(cls, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Society:
+        """The roster of ``optimization.algorithm``, or the enabled society's agents."""
+        opt = cfg.optimization if isinstance(cfg, ConvergenceConfig) else cfg
+        soc = cfg.society if isinstance(cfg, ConvergenceConfig) else SocietyConfig()
+        roster = soc.roster(opt.algorithm) if soc.enabled else ALGORITHM_AGENTS[opt.algorithm]
+        members = [(build_agent(name, cfg, space), share) for name, share in roster.items()]
+        return cls(members, space, timeout_seconds=soc.agent_timeout_seconds if soc.enabled else None)
 
     def set_shares(self, shares: dict[str, float]) -> None:
         """Learners (synergy, PPO) re-weight who proposes what through this."""
         self.members = [(p, shares.get(p.name, s)) for p, s in self.members]
 
+    @property
+    def shares(self) -> dict[str, float]:
+        total = sum(s for _, s in self.members) or 1.0
+        return {p.name: s / total for p, s in self.members}
+
+    async def attach(self, store: Any, study_id: int) -> None:
+        """Give agents with memory their persisted state (policy, replay buffer)."""
+        from convergence.society.memory import AgentMemory
+
+        for proposer, _ in self.members:
+            restore = getattr(proposer, "restore", None)
+            if restore is not None:
+                await restore(AgentMemory(store, study_id, proposer.name))
+
     async def propose(self, ctx: ProposalContext, n: int, *, max_rounds: int = 5) -> list[Proposal]:
         """Up to ``n`` new, distinct, in-space proposals. Duplicates are asked
-        for again (a few rounds), then filled by random sampling; fewer than
-        ``n`` only when the space is exhausted."""
+        for again (a few rounds, numeric agents only), then filled by random
+        sampling; fewer than ``n`` only when the space is exhausted."""
         out: list[Proposal] = []
         seen = set(ctx.seen)
+        shares = self.shares
+        reports = {p.name: AgentReport(p.name, shares[p.name]) for p, _ in self.members}
+        out_of_play: set[str] = set()
         for round_ in range(max_rounds):
             need = n - len(out)
             if need <= 0:
                 break
-            counts = allot(need, [s for _, s in self.members])
-            results: list[list[Config]] = [[] for _ in self.members]
-
-            async def run(
-                results: list[list[Config]], i: int, proposer: Proposer, k: int, rng: np.random.Generator
-            ) -> None:
-                if k:
-                    results[i] = await agent_step(
-                        proposer, ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history, rng, seen), k
-                    )
-
+            active = [(p, s) for p, s in self.members if p.name not in out_of_play
+                      and (round_ == 0 or not getattr(p, "uses_llm", False))]
+            if not active:
+                break
+            counts = allot(need, [s for _, s in active])
+            results: list[list[Config]] = [[] for _ in active]
             # one child generator per member and round: results do not depend on scheduling
             rngs = ctx.rng.spawn(len(self.members))
+            by_name = {p.name: rngs[i] for i, (p, _) in enumerate(self.members)}
             async with anyio.create_task_group() as tg:
-                for i, ((proposer, _), k) in enumerate(zip(self.members, counts, strict=True)):
-                    tg.start_soon(run, results, i, proposer, k, rngs[i])
-            for (proposer, _), configs in zip(self.members, results, strict=True):
+                for i, ((proposer, _), k) in enumerate(zip(active, counts, strict=True)):
+                    if k:
+                        sub = ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history,
+                                              by_name[proposer.name], seen)
+                        tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name])
+            for i, ((proposer, _), configs) in enumerate(zip(active, results, strict=True)):
+                report = reports[proposer.name]
+                if report.status in ("failed", "timeout"):
+                    out_of_play.add(proposer.name)
                 for c in configs:
-                    self._take(c, proposer.name, seen, out, n)
+                    if self._take(c, proposer.name, seen, out, n):
+                        report.proposed += 1
+                del i
             if round_ == max_rounds - 1 or len(out) >= n:
                 break
         attempts = 0
         while len(out) < n and attempts < 50 * n and len(seen) < self.space.size():
             self._take(self.space.sample(ctx.rng), "random", seen, out, n)
             attempts += 1
+        for proposer, _ in self.members:
+            summary = getattr(proposer, "summary", None)
+            if summary is not None:
+                reports[proposer.name].detail = summary()
+        self.reports = reports
         return out
 
-    def _take(self, config: Config, proposer: str, seen: set[str], out: list[Proposal], n: int) -> None:
+    async def _run_agent(self, proposer: Proposer, ctx: ProposalContext, k: int, results: list[list[Config]],
+                         i: int, report: AgentReport) -> None:
+        """One agent's turn, bounded by the society's timeout; its failure is
+        reported, never raised (the others' proposals stand)."""
+        report.asked += k
+        start = time.perf_counter()
+        limit = self.timeout_seconds if self.timeout_seconds is not None else float("inf")
+        try:
+            with anyio.move_on_after(limit) as scope:
+                results[i] = await agent_step(proposer, ctx, k)
+            if scope.cancelled_caught:
+                report.status, report.error = "timeout", f"no proposals within {limit:g}s"
+            elif report.status not in ("failed", "timeout"):
+                report.status = "ok" if results[i] else "idle"
+        except Exception as exc:  # noqa: BLE001 - an agent's bug must not stop the run
+            report.status, report.error = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
+        report.seconds += time.perf_counter() - start
+
+    async def learn(self, trials: Sequence[TrialRecord], generation: int, run_id: int | None = None) -> None:
+        """Agents that learn from outcomes with I/O (LLM log-probs) do it here,
+        concurrently and under the same timeout; failures are reported."""
+
+        async def one(proposer: Proposer) -> None:
+            learn = getattr(proposer, "learn", None)
+            if learn is None:
+                return
+            report = self.reports.setdefault(proposer.name, AgentReport(proposer.name, self.shares[proposer.name]))
+            start = time.perf_counter()
+            limit = self.timeout_seconds if self.timeout_seconds is not None else float("inf")
+            try:
+                with anyio.move_on_after(limit) as scope:
+                    await learn(trials, generation, run_id)
+                if scope.cancelled_caught:
+                    report.error = f"learning took longer than {limit:g}s (skipped this generation)"
+            except Exception as exc:  # noqa: BLE001 - an agent's bug must not stop the run
+                report.error = f"learning failed: {type(exc).__name__}: {str(exc)[:300]}"
+            report.seconds += time.perf_counter() - start
+            summary = getattr(proposer, "summary", None)
+            if summary is not None:
+                report.detail = summary()
+
+        async with anyio.create_task_group() as tg:
+            for proposer, _ in self.members:
+                tg.start_soon(one, proposer)
+
+    def _take(self, config: Config, proposer: str, seen: set[str], out: list[Proposal], n: int) -> bool:
         if len(out) >= n or not self.space.contains(config):
-            return
+            return False
         c = self.space.canonical(config)
         h = config_hash(c)
         if h in seen:
-            return
+            return False
         seen.add(h)
         out.append(Proposal(c, h, proposer))
+        return True
 
     def observe(self, trials: Sequence[TrialRecord]) -> None:
         for proposer, _ in self.members:
             proposer.observe(trials)
+
+
+def build_agent(name: str, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Proposer:
+    """A built-in agent by name (the plugin registry will extend this table)."""
+    opt = cfg.optimization if isinstance(cfg, ConvergenceConfig) else cfg
+    if name == "evolution":
+        return EvolutionaryProposer(opt.evolution)
+    if name == "bandit":
+        return BanditProposer(opt.mab, space)
+    if name == "random":
+        return RandomProposer()
+    if name == "rlp" and isinstance(cfg, ConvergenceConfig):
+        from convergence.llm.agent_client import LLMClient
+        from convergence.society.rlp_agent import RLPAgent
+
+        llm = cfg.society.llm
+        rlp = cfg.society.rlp
+        client = LLMClient(rlp.model_name or llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
+                           timeout_seconds=llm.timeout_seconds, max_retries=llm.max_retries)
+        return RLPAgent(rlp, client, space, answer_tokens=llm.max_tokens, answer_temperature=llm.temperature)
+    raise ValueError(f"unknown agent {name!r}")

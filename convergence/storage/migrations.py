@@ -104,6 +104,42 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE case_results ADD COLUMN wall_ms REAL;
         """,
     ),
+    (
+        4,
+        """
+        -- the agent society: what agents learn outlives a run (per study), and what each did per generation
+        CREATE TABLE agent_experience (         -- an agent's replay buffer, per study, across runs
+            id INTEGER PRIMARY KEY,
+            study_id INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            run_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            reward REAL,
+            data_json TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX agent_experience_by_agent ON agent_experience(study_id, agent, id);
+        CREATE TABLE agent_memory (             -- an agent's learned state (policy, normaliser), per study
+            study_id INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            state_json TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (study_id, agent)
+        ) WITHOUT ROWID;
+        CREATE TABLE society_log (              -- what each agent did in each generation
+            run_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            share REAL NOT NULL,
+            asked INTEGER NOT NULL,             -- slots the agent was asked for
+            proposed INTEGER NOT NULL,          -- proposals of its that were kept (new, in-space)
+            status TEXT NOT NULL,               -- ok | failed | timeout | idle
+            seconds REAL NOT NULL,
+            detail_json TEXT,
+            PRIMARY KEY (run_id, generation, agent)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

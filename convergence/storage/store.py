@@ -80,6 +80,32 @@ class GenerationRow:
     finished_at: float | None
 
 
+@dataclass(slots=True, frozen=True)
+class ExperienceRow:
+    """One entry of an agent's replay buffer (``agent_experience``, schema version 4)."""
+
+    id: int
+    run_id: int
+    generation: int
+    reward: float | None
+    data: dict[str, Any]
+    created_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class SocietyRow:
+    """What one agent did in one generation (``society_log``, schema version 4)."""
+
+    generation: int
+    agent: str
+    share: float
+    asked: int
+    proposed: int
+    status: str
+    seconds: float
+    detail: dict[str, Any] | None
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 """Built once: ``json.dumps`` with arguments builds a new encoder per call,
 and ``_dump`` runs for every case result."""
@@ -115,6 +141,27 @@ _SQL_TRIAL = (
     "cost_usd=excluded.cost_usd, latency_ms=excluded.latency_ms, n_cases=excluded.n_cases, "
     "n_errors=excluded.n_errors, thresholds_passed=excluded.thresholds_passed, "
     "finished_at=excluded.finished_at"
+)
+
+
+_SQL_EXPERIENCE = (
+    "INSERT INTO agent_experience(study_id, agent, run_id, generation, reward, data_json, created_at) "
+    "VALUES (?,?,?,?,?,?,?)"
+)
+_SQL_PRUNE_EXPERIENCE = (
+    "DELETE FROM agent_experience WHERE study_id=? AND agent=? AND id <= ("
+    "SELECT id FROM agent_experience WHERE study_id=? AND agent=? ORDER BY id DESC LIMIT 1 OFFSET ?)"
+)
+_SQL_AGENT_MEMORY = (
+    "INSERT INTO agent_memory(study_id, agent, state_json, updated_at) VALUES (?,?,?,?) "
+    "ON CONFLICT(study_id, agent) DO UPDATE SET state_json=excluded.state_json, updated_at=excluded.updated_at"
+)
+_SQL_SOCIETY = (
+    "INSERT INTO society_log(run_id, generation, agent, share, asked, proposed, status, seconds, detail_json) "
+    "VALUES (?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT(run_id, generation, agent) DO UPDATE SET share=excluded.share, asked=excluded.asked, "
+    "proposed=excluded.proposed, status=excluded.status, seconds=excluded.seconds, "
+    "detail_json=excluded.detail_json"
 )
 
 
@@ -240,8 +287,8 @@ def _describe_owner(owner: str, heartbeat_at: float | None) -> tuple[bool, str]:
 class Store:
     """Async repository over the project database.
 
-    Case results, generations and trials are buffered and made durable by a
-    group-commit writer (``writing()``) as soon as it is free. While a run is
+    Case results, generations, trials and the agent society's rows are
+    buffered and made durable by a group-commit writer (``writing()``) as soon as it is free. While a run is
     tracked (``track_run``), every commit also writes the run's totals and
     renews its lease, so a killed run keeps every paid call and second."""
 
@@ -302,6 +349,24 @@ class Store:
             row = await cur.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def study_id(self, name: str) -> int:
+        """The id of study ``name``, created if missing: agents key what they
+        learn by study, so it outlives (and is shared by) the study's runs."""
+        async with self._db.execute("SELECT id FROM studies WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            return int(row[0])
+        # committed at once: an open transaction on this connection would block the writer
+        await self._db.commit()
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            sid = await self._study_id(name)
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        return sid
 
     async def start_run(
         self, study: str, config: dict[str, Any], seed: int | None, config_path: str | None,
@@ -433,6 +498,39 @@ class Store:
             (run_id, trial.config_hash, trial.generation, trial.proposer, _dump(trial.config), trial.status,
              trial.score, _dump(trial.metrics), _dump(trial.normalized), trial.cost_usd, trial.latency_ms,
              trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time()),
+        )
+
+    # The agent society's rows go through the same writer: committed in order
+    # with the run's rows, and dropped with them once another process owns the run.
+    # JSON is encoded here, not at commit: agents keep mutating the dicts they pass.
+
+    def record_experience(
+        self, study_id: int, agent: str, run_id: int, generation: int, data: dict[str, Any], reward: float | None
+    ) -> None:
+        """Append to ``agent``'s replay buffer for the study (kept across runs)."""
+        self._writer.add(_SQL_EXPERIENCE, (study_id, agent, run_id, generation, reward, _dump(data), time.time()))
+
+    def prune_experiences(self, study_id: int, agent: str, keep: int) -> None:
+        """Delete all but the newest ``keep`` experiences of ``agent`` in the study
+        (a bounded replay buffer); ordered after every experience recorded before it."""
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, not {keep}")  # SQLite reads a negative OFFSET as 0
+        self._writer.add(_SQL_PRUNE_EXPERIENCE, (study_id, agent, study_id, agent, keep))
+
+    def save_agent_memory(self, study_id: int, agent: str, state: dict[str, Any]) -> None:
+        """Replace ``agent``'s learned state for the study (policy, normaliser)."""
+        self._writer.add(_SQL_AGENT_MEMORY, (study_id, agent, _dump(state), time.time()))
+
+    def record_society(
+        self, run_id: int, generation: int, agent: str, *, share: float, asked: int, proposed: int, status: str,
+        seconds: float, detail: dict[str, Any] | None,
+    ) -> None:
+        """What ``agent`` did in ``generation``; a resumed run that records the
+        generation again replaces the row (last wins)."""
+        self._writer.add(
+            _SQL_SOCIETY,
+            (run_id, generation, agent, share, asked, proposed, status, seconds,
+             None if detail is None else _dump(detail)),
         )
 
     def touch(self) -> None:
@@ -613,6 +711,44 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return [RunTraceRecord(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
+
+    async def experiences(self, study_id: int, agent: str, limit: int | None = None) -> list[ExperienceRow]:
+        """``agent``'s replay buffer for the study, oldest first; with ``limit``,
+        only the newest ``limit`` entries (still oldest first). Committed rows only."""
+        sql = (
+            "SELECT id, run_id, generation, reward, data_json, created_at FROM agent_experience "
+            "WHERE study_id = ? AND agent = ? ORDER BY id DESC"
+        )
+        args: tuple[Any, ...] = (study_id, agent)
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, not {limit}")  # SQLite reads a negative LIMIT as none
+            sql += " LIMIT ?"
+            args += (limit,)
+        async with self._db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [ExperienceRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in list(rows)[::-1]]
+
+    async def agent_memory(self, study_id: int, agent: str) -> dict[str, Any] | None:
+        """``agent``'s last saved state for the study (None: it has learned nothing yet)."""
+        async with self._db.execute(
+            "SELECT state_json FROM agent_memory WHERE study_id = ? AND agent = ?", (study_id, agent)
+        ) as cur:
+            row = await cur.fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def society_log(self, run_id: int) -> list[SocietyRow]:
+        """What each agent did in each generation of the run, by generation then agent."""
+        async with self._db.execute(
+            "SELECT generation, agent, share, asked, proposed, status, seconds, detail_json FROM society_log "
+            "WHERE run_id = ? ORDER BY generation, agent",
+            (run_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            SocietyRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if r[7] is None else json.loads(r[7]))
+            for r in rows
+        ]
 
     async def test_case_inputs(self, run_id: int) -> dict[str, Any]:
         async with self._db.execute(

@@ -1,0 +1,1 @@
+"""Optional capabilities with a public Python API (``convergence.plugins.learning``)."""

@@ -1,0 +1,1 @@
+"""Learning systems of the agent society: RLP (reasoning rewarded by information gain)."""

@@ -1,0 +1,109 @@
+"""RLP's reasoning strategies: what a thought is asked to consider, and where
+its answer may land.
+
+A strategy is a cue for the thought *and* a restriction of the answer's
+schema, so the policy over strategies (what RLP learns) changes what is
+proposed even when the LLM's thought is weak: ``exploit`` answers near the
+best configuration, ``explore`` among values never tried, ``recombine``
+among the values of the top configurations; ``fix_weakest`` names the best
+configuration's weakest metric; ``free`` is the whole space. Without
+history (or when a restriction would leave nothing), the whole space.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from convergence.core.space import Dimension, SearchSpace
+from convergence.core.types import TrialRecord
+from convergence.society.answer import grid
+
+Allowed = dict[str, list[Any] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    name: str
+    cue: str
+    """What the thought is asked to reason about (``{weakest}`` is filled in)."""
+    restrict: Callable[[SearchSpace, Sequence[TrialRecord]], Allowed]
+
+
+def _best(history: Sequence[TrialRecord], k: int) -> list[TrialRecord]:
+    return sorted((t for t in history if t.usable), key=lambda t: -t.score)[:k]
+
+
+def _neighbours(d: Dimension, value: Any, values: list[Any]) -> list[Any]:
+    if value not in values:
+        return values
+    i = values.index(value)
+    if d.kind == "categorical":
+        return [value]  # an unordered choice has no neighbours: keep the winner's
+    return values[max(0, i - 1): i + 2]
+
+
+def _exploit(space: SearchSpace, history: Sequence[TrialRecord]) -> Allowed:
+    best = _best(history, 1)
+    if not best:
+        return {}
+    out: Allowed = {}
+    for name, d in space.dims.items():
+        values = grid(d)
+        out[name] = _neighbours(d, best[0].config.get(name), values) if values else None
+    return out
+
+
+def _explore(space: SearchSpace, history: Sequence[TrialRecord]) -> Allowed:
+    out: Allowed = {}
+    for name, d in space.dims.items():
+        values = grid(d)
+        if not values:
+            out[name] = None
+            continue
+        used = Counter(t.config.get(name) for t in history)
+        fewest = min(used.get(v, 0) for v in values)
+        out[name] = [v for v in values if used.get(v, 0) == fewest]
+    return out
+
+
+def _recombine(space: SearchSpace, history: Sequence[TrialRecord]) -> Allowed:
+    top = _best(history, 3)
+    if len(top) < 2:
+        return {}
+    out: Allowed = {}
+    for name, d in space.dims.items():
+        values = grid(d)
+        seen = [v for v in (values or []) if any(t.config.get(name) == v for t in top)]
+        out[name] = seen or None
+    return out
+
+
+def _whole(space: SearchSpace, history: Sequence[TrialRecord]) -> Allowed:
+    return {}
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "exploit": Strategy("exploit", "Refine the best configuration: keep what works and change one value slightly.",
+                        _exploit),
+    "explore": Strategy("explore", "Probe values that have not been tried yet, to learn what they do.", _explore),
+    "recombine": Strategy("recombine", "Combine the strengths of the top configurations.", _recombine),
+    "fix_weakest": Strategy("fix_weakest", "Improve the weakest metric of the best configuration: {weakest}.",
+                            _whole),
+    "free": Strategy("free", "Decide what is most worth trying next.", _whole),
+}
+
+
+def weakest_metric(history: Sequence[TrialRecord]) -> str:
+    """The best configuration's lowest normalised metric, in words."""
+    best = _best(history, 1)
+    if not best or not best[0].normalized:
+        return "none measured yet"
+    name, value = min(best[0].normalized.items(), key=lambda kv: kv[1])
+    return f"{name} (normalised {value:.2f} of 1)"
+
+
+def cue(strategy: Strategy, history: Sequence[TrialRecord]) -> str:
+    return strategy.cue.format(weakest=weakest_metric(history)) if "{weakest}" in strategy.cue else strategy.cue

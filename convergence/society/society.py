@@ -131,7 +131,7 @@ class Society:
                     if k:
                         sub = ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history,
                                               by_name[proposer.name], seen)
-                        tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name])
+                        tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name], round_ == 0)
             for i, ((proposer, _), configs) in enumerate(zip(active, results, strict=True)):
                 report = reports[proposer.name]
                 if report.status in ("failed", "timeout"):
@@ -154,10 +154,12 @@ class Society:
         return out
 
     async def _run_agent(self, proposer: Proposer, ctx: ProposalContext, k: int, results: list[list[Config]],
-                         i: int, report: AgentReport) -> None:
+                         i: int, report: AgentReport, first: bool) -> None:
         """One agent's turn, bounded by the society's timeout; its failure is
-        reported, never raised (the others' proposals stand)."""
-        report.asked += k
+        reported, never raised (the others' proposals stand). ``asked`` counts
+        the agent's share of the first round (re-asks for duplicates are not slots)."""
+        if first:
+            report.asked = k
         start = time.perf_counter()
         limit = self.timeout_seconds if self.timeout_seconds is not None else float("inf")
         try:

@@ -1,0 +1,125 @@
+"""The society as a user sees it: shares split the slots, an agent that raises
+or hangs yields its slots and the run goes on (reported), the society log
+is stored, and the advantage formulas match hand-computed values."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from test_loop import SPACE, make_config
+
+from convergence.core.loop import Optimizer
+from convergence.core.types import Config, TrialRecord
+from convergence.plugins.learning.gae import RunningNorm, gae, group_advantages
+from convergence.society.base import ProposalContext
+from convergence.society.society import Society, build_agent
+from convergence.storage.store import Store
+
+pytestmark = pytest.mark.anyio
+
+
+class Broken:
+    name = "broken"
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
+        raise RuntimeError("agent bug")
+
+    def observe(self, trials: Sequence[TrialRecord]) -> None:
+        pass
+
+
+class Hangs:
+    name = "hangs"
+    uses_llm = True
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
+        await anyio.sleep(3600)
+        return []
+
+    def observe(self, trials: Sequence[TrialRecord]) -> None:
+        pass
+
+
+async def test_an_agent_that_raises_or_hangs_yields_its_slots_and_the_run_goes_on(tmp_path: Path) -> None:
+    loaded = make_config(tmp_path, SPACE + """
+optimization:
+  seed: 4
+  evolution: {population_size: 6, generations: 3, elite_size: 2}
+  execution: {early_stopping: {enabled: false}}
+""")
+    cfg = loaded.config
+    space_members: list[Any] = [(build_agent("evolution", cfg, _space(cfg)), 0.4), (Broken(), 0.3), (Hangs(), 0.3)]
+    society = Society(space_members, _space(cfg), timeout_seconds=0.5)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        with anyio.fail_after(30):
+            out = await Optimizer(loaded, store, society=society).run()
+        log = await store.society_log(out.run_id)
+    finally:
+        await store.close()
+    assert out.status == "finished" and out.generations_run == 3
+    # every generation still got its full set of proposals, all from the working agent (or random fill)
+    for g in range(3):
+        assert len([t for t in out.trials if t.generation == g]) == (6 if g == 0 else 4)
+    assert {t.proposer for t in out.trials} <= {"evolution", "random"}
+    by = {(r.generation, r.agent): r for r in log}
+    assert by[(1, "broken")].status == "failed" and "agent bug" in by[(1, "broken")].detail["error"]
+    assert by[(1, "hangs")].status == "timeout" and by[(1, "hangs")].seconds < 5
+    assert by[(1, "evolution")].status == "ok" and by[(1, "evolution")].proposed == 4
+
+
+def _space(cfg: Any) -> Any:
+    from convergence.core.space import SearchSpace
+
+    return SearchSpace.from_config(cfg.search_space)
+
+
+async def test_shares_decide_who_proposes(tmp_path: Path) -> None:
+    loaded = make_config(tmp_path, SPACE + """
+optimization:
+  seed: 5
+  evolution: {population_size: 10, generations: 2, elite_size: 2}
+  execution: {early_stopping: {enabled: false}}
+society:
+  enabled: true
+  agents: {evolution: 0.75, bandit: 0.25}
+""")
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store).run()
+        log = await store.society_log(out.run_id)
+    finally:
+        await store.close()
+    gen1 = {r.agent: r for r in log if r.generation == 1}
+    assert gen1["evolution"].asked == 6 and gen1["bandit"].asked == 2
+    assert gen1["evolution"].share == pytest.approx(0.75)
+
+
+def test_group_advantage_matches_the_rlp_formula() -> None:
+    # A_i = G/(G-1) (r_i - mean r): G = 4, mean 1.0
+    assert group_advantages([0.0, 1.0, 2.0, 1.0]) == pytest.approx([-4 / 3, 0.0, 4 / 3, 0.0])
+    assert group_advantages([5.0]) == [0.0]
+
+
+def test_gae_matches_hand_computed_values() -> None:
+    r, v, nv, g, lam = [1.0, 0.0, 2.0], [0.5, 0.2, 0.1], 0.3, 0.99, 0.95
+    d2 = 2.0 + g * 0.3 - 0.1            # 2.197
+    d1 = 0.0 + g * 0.1 - 0.2            # -0.101
+    d0 = 1.0 + g * 0.2 - 0.5            # 0.698
+    a2 = d2
+    a1 = d1 + g * lam * a2
+    a0 = d0 + g * lam * a1
+    assert gae(r, v, nv, g, lam) == pytest.approx([a0, a1, a2])
+    assert gae(r, v, nv, g, lam) == pytest.approx([2.5463, 1.9653, 2.197], abs=1e-3)
+
+
+def test_running_norm_is_welford_and_round_trips() -> None:
+    n = RunningNorm()
+    n.update([1.0, 2.0, 3.0, 4.0])
+    assert n.mean == pytest.approx(2.5) and n.std == pytest.approx(1.2909944)
+    assert RunningNorm.from_dict(n.to_dict()) == n
+    assert n.normalize(2.5) == 0.0

@@ -17,6 +17,7 @@ from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig, OutputConfig
 from convergence.core.space import SearchSpace
 from convergence.reporting.model import GenerationSummary, RunReport
+from convergence.reporting.society import summarize_society
 from convergence.storage.store import RunNotFoundError, RunRow, Store
 
 
@@ -117,7 +118,18 @@ async def build_report(store: Store, run_id: int) -> RunReport:
     report.metric_weights = weights
     report.parameters = params or sorted({k for t in trials for k in t.config})
     report.resolved_best = resolved_best
+    report.society = summarize_society(await store.society_log(run_id), trials,
+                                       enabled=_society_enabled(run, cfg))
     return report
+
+
+def _society_enabled(run: RunRow, cfg: ConvergenceConfig | None) -> bool:
+    """Whether the run had ``society.enabled`` on (read from the stored YAML
+    when it no longer validates)."""
+    if cfg is not None:
+        return cfg.society.enabled
+    section = run.config.get("society") if isinstance(run.config, dict) else None
+    return isinstance(section, dict) and section.get("enabled") is True
 
 
 async def write_run_outputs(

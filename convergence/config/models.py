@@ -574,10 +574,11 @@ class ExportBestConfig(Strict):
     output_path: Text | None = None
 
 
-Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality"]
+Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality", "society"]
 ReportFormat = Literal["json", "markdown", "csv"]
 _DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("json", "markdown", "csv")
-_DEFAULT_VISUALIZATIONS: tuple[Visualization, ...] = ("score_over_time", "cost_vs_quality", "parameter_importance")
+_DEFAULT_VISUALIZATIONS: tuple[Visualization, ...] = (
+    "score_over_time", "cost_vs_quality", "parameter_importance", "society")
 
 
 class OutputConfig(Strict):

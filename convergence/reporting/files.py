@@ -20,15 +20,19 @@ from convergence.reporting.export import EXTENSIONS, export_config
 from convergence.reporting.importance import parameter_importance
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import pareto_front
+from convergence.reporting.society import AgentSummary, SocietyReport
 
 TOP_N = 10
 FRONT_ROWS = 50
 """The Markdown lists at most this many front trials; results.json has them all."""
+THOUGHT_ROWS = 40
+"""The Markdown lists a reasoning agent's latest this many thoughts; results.json has them all."""
 PLOT_TITLES: dict[str, str] = {
     "score_over_time": "Score over generations",
     "cost_vs_quality": "Cost vs quality",
     "parameter_importance": "Parameter importance",
     "pareto_front": "Pareto front",
+    "society": "Society: shares and scores by agent",
 }
 
 
@@ -84,6 +88,7 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
         "pareto_front": [asdict(t) for t in front],
         "generations": [asdict(g) for g in report.generation_summaries()],
         "parameter_importance": importance,
+        "society": None if report.society is None else asdict(report.society),
         "trials": [asdict(t) for t in trials],
     }
     return _clean(doc)
@@ -145,9 +150,12 @@ def write_csv(report: RunReport, trials: list[TrialRecord], path: Path) -> Path:
 # --------------------------------------------------------------------------- markdown
 
 
+_DASH = "\u2013"  # an en dash: no value
+
+
 def _num(x: float | None) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "\u2013"  # an en dash: no value
+        return _DASH
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
@@ -186,6 +194,60 @@ def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool)
                      + [_num(t.cost_usd)] + ([_num(t.latency_ms)] if own_latency else [])
                      + [_md(t.config.get(p, ""), 40) for p in report.parameters])
     return _table(header, rows)
+
+
+def _shares(agent: AgentSummary) -> str:
+    first, last = agent.generations[0].share, agent.generations[-1].share
+    return f"{first:.0%}" if f"{first:.0%}" == f"{last:.0%}" else f"{first:.0%} → {last:.0%}"
+
+
+def _failures(agent: AgentSummary) -> str:
+    parts = ([f"{agent.failures} failed"] if agent.failures else []) + (
+        [f"{agent.timeouts} timed out"] if agent.timeouts else [])
+    return ", ".join(parts) or "0"
+
+
+def society_markdown(society: SocietyReport) -> list[str]:
+    """The "Society" section: one row per agent, then each reasoning agent's
+    parse rate, reward, policy and thoughts in short."""
+    k = society.top_k
+    out = ["## Society", "",
+           ("Who proposed each generation's configurations, and how they did" if society.enabled
+            else "The society was off: these are the agents of `optimization.algorithm`")
+           + (f"; top-k: how many of the run's best {k} configurations each agent proposed." if k else "."), ""]
+    out += _table(
+        ["agent", "share", "proposed / asked", "trials", "mean score", "best", "top-k", "failures", "time (s)"],
+        [[_md(a.name), _shares(a), f"{a.proposed}/{a.asked}", str(a.n_trials), _num(a.mean_score),
+          _num(a.best_score), _DASH if a.in_top_k is None else f"{a.in_top_k}/{a.top_k or k or '?'}",
+          _failures(a), f"{a.seconds:.1f}"] for a in society.agents]) + [""]
+    errors = [f"- **{_md(a.name)}** last error: {_md(a.last_error, 200)}" for a in society.agents if a.last_error]
+    out += errors + ([""] if errors else [])
+    for a in society.agents:
+        r = a.reasoning
+        if r is None:
+            continue
+        out += [f"### {_md(a.name)}: reasoning", ""]
+        if r.parse_rate is not None:
+            repaired = f", {r.repaired} after a repair" if r.repaired else ""
+            out.append(f"- **Parse rate:** {r.parse_rate:.0%} ({r.answers - r.invalid} of {r.answers} answers "
+                       f"parsed{repaired})")
+        if r.mean_reward is not None:
+            out.append(f"- **Mean reward:** {r.mean_reward:+.3f} ({_md(r.reward_method or 'unknown method')})")
+        if r.policy:
+            ranked = sorted(r.policy.items(), key=lambda kv: -kv[1])
+            out.append("- **Policy:** " + " · ".join(f"{_md(s)} {p:.2f}" for s, p in ranked))
+        out.append(f"- **LLM time:** {r.llm_seconds:.1f} s")
+        out += [f"- Note: {_md(n, 200)}" for n in r.notes[:5]]
+        shown = r.thoughts[-THOUGHT_ROWS:]
+        if shown:
+            more = len(r.thoughts) - len(shown)
+            out += ["", f"Thoughts{f' (latest {len(shown)} of {len(r.thoughts)}; all in results.json)' if more else ''}"
+                    " — outcome per proposal: best / high / low (vs the run's median) / failed:", ""]
+            out += _table(["gen", "strategy", "thought", "outcomes", "reward"],
+                          [[str(t.generation + 1), _md(t.strategy), _md(t.text), _md(", ".join(t.outcomes) or _DASH),
+                            _DASH if t.reward is None else f"{t.reward:+.3f}"] for t in shown])
+        out.append("")
+    return out
 
 
 def render_markdown(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
@@ -227,6 +289,8 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
         ["generation", "best", "mean", "trials", "new"],
         [[str(g.number + 1), _num(g.best_score), _num(g.mean_score), str(g.n_trials), str(g.n_new)]
          for g in report.generation_summaries()]) + [""]
+    if report.society is not None:
+        out += society_markdown(report.society)
     out += ["## Parameter importance", "",
             "Share of the score's variance each parameter explains on its own (grouped by value, "
             "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "
@@ -244,12 +308,31 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
 # --------------------------------------------------------------------------- all
 
 
-_CHARTS: dict[str, Callable[[RunReport, dict[str, float]], plots.Chart]] = {
+def _society_chart(report: RunReport) -> plots.Panels:
+    assert report.society is not None, "drawn only for a run with a society log"
+    return plots.society_chart(report.society, report)
+
+
+_CHARTS: dict[str, Callable[[RunReport, dict[str, float]], plots.Chart | plots.Panels]] = {
     "score_over_time": lambda r, imp: plots.score_over_time(r),
     "cost_vs_quality": lambda r, imp: plots.cost_vs_quality(r),
     "parameter_importance": lambda r, imp: plots.importance_chart(imp, r),
     "pareto_front": lambda r, imp: plots.pareto_chart(r),
+    "society": lambda r, imp: _society_chart(r),
 }
+
+
+def plot_kinds(report: RunReport, cfg: OutputConfig) -> list[str]:
+    """The asked plots this run can draw. ``society`` needs a society log;
+    from the default list (``visualizations`` not set) it also needs the
+    society switched on, so a plain run keeps its usual plots."""
+    kinds: list[str] = []
+    for name in dict.fromkeys(cfg.visualizations):
+        if name == "society" and (report.society is None or not (
+                report.society.enabled or "visualizations" in cfg.model_fields_set)):
+            continue
+        kinds.append(name)
+    return kinds
 
 
 def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[Path]:
@@ -266,7 +349,7 @@ def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[P
     written: list[Path] = []
 
     plot_files: list[Path] = []
-    for name in dict.fromkeys(cfg.visualizations):
+    for name in plot_kinds(report, cfg):
         files = plots.render(_CHARTS[name](report, importance), out_dir / name, cfg.plot_format)
         plot_files.append(files[0])
         written += [f for f in files if f not in written]

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from convergence.core.types import Config, TrialRecord
+from convergence.reporting.society import SocietyReport
 
 
 @dataclass(slots=True, frozen=True)
@@ -78,6 +79,8 @@ class RunReport:
     total_calls: int = 0
     total_cost_usd: float = 0.0
     elapsed_seconds: float = 0.0
+    society: SocietyReport | None = None
+    """What each agent of the society proposed and how it did (None: no society log)."""
 
     @property
     def usable(self) -> list[TrialRecord]:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,9 +19,13 @@ from convergence.core.types import TrialRecord
 from convergence.reporting.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import LOWER, non_dominated
+from convergence.reporting.society import SocietyReport
 
 SeriesKind = Literal["dots", "line", "step", "barh"]
 PLOTLY_JS = "plotly.min.js"
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf")
+"""matplotlib's tab10, as hex so plotly draws the same colours."""
 
 
 @dataclass(slots=True)
@@ -35,6 +39,8 @@ class Series:
     emphasis: bool = False
     step_where: Literal["post", "pre"] = "post"
     """``post``: horizontal then vertical, so a front's corners are points it attains."""
+    color: str | None = None
+    """Fixed colour (hex), so one agent looks the same in every panel."""
 
 
 @dataclass(slots=True)
@@ -47,6 +53,15 @@ class Chart:
     """Shown under the title, e.g. why latency stands in for cost."""
     integer_x: bool = False
     """Whole-number ticks on the x axis (generations)."""
+
+
+@dataclass(slots=True)
+class Panels:
+    """Charts stacked in one file over a shared x axis; a series name shared
+    between panels is one legend entry."""
+
+    title: str
+    charts: list[Chart]
 
 
 # --------------------------------------------------------------------------- data
@@ -174,65 +189,128 @@ def importance_chart(importance: dict[str, float], report: RunReport) -> Chart:
     )
 
 
+def society_chart(society: SocietyReport, report: RunReport) -> Panels:
+    """Each agent's share of the slots per generation, and its proposals'
+    scores (dots, spread a little per agent) with their per-generation mean."""
+    shares, scores = [], []
+    n = len(society.agents)
+    for i, agent in enumerate(society.agents):
+        color = PALETTE[i % len(PALETTE)]
+        gens = agent.generations
+        xs = [float(g.generation + 1) for g in gens]
+        shares.append(Series(agent.name, xs, [g.share for g in gens], "line", color=color))
+        mine = [t for t in report.usable if t.proposer == agent.name]
+        offset = 0.08 * (i - (n - 1) / 2)  # side by side, not on top of each other
+        scores.append(Series(agent.name, [t.generation + 1 + offset for t in mine], [t.score for t in mine],
+                             "dots", [trial_label(t) for t in mine], color=color))
+        scored = [g for g in gens if g.n_trials]
+        scores.append(Series(agent.name, [float(g.generation + 1) for g in scored],
+                             [g.mean_score for g in scored], "line", color=color))
+    return Panels(
+        title=f"Society — {report.study}, run {report.run_id}",
+        charts=[Chart("Share of each generation's slots", "generation", "share of slots", shares, integer_x=True),
+                Chart("Scores of each agent's proposals (line: generation mean)", "generation", "score", scores,
+                      integer_x=True)],
+    )
+
+
 # --------------------------------------------------------------------------- render
 
 
-def render_png(chart: Chart, path: Path) -> list[Path]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 5.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+def _draw_png(ax: Any, chart: Chart, x_label: bool = True) -> None:
+    labelled: set[str] = set()
     for s in chart.series:
-        color = "tab:red" if s.emphasis else None
+        color = "tab:red" if s.emphasis else s.color
+        label = None if s.name in labelled else s.name  # one legend entry per name
+        labelled.add(s.name)
         if s.kind == "dots":
-            ax.scatter(s.x, s.y, s=16, alpha=0.55, label=s.name, color=color)
+            ax.scatter(s.x, s.y, s=16, alpha=0.55, label=label, color=color)
         elif s.kind == "line":
-            ax.plot(s.x, s.y, marker="o", label=s.name, color=color)
+            ax.plot(s.x, s.y, marker="o", label=label, color=color)
         elif s.kind == "step":
-            ax.step(s.x, s.y, where=s.step_where, marker="o", label=s.name, color=color, linewidth=2)
+            ax.step(s.x, s.y, where=s.step_where, marker="o", label=label, color=color, linewidth=2)
         else:
-            ax.barh(s.y, s.x, label=s.name, color="tab:blue")
-    title = chart.title + (f"\n({chart.note})" if chart.note else "")
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel(chart.x_label)
+            ax.barh(s.y, s.x, label=label, color="tab:blue")
+    ax.set_title(chart.title + (f"\n({chart.note})" if chart.note else ""), fontsize=11)
+    if x_label:
+        ax.set_xlabel(chart.x_label)
     ax.set_ylabel(chart.y_label)
     if chart.integer_x:
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    if len(chart.series) > 1:
+    if len(labelled) > 1:
         ax.legend(loc="best", fontsize=9)
+
+
+def render_png(chart: Chart | Panels, path: Path) -> list[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    charts = chart.charts if isinstance(chart, Panels) else [chart]
+    fig = Figure(figsize=(9, 5.5 if len(charts) == 1 else 3.6 * len(charts) + 0.6), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(charts), 1, sharex=True, squeeze=False)[:, 0]
+    if isinstance(chart, Panels):
+        fig.suptitle(chart.title, fontsize=12)
+    for i, (ax, c) in enumerate(zip(axes, charts, strict=True)):
+        _draw_png(ax, c, x_label=i == len(charts) - 1)  # a shared x axis: labelled once, at the bottom
     fig.tight_layout()
     with atomic_path(path) as tmp:  # never a half-written PNG at the final path
         fig.savefig(tmp, format="png")
     return [path]
 
 
-def render_html(chart: Chart, path: Path) -> list[Path]:
+def render_html(chart: Chart | Panels, path: Path) -> list[Path]:
     """Interactive plotly page; plotly.js is written once beside it so the
     page works offline without a 4 MB copy per plot."""
     try:
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise RuntimeError("plot_format: html needs plotly: pip install plotly") from exc
 
-    fig = go.Figure()
-    for s in chart.series:
-        if s.kind == "barh":
-            fig.add_trace(go.Bar(x=list(s.x), y=list(s.y), orientation="h", name=s.name))
-            continue
-        mode = "markers" if s.kind == "dots" else "lines+markers"
-        marker = {"size": 11, "color": "crimson"} if s.emphasis else {"size": 7, "opacity": 0.6}
-        fig.add_trace(go.Scatter(
-            x=list(s.x), y=list(s.y), mode=mode, name=s.name, text=s.text,
-            line={"shape": "hv" if s.step_where == "post" else "vh"} if s.kind == "step" else None, marker=marker,
-            hovertemplate="%{text}<extra></extra>" if s.text else None,
-        ))
-    title = chart.title + (f"<br><sup>{chart.note}</sup>" if chart.note else "")
-    fig.update_layout(title=title, xaxis_title=chart.x_label, yaxis_title=chart.y_label, template="plotly_white")
+    charts = chart.charts if isinstance(chart, Panels) else [chart]
+    if isinstance(chart, Panels):
+        fig = make_subplots(rows=len(charts), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                            subplot_titles=[c.title for c in charts])
+        fig.update_layout(height=380 * len(charts) + 80)
+    else:
+        fig = go.Figure()
+    labelled: set[str] = set()
+    for row, c in enumerate(charts, 1):
+        where = {"row": row, "col": 1} if isinstance(chart, Panels) else {}
+        for s in c.series:
+            show = s.name not in labelled  # one legend entry per name; it toggles every panel
+            labelled.add(s.name)
+            if s.kind == "barh":
+                fig.add_trace(go.Bar(x=list(s.x), y=list(s.y), orientation="h", name=s.name), **where)
+                continue
+            mode = "markers" if s.kind == "dots" else "lines+markers"
+            if s.emphasis:
+                marker: dict[str, Any] = {"size": 11, "color": "crimson"}
+            else:
+                marker = {"size": 7, "opacity": 0.6, **({"color": s.color} if s.color else {})}
+            line: dict[str, Any] = {"color": s.color} if s.color and not s.emphasis else {}
+            if s.kind == "step":
+                line["shape"] = "hv" if s.step_where == "post" else "vh"
+            fig.add_trace(go.Scatter(
+                x=list(s.x), y=list(s.y), mode=mode, name=s.name, text=s.text, line=line or None, marker=marker,
+                hovertemplate="%{text}<extra></extra>" if s.text else None,
+                **({"legendgroup": s.name, "showlegend": show} if where else {}),
+            ), **where)
+        if isinstance(chart, Panels):
+            fig.update_yaxes(title_text=c.y_label, row=row, col=1)
+            if row == len(charts):
+                fig.update_xaxes(title_text=c.x_label, row=row, col=1)
+            if c.integer_x:
+                fig.update_xaxes(dtick=1, row=row, col=1)
+    if isinstance(chart, Panels):
+        fig.update_layout(title=chart.title, template="plotly_white")
+    else:
+        title = chart.title + (f"<br><sup>{chart.note}</sup>" if chart.note else "")
+        fig.update_layout(title=title, xaxis_title=chart.x_label, yaxis_title=chart.y_label, template="plotly_white")
     bundle = write_plotly_js(path.parent)
     # A relative src, as include_plotlyjs="directory" would write, but the
     # bundle is ours to write atomically (plotly skips an existing, maybe
@@ -256,6 +334,6 @@ def write_plotly_js(directory: Path) -> Path:
     return bundle
 
 
-def render(chart: Chart, path_without_suffix: Path, fmt: Literal["png", "html"]) -> list[Path]:
+def render(chart: Chart | Panels, path_without_suffix: Path, fmt: Literal["png", "html"]) -> list[Path]:
     path = path_without_suffix.with_suffix("." + fmt)
     return render_png(chart, path) if fmt == "png" else render_html(chart, path)

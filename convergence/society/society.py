@@ -132,14 +132,13 @@ class Society:
                         sub = ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history,
                                               by_name[proposer.name], seen)
                         tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name], round_ == 0)
-            for i, ((proposer, _), configs) in enumerate(zip(active, results, strict=True)):
+            for (proposer, _), configs in zip(active, results, strict=True):
                 report = reports[proposer.name]
                 if report.status in ("failed", "timeout"):
                     out_of_play.add(proposer.name)
                 for c in configs:
                     if self._take(c, proposer.name, seen, out, n):
                         report.proposed += 1
-                del i
             if round_ == max_rounds - 1 or len(out) >= n:
                 break
         attempts = 0

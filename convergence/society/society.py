@@ -131,7 +131,8 @@ class Society:
                     if k:
                         sub = ProposalContext(ctx.space, ctx.generation, ctx.population, ctx.history,
                                               by_name[proposer.name], seen)
-                        tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name], round_ == 0)
+                        tg.start_soon(self._run_agent, proposer, sub, k, results, i, reports[proposer.name],
+                                      round_ == 0)
             for (proposer, _), configs in zip(active, results, strict=True):
                 report = reports[proposer.name]
                 if report.status in ("failed", "timeout"):

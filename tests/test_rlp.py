@@ -166,3 +166,17 @@ society:
         assert again.rlp_step == agent.rlp_step
     finally:
         await store.close()
+
+
+def test_the_python_example_in_docs_society_runs(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "society.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", doc, re.S)
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "information gain (nats):" in done.stdout and "measured by prompt" in done.stdout

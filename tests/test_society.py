@@ -12,6 +12,7 @@ import anyio
 import pytest
 from test_loop import SPACE, make_config
 
+from convergence.cli.traces import build_tree
 from convergence.core.loop import Optimizer
 from convergence.core.types import Config, TrialRecord
 from convergence.plugins.learning.gae import RunningNorm, gae, group_advantages
@@ -59,9 +60,13 @@ optimization:
         with anyio.fail_after(30):
             out = await Optimizer(loaded, store, society=society).run()
         log = await store.society_log(out.run_id)
+        tree = await build_tree(store, out.run_id)
     finally:
         await store.close()
     assert out.status == "finished" and out.generations_run == 3
+    # `convergence traces RUN` shows what each agent did per generation
+    gen2 = {a["agent"]: a for a in tree["generations"][1]["society"]}
+    assert gen2["broken"]["status"] == "failed" and gen2["hangs"]["status"] == "timeout"
     # every generation still got its full set of proposals, all from the working agent (or random fill)
     for g in range(3):
         assert len([t for t in out.trials if t.generation == g]) == (6 if g == 0 else 4)

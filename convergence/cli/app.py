@@ -115,7 +115,7 @@ async def _optimize(
             f"[bold]Convergence[/] study [cyan]{escape(cfg.study_name)}[/]: {t.type} target, "
             f"{len(optimizer.space.names)} parameter(s), {len(optimizer.cases)} test case(s), "
             f"{cfg.optimization.evolution.generations} generation(s) x {cfg.optimization.evolution.population_size}, "
-            f"concurrency {cfg.optimization.execution.concurrency}, algorithm {cfg.optimization.algorithm}"
+            f"concurrency {cfg.optimization.execution.concurrency}, {society_line(cfg)}"
         )
         try:
             with RichEvents(console, quiet) as events:
@@ -214,6 +214,7 @@ def validate(config: Path = ConfigArg) -> None:
         + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
         f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
         f"up to {evo.generations * evo.population_size * n_cases} calls",
+        f"  proposers: {society_line(cfg)}",
     ]
     for line in out:
         console.print(line, highlight=False, emoji=False)
@@ -418,3 +419,15 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def society_line(cfg: Any) -> str:
+    """Who proposes: the algorithm's agents, or the society's with their shares and LLM."""
+    soc, opt = cfg.society, cfg.optimization
+    if not soc.enabled:
+        return f"algorithm {opt.algorithm}"
+    roster = ", ".join(f"{k} {v:g}" for k, v in soc.roster(opt.algorithm).items())
+    line = f"society: {roster}"
+    if soc.uses_llm(opt.algorithm):
+        line += f" (LLM {soc.rlp.model_name or soc.llm.model}, G={soc.rlp.G}, thought_length={soc.rlp.thought_length})"
+    return line

@@ -32,6 +32,15 @@ async def build_tree(
     trials = await store.trials(run_id)
     results = await store.case_results(run_id)
     traces = await store.run_traces(run_id)
+    society: dict[int, list[dict[str, Any]]] = {}
+    for row in await store.society_log(run_id):
+        d = row.detail or {}
+        society.setdefault(row.generation, []).append({
+            "agent": row.agent, "status": row.status, "share": row.share, "asked": row.asked,
+            "proposed": row.proposed, "seconds": row.seconds, "error": d.get("error"),
+            "in_top_k": d.get("in_top_k"), "thoughts": d.get("thoughts", []), "mean_reward": d.get("mean_reward"),
+            "reward_method": d.get("reward_method"), "policy": d.get("policy"),
+        })
     out_gens: list[dict[str, Any]] = []
     for g in gens:
         if generation is not None and g.number != generation:
@@ -62,7 +71,8 @@ async def build_tree(
         out_gens.append({
             "generation": g.number, "started_at": g.started_at, "finished_at": g.finished_at,
             "seconds": (g.finished_at - g.started_at) if g.finished_at else None,
-            "best_score": g.best_score, "mean_score": g.mean_score, "trials": out_trials,
+            "best_score": g.best_score, "mean_score": g.mean_score, "society": society.get(g.number, []),
+            "trials": out_trials,
         })
     return {
         "run": {"id": run.id, "study": run.study, "status": run.status, "stop_reason": run.stop_reason,
@@ -99,6 +109,22 @@ def render_tree(tree: dict[str, Any]) -> Any:
             f"[bold]generation {g['generation'] + 1}[/] - {len(g['trials'])} trial(s), best {_fmt(g['best_score'])}, "
             f"mean {_fmt(g['mean_score'])}, {_fmt(g['seconds'], '.2f')}s"
         )
+        if g.get("society"):
+            snode = gnode.add("society")
+            for a in g["society"]:
+                line = (f"{escape(a['agent'])} {a['status']}: {a['proposed']}/{a['asked']} proposed, "
+                        f"share {a['share']:.2f}, top-k {a['in_top_k'] if a['in_top_k'] is not None else '-'}, "
+                        f"{a['seconds']:.2f}s")
+                if a["error"]:
+                    line += f" [red]{escape(_clip(a['error'], 100))}[/]"
+                if a["mean_reward"] is not None:
+                    line += f", mean reward {a['mean_reward']:+.3f} ({escape(str(a['reward_method']))})"
+                anode = snode.add(line)
+                for th in a["thoughts"]:
+                    reward = th.get("reward")
+                    anode.add(f"[{escape(str(th.get('strategy')))}] \"{escape(_clip(th.get('thought') or '', 90))}\""
+                              + (f" -> {escape(', '.join(th.get('outcomes') or []))}" if th.get("outcomes") else "")
+                              + (f", reward {reward:+.3f}" if reward is not None else ""))
         for t in g["trials"]:
             metrics = " ".join(f"{k}={v:.4g}" for k, v in t["metrics"].items())
             style = "red" if t["n_errors"] else "green"

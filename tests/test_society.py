@@ -128,3 +128,23 @@ def test_running_norm_is_welford_and_round_trips() -> None:
     assert n.mean == pytest.approx(2.5) and n.std == pytest.approx(1.2909944)
     assert RunningNorm.from_dict(n.to_dict()) == n
     assert n.normalize(2.5) == 0.0
+
+
+def test_validate_and_optimize_refuse_a_society_llm_without_its_key_or_an_unknown_local_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convergence.config.preflight import preflight
+
+    monkeypatch.delenv("SOCIETY_KEY_FOR_TEST", raising=False)
+    loaded = make_config(tmp_path, SPACE + """
+society:
+  enabled: true
+  llm: {model: openai/gpt-4o-mini, api_key_env: SOCIETY_KEY_FOR_TEST}
+  rlp: {model_name: local/llama-9000}
+""")
+    problems = {p.field: p.message for p in preflight(loaded).problems}
+    assert "SOCIETY_KEY_FOR_TEST is not set" in problems["society.llm.api_key_env"]
+    assert "unknown local model 'local/llama-9000'" in problems["society.rlp.model_name"]
+    # the society off: its LLM is not needed, nothing to report
+    off = make_config(tmp_path, SPACE + "society:\n  llm: {model: x/y, api_key_env: SOCIETY_KEY_FOR_TEST}\n")
+    assert not preflight(off).problems

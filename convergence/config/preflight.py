@@ -143,6 +143,18 @@ def _env_vars(ctx: _Ctx) -> None:
         if judge is not None and judge.api_key_env and not os.environ.get(judge.api_key_env):
             ctx.add(("evaluation", "metrics", mname, "judge", "api_key_env"),
                     f"environment variable {judge.api_key_env} is not set (the judge needs it)")
+    soc = ctx.cfg.society
+    if soc.uses_llm(ctx.cfg.optimization.algorithm):
+        env = soc.llm.api_key_env
+        if env and not os.environ.get(env):
+            ctx.add(("society", "llm", "api_key_env"),
+                    f"environment variable {env} is not set (the society's LLM agents need it); export {env}=...")
+        from convergence.llm.local_provider import LOCAL_MODEL, PROVIDER
+
+        for loc, model in ((("society", "llm", "model"), soc.llm.model),
+                           (("society", "rlp", "model_name"), soc.rlp.model_name)):
+            if model and model.startswith(f"{PROVIDER}/") and model != LOCAL_MODEL:
+                ctx.add(loc, f"unknown local model {model!r}; the embedded model is {LOCAL_MODEL!r}")
 
 
 def _test_cases(ctx: _Ctx) -> None:

@@ -27,7 +27,9 @@ SECTION_NAMES = {
     "metrics": "the metrics",
     "test_cases": "the test cases",
     "optimization": "the optimization settings (algorithm, seed, evolution, bandit, early stopping)",
+    "society": "the society (agents, shares, LLM model, RLP settings)",
 }
+_FREE_SOCIETY_LLM_KEYS = ("api_key_env", "api_base", "timeout_seconds", "max_retries")
 
 
 def _digest(value: Any) -> str:
@@ -57,7 +59,17 @@ def run_fingerprint(cfg: ConvergenceConfig, written: dict[str, Any], cases: Sequ
         "metrics": _digest(evaluation),
         "test_cases": _digest([[c.id, c.input, c.expected] for c in cases]),
         "optimization": _digest(opt),
+        "society": _digest(_society(cfg)),
     }
+
+
+def _society(cfg: ConvergenceConfig) -> dict[str, Any]:
+    """Who proposes and how; where the LLM is served, its key, timeouts and
+    retries may change (like the target's)."""
+    soc = cfg.society.model_dump(mode="json", exclude={"agent_timeout_seconds"})
+    for key in _FREE_SOCIETY_LLM_KEYS:
+        soc["llm"].pop(key, None)
+    return soc
 
 
 def changed_sections(stored: str | None, current: dict[str, str]) -> list[str]:

@@ -339,3 +339,29 @@ def test_redactor_removes_secrets_by_key_value_and_shape() -> None:
     assert cleaned["text"] == f"called with {REDACTED} and {REDACTED}"
     assert r.text("header was Bearer abcdefghijkl") == f"header was Bearer {REDACTED}"
     assert is_secret_key("X-API-Key") and is_secret_key("github_token") and not is_secret_key("prompt_tokens")
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_each_rlp_step_is_a_traced_op_with_thoughts_outcomes_and_rewards(
+    project: tuple[Path, str], weave_server: RecordingServer
+) -> None:
+    root, module = project
+    path = write_config(root, module, enabled=True)
+    path.write_text(path.read_text() + textwrap.dedent("""
+        society:
+          enabled: true                  # genetic's evolution (70 %) and RLP (30 %)
+          rlp: {G: 1, thought_length: 12}
+        """))
+    outcome, _ = await run_optimization(path)
+    steps = [c for c in weave_server.calls().values() if op_name(c) == "convergence.rlp.step"]
+    assert steps, "every generation RLP proposed in has a traced learning step"
+    step = steps[0]
+    [thought] = step["inputs"]["thoughts"]
+    assert thought["strategy"] and "thought" in thought and thought["proposals"]
+    assert step["output"]["outcomes"] and step["output"]["rewards"]
+    assert step["output"]["method"] == "prompt"
+    proposes = [c for c in weave_server.calls().values() if op_name(c) == "convergence.propose.rlp"]
+    assert proposes and proposes[0]["inputs"]["agent"] == "rlp"
+    assert SECRET not in weave_server.everything()
+    assert outcome.status == "finished"

@@ -676,7 +676,12 @@ def semantic(name: str, data: dict) -> list[Variant]:
     s("legacy-session-empty", ("legacy", "session_id"), "")
     s("legacy-sqlite-dir", ("legacy", "sqlite_path"), "fz_dir", None if "storage" in data else "legacy.sqlite_path")
     # ---- society, tracing
-    s("society-enabled", ("society", "enabled"), True, "society")
+    s("society-agent-unknown", (), {**data, "society": {"enabled": True, "agents": {"nope": 1.0}}},
+      "society.agents.nope")
+    s("society-sao", ("society", "learning", "sao_enabled"), True)
+    s("society-share-negative", (), {**data, "society": {"enabled": True, "agents": {"rlp": -1.0}}},
+      "society.agents.rlp")
+    s("society-rlp-g", ("society", "rlp", "G"), 0)
     s("society-llm-temp", ("society", "llm", "temperature"), INF)
     s("weave-enabled-text", ("tracing", "weave", "enabled"), "sometimes")
     s("weave-project-empty", ("tracing", "weave", "project"), "")

@@ -417,10 +417,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 def society_line(cfg: Any) -> str:
     """Who proposes: the algorithm's agents, or the society's with their shares and LLM."""
     soc, opt = cfg.society, cfg.optimization
@@ -431,3 +427,8 @@ def society_line(cfg: Any) -> str:
     if soc.uses_llm(opt.algorithm):
         line += f" (LLM {soc.rlp.model_name or soc.llm.model}, G={soc.rlp.G}, thought_length={soc.rlp.thought_length})"
     return line
+
+
+if __name__ == "__main__":
+    main()
+

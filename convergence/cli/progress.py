@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from convergence.core.types import CaseResult, TrialRecord
@@ -80,7 +81,7 @@ class RichEvents:
             return
         parts = []
         for r in reports.values():
-            part = f"{r.agent} {r.proposed}/{r.asked}"
+            part = f"{escape(r.agent)} {r.proposed}/{r.asked}"
             if r.status in ("failed", "timeout"):
                 part += f" [red]{r.status}[/]"
             part += f" (top-k {r.in_top})"
@@ -88,7 +89,7 @@ class RichEvents:
         self.progress.console.print("  society: " + " · ".join(parts), highlight=False)
         for r in reports.values():
             if r.error:
-                self.progress.console.print(f"    [yellow]{r.agent}: {r.error}[/]", highlight=False)
+                self.progress.console.print(f"    [yellow]{escape(r.agent)}: {escape(r.error)}[/]", highlight=False)
             d = r.detail
             for t in d.get("thoughts", []):
                 text = t.get("thought") or "(empty thought)"
@@ -104,12 +105,12 @@ class RichEvents:
                 policy = d.get("policy") or {}
                 top = max(policy.items(), key=lambda kv: kv[1], default=None)
                 self.progress.console.print(
-                    f"    {r.agent}: {d['answers'] - d.get('invalid', 0)}/{d['answers']} answers parsed"
+                    f"    {escape(r.agent)}: {d['answers'] - d.get('invalid', 0)}/{d['answers']} answers parsed"
                     + (f", mean reward {mean:+.3f} ({d.get('reward_method')})" if mean is not None else "")
                     + (f", policy favours {top[0]} ({top[1]:.2f})" if top else "")
                     + f", LLM {d.get('llm_seconds', 0):.1f}s", highlight=False)
             for note in d.get("notes", []):
-                self.progress.console.print(f"    [yellow]{r.agent}: {note}[/]", highlight=False)
+                self.progress.console.print(f"    [yellow]{escape(r.agent)}: {escape(note)}[/]", highlight=False)
 
     def message(self, text: str) -> None:
         if not self.quiet:

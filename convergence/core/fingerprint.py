@@ -66,9 +66,14 @@ def run_fingerprint(cfg: ConvergenceConfig, written: dict[str, Any], cases: Sequ
 def _society(cfg: ConvergenceConfig) -> dict[str, Any]:
     """Who proposes and how; where the LLM is served, its key, timeouts and
     retries may change (like the target's)."""
+    if not cfg.society.enabled:
+        return {"enabled": False}  # settings of a society that is off change nothing
     soc = cfg.society.model_dump(mode="json", exclude={"agent_timeout_seconds"})
     for key in _FREE_SOCIETY_LLM_KEYS:
         soc["llm"].pop(key, None)
+    if not cfg.society.uses_llm(cfg.optimization.algorithm):
+        soc.pop("llm")
+        soc.pop("rlp")
     return soc
 
 

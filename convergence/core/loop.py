@@ -220,6 +220,9 @@ class Optimizer:
         await tracing.start_run(self.cfg.tracing.weave, self.store, study=study, run_id=run_id, seed=seed,
                                 config=self._written, resume=resume, notify=self.events.message)
         await self.society.attach(self.store, await self.store.study_id(study))
+        for problem in self.society.memory_errors:
+            self.events.message(self._redactor.text(problem))
+        self.society.time_left = budget.remaining_seconds
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -314,19 +317,30 @@ class Optimizer:
 
     async def _society_learns(self, gen: int, new: list[TrialRecord], history: list[TrialRecord]) -> None:
         """Agents learn from the generation's outcomes; what each did, and how many
-        of its proposals are in the run's top k (k = population size), is stored and shown."""
-        await self.society.learn(new, gen, self.run_id)
+        of its proposals are in the run's top k (k = population size), is stored and shown.
+        Nothing is learned once the budget is spent (learning calls the LLM too)."""
+        if not self.budget.exhausted:
+            spent = self.society.llm_cost_usd()
+            await self.society.learn(new, gen, self.run_id)
+            self.budget.charge(self.society.llm_cost_usd() - spent)
         top = sorted(history, key=lambda t: -t.score)[: self.opt.evolution.population_size]
         for name, r in self.society.reports.items():
             r.in_top = sum(1 for t in top if t.proposer == name)
+            if r.error:
+                r.error = self._redactor.text(r.error)
+            if r.detail.get("notes"):
+                r.detail["notes"] = [self._redactor.text(n) for n in r.detail["notes"]]
             detail = {**r.detail, "in_top_k": r.in_top, "top_k": len(top)}
             if r.error:
-                detail["error"] = self._redactor.text(r.error)
+                detail["error"] = r.error
             self.store.record_society(self.run_id, gen, name, share=r.share, asked=r.asked, proposed=r.proposed,
                                       status=r.status, seconds=round(r.seconds, 3), detail=detail)
         step = getattr(self.events, "society_step", None)
         if step is not None:
-            step(gen, self.society.reports, new)
+            try:
+                step(gen, self.society.reports, new)
+            except Exception as exc:  # noqa: BLE001 - a display hook must never stop the run
+                self.events.message(f"society display failed: {type(exc).__name__}: {exc}")
 
     def _warm_proposals(self, warm: list[dict[str, Any]], seen: set[str]) -> list[Proposal]:
         out = []
@@ -340,8 +354,13 @@ class Optimizer:
 
     @tracing.traced("convergence.propose", inputs=trace_views.propose_inputs, output=trace_views.proposals_view)
     async def _propose(self, gen: int, ctx: ProposalContext, n: int) -> list[Proposal]:
-        """The society's new proposals for one generation (a step of its own in a trace)."""
-        return await self.society.propose(ctx, n)
+        """The society's new proposals for one generation (a step of its own in a trace);
+        what its LLM calls cost is charged to the run's budget."""
+        spent = self.society.llm_cost_usd()
+        try:
+            return await self.society.propose(ctx, n)
+        finally:
+            self.budget.charge(self.society.llm_cost_usd() - spent)
 
     @tracing.traced("convergence.generation", inputs=trace_views.generation_inputs,
                     output=trace_views.generation_output)

@@ -43,6 +43,11 @@ def _retryable(exc: BaseException) -> bool:
                                        "ContextWindow", "UnsupportedParams"))
 
 
+def _refuses(exc: BaseException, param: str) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return param in text and ("unsupported" in text or "not support" in text or "badrequest" in text)
+
+
 def _refuses_response_format(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
     return ("response_format" in text or "json_schema" in text) and ("unsupported" in text or "badrequest" in text
@@ -72,8 +77,12 @@ class LLMClient:
         self.backoff_seconds = backoff_seconds
         self.structured = True
         """False once the provider refused ``response_format``."""
+        self.seeded = True
+        """False once the provider refused ``seed`` (answers are then not reproducible; said in the docs)."""
         self.calls = 0
         self.seconds = 0.0
+        self.cost_usd = 0.0
+        """LiteLLM's price of the calls so far (0 for the embedded model and unpriced servers)."""
 
     def _api_key(self) -> str | None:
         if self.api_key_env is None:
@@ -110,18 +119,18 @@ class LLMClient:
     ) -> Completion:
         """The model's continuation of ``prompt`` (a single user message; the
         embedded base model continues it verbatim)."""
-        from convergence.llm.client import acompletion, response_text, response_usage
+        from convergence.llm.client import acompletion, response_cost, response_text, response_usage
 
         params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
         if stop:
             params["stop"] = stop
-        if seed is not None:
-            params["seed"] = seed
         key = self._api_key()
         start = time.perf_counter()
 
         async def call(structured: bool) -> Any:
             extra = dict(params)
+            if seed is not None and self.seeded:
+                extra["seed"] = seed
             if structured and schema is not None:
                 extra["response_format"] = {"type": "json_schema",
                                             "json_schema": {"name": "configuration", "schema": schema}}
@@ -129,19 +138,27 @@ class LLMClient:
                                      api_key=key, timeout=self.timeout_seconds, **extra)
 
         try:
-            try:
-                resp = await self._with_retries(lambda: call(self.structured))
-            except Exception as exc:
-                if schema is None or not self.structured or not _refuses_response_format(exc):
-                    raise
-                self.structured = False
-                resp = await self._with_retries(lambda: call(False))
+            resp = None
+            for _ in range(3):  # at most: drop seed, drop response_format
+                try:
+                    resp = await self._with_retries(lambda: call(self.structured))
+                    break
+                except Exception as exc:
+                    if self.seeded and seed is not None and _refuses(exc, "seed"):
+                        self.seeded = False
+                    elif schema is not None and self.structured and _refuses_response_format(exc):
+                        self.structured = False
+                    else:
+                        raise
+            if resp is None:
+                raise AgentLLMError(f"{self.model}: refused every form of the request")
         except AgentLLMError:
             raise
         except Exception as exc:
             raise AgentLLMError(f"{self.model}: {type(exc).__name__}: {str(exc)[:300]}") from exc
         finally:
             self.seconds += time.perf_counter() - start
+        self.cost_usd += response_cost(resp)
         prompt_tokens, completion_tokens = response_usage(resp)
         return Completion(response_text(resp), prompt_tokens, completion_tokens, time.perf_counter() - start)
 
@@ -150,9 +167,14 @@ class LLMClient:
         token's ``top_logprobs`` elsewhere, ``value=None`` when the provider has none."""
         start = time.perf_counter()
         try:
-            self.calls += 1
-            return await logprob_of(self.model, prompt, continuation, api_base=self.api_base,
-                                    api_key=self._api_key(), timeout=self.timeout_seconds)
+            for attempt in range(self.max_retries + 1):
+                self.calls += 1
+                measured = await logprob_of(self.model, prompt, continuation, api_base=self.api_base,
+                                            api_key=self._api_key(), timeout=self.timeout_seconds)
+                if not measured.failed or attempt == self.max_retries:
+                    return measured
+                await anyio.sleep(min(30.0, self.backoff_seconds * 2**attempt))  # a transient error: back off
+            raise AssertionError("unreachable")  # pragma: no cover
         finally:
             self.seconds += time.perf_counter() - start
 

@@ -484,7 +484,8 @@ def continuation_logprob(prompt: str, continuation: str) -> float:
 
 async def acontinuation_logprob(prompt: str, continuation: str) -> float:
     """:func:`continuation_logprob` in a worker thread (the loop keeps running)."""
-    return await anyio.to_thread.run_sync(continuation_logprob, prompt, continuation)
+    # abandoned on cancel (an agent's timeout): the worker finishes its one decode and frees the model
+    return await anyio.to_thread.run_sync(continuation_logprob, prompt, continuation, abandon_on_cancel=True)
 
 
 def _log_softmax_at(row: np.ndarray, token: int) -> float:

@@ -35,6 +35,8 @@ class LogProb:
     the lowest listed log-prob, an upper bound. ``none``: no measurement."""
     detail: str = ""
     """Why ``none`` (the provider's error, or that it returned no log-probs)."""
+    failed: bool = False
+    """``none`` because the call raised (worth a retry), not because the provider has no log-probs."""
 
 
 async def logprob_of(
@@ -81,7 +83,7 @@ async def logprob_of(
             top_logprobs=top_k,
         )
     except Exception as exc:  # noqa: BLE001 - any provider failure means "no measurement", reported by the caller
-        return LogProb(None, "none", detail=_short(exc))
+        return LogProb(None, "none", detail=_short(exc), failed=True)
     top = _first_token_top_logprobs(resp)
     if not top:
         return LogProb(None, "none", detail="the provider returned no top_logprobs")

@@ -55,6 +55,8 @@ class _Pending:
     hashes: list[str]
     reference: list[float]
     """Scores of the run before this generation (what an outcome is relative to)."""
+    known: dict[str, TrialRecord]
+    """Answers that repeat an evaluated configuration: their outcome is already measured."""
 
 
 @dataclass(slots=True)
@@ -79,6 +81,8 @@ class RLPAgent(RLPMixin):
     def __init__(self, cfg: RLPConfig, llm: LLMClient, space: SearchSpace, answer_tokens: int = 256,
                  answer_temperature: float = 0.7):
         super().__init__(config=cfg, llm_provider=llm)
+        self.memory_key = f"rlp:{llm.model}"
+        """Memory is per model: log-probs (and so rewards) of different models are not comparable."""
         self.space = space
         self.answer_tokens = answer_tokens
         self.answer_temperature = answer_temperature
@@ -116,6 +120,7 @@ class RLPAgent(RLPMixin):
         per_thought = [n // g + (1 if i < n % g else 0) for i in range(g)]
         picks = self.sample_strategies(ctx.rng, g)
         reference = [t.score for t in ctx.history if t.usable]
+        history = {t.config_hash: t for t in ctx.history}
         pending: list[_Pending] = []
         out: list[Config] = []
         for i, ((strategy, prob), k) in enumerate(zip(picks, per_thought, strict=True)):
@@ -126,7 +131,8 @@ class RLPAgent(RLPMixin):
             allowed = STRATEGIES[strategy].restrict(self.space, ctx.history)
             configs = await self._answer(thought, k, allowed, seed + i + 1)
             hashes = [config_hash(self.space.canonical(c)) for c in configs]
-            pending.append(_Pending(thought, configs, hashes, reference))
+            known = {h: history[h] for h in hashes if h in history}
+            pending.append(_Pending(thought, configs, hashes, reference, known))
             out.extend(configs)
             self.report.thoughts.append({"strategy": strategy, "thought": thought.text, "proposals": len(configs)})
         self._pending[ctx.generation] = pending
@@ -209,35 +215,39 @@ class RLPAgent(RLPMixin):
     async def _learn_step(self, pending: list[_Pending], by_hash: dict[str, TrialRecord], generation: int,
                           run_id: int | None) -> dict[str, Any]:
         """Outcomes -> information-gain rewards -> policy update -> memory."""
-        thoughts: list[Thought] = []
-        rewards: list[float | None] = []
-        extras: list[dict[str, Any]] = []
-        methods: set[str] = set()
-        rows: list[dict[str, Any]] = []
+        measured: list[tuple[int, _Pending, list[tuple[Config, TrialRecord]], list[float], list[str],
+                             list[InformationGain]]] = []
         for i, p in enumerate(pending):
-            evaluated = [(c, by_hash[h]) for c, h in zip(p.configs, p.hashes, strict=True)
-                         if h in by_hash and by_hash[h].status != "partial"]
+            evaluated = [(c, by_hash.get(h) or p.known[h]) for c, h in zip(p.configs, p.hashes, strict=True)
+                         if h in by_hash or h in p.known]
+            evaluated = [(c, t) for c, t in evaluated if t.status != "partial"]
             if not evaluated:
-                continue  # de-duplicated away or cut by the budget: nothing was measured
+                continue  # cut by the budget: nothing was measured
             reference = p.reference + [t.score for t in by_hash.values() if t.usable]
-            gains: list[InformationGain] = []
             outcomes = [self.outcome_word(t, reference) for _, t in evaluated]
+            gains = []
             if self.rlp_config.use_logprobs:
                 for (c, _), word in zip(evaluated, outcomes, strict=True):
                     gains.append(await self.information_gain_reward(p.thought, config_text(c), word))
-            values = [g.value for g in gains if g.value is not None]
-            if values and len(values) == len(evaluated):
-                reward: float = sum(values) / len(values)
-                method = gains[0].method
+            measured.append((i, p, evaluated, reference, outcomes, gains))
+        # one unit per step: information gain for every thought, or the rank fallback for every thought
+        exact = bool(measured) and all(g and all(x.value is not None for x in g) for *_, g in measured)
+        methods = {x.method for *_, g in measured for x in g} if exact else {"rank_fallback"}
+        method = "/".join(sorted(methods))
+        if not exact and measured and self.rlp_config.use_logprobs and not self._warned_no_logprobs:
+            self._warned_no_logprobs = True
+            detail = next((x.detail for *_, g in measured for x in g if x.value is None), "")
+            self.report.notes.append(f"{self.rlp_llm.model} gave no usable log-probs ({detail[:120]}); "
+                                     f"RLP reward = rank fallback")
+        thoughts: list[Thought] = []
+        rewards: list[float | None] = []
+        extras: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        for i, p, evaluated, reference, outcomes, gains in measured:
+            if exact:
+                reward = sum(float(x) for x in gains) / len(gains)
             else:
                 reward = sum(self.rank_reward(t, reference) for _, t in evaluated) / len(evaluated)
-                method = "rank_fallback"
-                if self.rlp_config.use_logprobs and not self._warned_no_logprobs:
-                    self._warned_no_logprobs = True
-                    detail = next((g.detail for g in gains if g.value is None), "")
-                    self.report.notes.append(
-                        f"{self.rlp_llm.model} gave no log-probs ({detail[:120]}); RLP reward = rank fallback")
-            methods.add(method)
             if i < len(self.report.thoughts):
                 rows.append(self.report.thoughts[i])
             thoughts.append(p.thought)
@@ -250,10 +260,10 @@ class RLPAgent(RLPMixin):
             })
         if not thoughts:
             return {"experiences": 0}
-        info = self.update_rlp_policy(thoughts, rewards, data=extras)
-        new = list(self.rlp_buffer)[-len(thoughts):]
+        info = self.update_rlp_policy(thoughts, rewards, data=extras, method=method)
+        new = self.rlp_last
         self._record(new, generation, run_id)
-        self.report.method = "/".join(sorted(methods))
+        self.report.method = method
         self.report.mean_reward = info.get("mean_reward")
         for row, e in zip(rows, new, strict=False):
             row["reward"] = e.reward

@@ -12,7 +12,7 @@ generation by at most its timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,17 @@ class Society:
         self.timeout_seconds = timeout_seconds
         self.reports: dict[str, AgentReport] = {}
         """The last generation's report per agent."""
+        self.memory_errors: list[str] = []
+        self.time_left: Callable[[], float | None] = lambda: None
+        """The run's remaining seconds (the loop sets it): no agent outlives the run's budget."""
+
+    def _limit(self) -> float:
+        limits = [x for x in (self.timeout_seconds, self.time_left()) if x is not None]
+        return max(0.0, min(limits)) if limits else float("inf")
+
+    def llm_cost_usd(self) -> float:
+        """What the agents' LLM calls cost so far (charged to the run's budget by the loop)."""
+        return sum(float(getattr(getattr(p, "rlp_llm", None), "cost_usd", 0.0)) for p, _ in self.members)
 
     @classmethod
     def from_config(cls, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Society:
@@ -101,8 +112,15 @@ class Society:
 
         for proposer, _ in self.members:
             restore = getattr(proposer, "restore", None)
-            if restore is not None:
-                await restore(AgentMemory(store, study_id, proposer.name))
+            if restore is None:
+                continue
+            key = getattr(proposer, "memory_key", proposer.name)
+            try:
+                await restore(AgentMemory(store, study_id, key))
+            except Exception as exc:  # noqa: BLE001 - an unreadable memory must not stop the run
+                report = self.reports.setdefault(proposer.name, AgentReport(proposer.name, self.shares[proposer.name]))
+                report.error = f"its stored memory could not be loaded ({type(exc).__name__}: {exc}); starting fresh"
+                self.memory_errors.append(f"{proposer.name}: {report.error}")
 
     async def propose(self, ctx: ProposalContext, n: int, *, max_rounds: int = 5) -> list[Proposal]:
         """Up to ``n`` new, distinct, in-space proposals. Duplicates are asked
@@ -161,7 +179,7 @@ class Society:
         if first:
             report.asked = k
         start = time.perf_counter()
-        limit = self.timeout_seconds if self.timeout_seconds is not None else float("inf")
+        limit = self._limit()
         try:
             with anyio.move_on_after(limit) as scope:
                 results[i] = await agent_step(proposer, ctx, k)
@@ -183,7 +201,7 @@ class Society:
                 return
             report = self.reports.setdefault(proposer.name, AgentReport(proposer.name, self.shares[proposer.name]))
             start = time.perf_counter()
-            limit = self.timeout_seconds if self.timeout_seconds is not None else float("inf")
+            limit = self._limit()
             try:
                 with anyio.move_on_after(limit) as scope:
                     await learn(trials, generation, run_id)

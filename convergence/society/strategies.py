@@ -36,23 +36,27 @@ def _best(history: Sequence[TrialRecord], k: int) -> list[TrialRecord]:
     return sorted((t for t in history if t.usable), key=lambda t: -t.score)[:k]
 
 
-def _neighbours(d: Dimension, value: Any, values: list[Any]) -> list[Any]:
+def _neighbours(d: Dimension, value: Any, values: list[Any], runners_up: Sequence[Any]) -> list[Any]:
+    """The best's value and its grid neighbours; for an unordered choice (no
+    neighbours) the values of the next-best configurations, so a small
+    categorical space still leaves room for a new configuration."""
     if value not in values:
         return values
-    i = values.index(value)
     if d.kind == "categorical":
-        return [value]  # an unordered choice has no neighbours: keep the winner's
+        return [v for v in values if v == value or v in runners_up]
+    i = values.index(value)
     return values[max(0, i - 1): i + 2]
 
 
 def _exploit(space: SearchSpace, history: Sequence[TrialRecord]) -> Allowed:
-    best = _best(history, 1)
-    if not best:
+    top = _best(history, 3)
+    if not top:
         return {}
     out: Allowed = {}
     for name, d in space.dims.items():
         values = grid(d)
-        out[name] = _neighbours(d, best[0].config.get(name), values) if values else None
+        runners_up = [t.config.get(name) for t in top[1:]]
+        out[name] = _neighbours(d, top[0].config.get(name), values, runners_up) if values else None
     return out
 
 

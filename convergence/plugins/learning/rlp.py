@@ -172,7 +172,10 @@ class RLPMixin:
         self.rlp_config = config or RLPConfig()
         self.rlp_llm = as_client(llm_provider, self.rlp_config.model_name or "local/gemma-3-270m")
         self.rlp_policy = StrategyPolicy(self.rlp_config.strategies)
-        self.rlp_norm = RunningNorm()
+        self.rlp_norms: dict[str, RunningNorm] = {}
+        """One reward normaliser per measurement method (nats and rank rewards never mix)."""
+        self.rlp_last: list[Experience] = []
+        """The experiences the last update created."""
         self.rlp_buffer: deque[Experience] = deque(maxlen=self.rlp_config.buffer_size)
         self.rlp_value = 0.0
         self.rlp_step = 0
@@ -239,6 +242,8 @@ class RLPMixin:
         self, thought: Thought | str, prediction: str, outcome: str, *, context: str | None = None
     ) -> InformationGain:
         """``log p(outcome | context, thought, prediction) - log p(outcome | context, prediction)``."""
+        if not self.rlp_config.use_logprobs:
+            return InformationGain(None, None, None, "disabled", "use_logprobs is false")
         text = str(thought)
         ctx = context if context is not None else (thought.context if isinstance(thought, Thought) else "")
         with_prompt, without_prompt = self.outcome_prompts(ctx, text, prediction)
@@ -249,8 +254,11 @@ class RLPMixin:
         wo = await self.rlp_llm.logprob(without_prompt, continuation)
         if wo.value is None:
             return InformationGain(None, w.value, None, wo.method, wo.detail)
-        method = w.method if w.method == wo.method else f"{w.method}/{wo.method}"
-        return InformationGain(w.value - wo.value, w.value, wo.value, method)
+        if w.method != wo.method or w.method.endswith("_bound"):
+            # an upper bound minus a value (or a bound) is not a measurement of anything
+            return InformationGain(None, w.value, wo.value, "top_logprobs_bound",
+                                   "the outcome was not among the provider's top log-probs")
+        return InformationGain(w.value - wo.value, w.value, wo.value, w.method)
 
     # ------------------------------------------------------------------ learning
 
@@ -261,23 +269,33 @@ class RLPMixin:
         state: Mapping[str, Any] | None = None,
         *,
         data: Sequence[dict[str, Any]] | None = None,
+        method: str | None = None,
     ) -> dict[str, Any]:
         """Learn from one step (a group of thoughts and their rewards): push
         experiences, compute advantages, update the strategy policy. Thoughts
-        whose reward is ``None`` are skipped. Returns the step's statistics."""
+        whose reward is ``None`` are skipped; ``state`` is kept with each
+        experience. ``method`` names the rewards' unit (default: the
+        information gain's method, or ``reward``); each unit has its own
+        normaliser. Returns the step's statistics."""
         thoughts = [thought] if isinstance(thought, Thought) else list(thought)
         rewards = list(reward) if isinstance(reward, Sequence) else [reward]
         if len(rewards) != len(thoughts):
             raise ValueError(f"{len(thoughts)} thoughts but {len(rewards)} rewards")
         extras = list(data) if data is not None else [{} for _ in thoughts]
+        if state is not None:
+            extras = [{**d, "state": dict(state)} for d in extras]
+        if method is None:
+            method = next((r.method for r in rewards if isinstance(r, InformationGain)), "reward")
         kept = [(t, _as_float(r), d) for t, r, d in zip(thoughts, rewards, extras, strict=True)
                 if _as_float(r) is not None]
+        self.rlp_last = []
         if not kept:
             return {"step": self.rlp_step, "experiences": 0}
         raw = [r for _, r, _ in kept if r is not None]
         if self.rlp_config.normalize_rewards:
-            self.rlp_norm.update(raw)
-            normalized = [self.rlp_norm.normalize(r) for r in raw]
+            norm = self.rlp_norms.setdefault(method, RunningNorm())
+            norm.update(raw)
+            normalized = [norm.normalize(r) for r in raw]
         else:
             normalized = list(raw)
         group = group_advantages(normalized)
@@ -300,6 +318,7 @@ class RLPMixin:
         for e, g in zip(new, group, strict=True):
             e.data["group_advantage"] = g
         self.rlp_buffer.extend(new)
+        self.rlp_last = new
         window = [e for e in self.rlp_buffer if e.step in by_step]
         info = self.rlp_policy.update(window, self.rlp_config.learning_rate, self.rlp_config.clip)
         self.rlp_step += 1
@@ -335,14 +354,15 @@ class RLPMixin:
         """What persists between runs besides the buffer: the policy, the
         reward normaliser, the critic and the recent trajectory."""
         return {"logits": self.rlp_policy.logits.tolist(), "names": self.rlp_policy.names,
-                "norm": self.rlp_norm.to_dict(), "value": self.rlp_value, "step": self.rlp_step,
-                "updates": self.rlp_updates, "trajectory": [list(x) for x in self.rlp_trajectory]}
+                "norms": {k: n.to_dict() for k, n in self.rlp_norms.items()}, "value": self.rlp_value,
+                "step": self.rlp_step, "updates": self.rlp_updates,
+                "trajectory": [list(x) for x in self.rlp_trajectory]}
 
     def load_rlp_state(self, state: Mapping[str, Any], experiences: Sequence[Experience] = ()) -> None:
         names = list(state.get("names", []))
         logits = dict(zip(names, state.get("logits", []), strict=False))
         self.rlp_policy.logits = np.array([float(logits.get(n, 0.0)) for n in self.rlp_policy.names])
-        self.rlp_norm = RunningNorm.from_dict(state.get("norm", {}))
+        self.rlp_norms = {k: RunningNorm.from_dict(v) for k, v in dict(state.get("norms", {})).items()}
         self.rlp_value = float(state.get("value", 0.0))
         self.rlp_step = int(state.get("step", 0))
         self.rlp_updates = int(state.get("updates", 0))

@@ -353,9 +353,11 @@ async def test_each_rlp_step_is_a_traced_op_with_thoughts_outcomes_and_rewards(
           enabled: true                  # genetic's evolution (70 %) and RLP (30 %)
           rlp: {G: 1, thought_length: 12}
         """))
-    outcome, _ = await run_optimization(path)
+    outcome, db = await run_optimization(path)
     steps = [c for c in weave_server.calls().values() if op_name(c) == "convergence.rlp.step"]
-    assert steps, "every generation RLP proposed in has a traced learning step"
+    async with await Store.open(db) as store:
+        log = [(r.generation, r.agent, r.status, r.detail) for r in await store.society_log(outcome.run_id)]
+    assert steps, f"every generation RLP proposed in has a traced learning step; society log: {log}"
     step = steps[0]
     [thought] = step["inputs"]["thoughts"]
     assert thought["strategy"] and "thought" in thought and thought["proposals"]

@@ -166,7 +166,7 @@ class Society:
             attempts += 1
         for proposer, _ in self.members:
             summary = getattr(proposer, "summary", None)
-            if summary is not None:
+            if summary is not None and reports[proposer.name].asked:  # not asked: nothing new to say
                 reports[proposer.name].detail = summary()
         self.reports = reports
         return out
@@ -211,7 +211,7 @@ class Society:
                 report.error = f"learning failed: {type(exc).__name__}: {str(exc)[:300]}"
             report.seconds += time.perf_counter() - start
             summary = getattr(proposer, "summary", None)
-            if summary is not None:
+            if summary is not None and report.asked:
                 report.detail = summary()
 
         async with anyio.create_task_group() as tg:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 from test_loop import make_config
 
 from convergence.config.society import RLPConfig
@@ -180,3 +181,31 @@ def test_the_python_example_in_docs_society_runs(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "information gain (nats):" in done.stdout and "measured by prompt" in done.stdout
+
+
+async def test_rlp_through_an_openai_compatible_server_answers_in_space_and_measures_or_says_it_cannot(
+    llama_server: LlamaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The provider path (any LiteLLM model): structured answers via
+    ``response_format``, and a reward that is the first-token ``top_logprobs``
+    measurement or, when that is not available, the documented rank fallback,
+    said in the agent's notes. Never a made-up number."""
+    monkeypatch.setenv("RLP_SERVER_KEY", "sk-local-dummy")
+    loaded = make_config(tmp_path, SPACE_YAML)
+    space = SearchSpace.from_config(loaded.config.search_space)
+    client = LLMClient(f"openai/{llama_server.model_alias}", api_base=llama_server.api_base,
+                       api_key_env="RLP_SERVER_KEY", timeout_seconds=120)
+    agent = RLPAgent(RLPConfig(G=2, thought_length=16), client, space, answer_tokens=64)
+    history = [_trial(0.7, "b", 0.9), _trial(0.2, "a", 0.1)]
+    ctx = ProposalContext(space, 1, history, history, np.random.default_rng(3), set())
+    configs = await agent.propose(ctx, 2)
+    assert agent.totals["answers"] == 2
+    assert all(space.contains(c) for c in configs) and len(configs) == 2 - agent.totals["invalid"]
+    trials = [_trial(c["x"], c["mode"], 0.95 if i == 0 else 0.05) for i, c in enumerate(configs)]
+    await agent.learn(trials, 1)
+    summary = agent.summary()
+    assert summary["reward_method"] in ("top_logprobs", "rank_fallback"), summary
+    if summary["reward_method"] == "rank_fallback":
+        assert any("rank fallback" in n for n in summary["notes"]), summary
+    rewards = [t["reward"] for t in summary["thoughts"] if t.get("reward") is not None]
+    assert rewards and all(np.isfinite(rewards))

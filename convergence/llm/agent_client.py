@@ -37,21 +37,26 @@ class Completion:
 
 
 def _retryable(exc: BaseException) -> bool:
-    # bad requests and auth errors will not get better by asking again
+    # bad requests, auth errors and refused parameters will not get better by asking again
+    if _refuses_response_format(exc) or _refuses(exc, "seed"):
+        return False
     name = type(exc).__name__
     return not any(k in name for k in ("BadRequest", "Authentication", "NotFound", "PermissionDenied",
                                        "ContextWindow", "UnsupportedParams"))
 
 
+_REFUSAL_WORDS = ("unsupported", "not support", "badrequest", "validation", "should be", "invalid", "unknown")
+"""How providers word a refused parameter: LiteLLM's UnsupportedParamsError, a 400, or (llama_cpp.server)
+a 500 carrying a pydantic validation error such as "Input should be 'text' or 'json_object'"."""
+
+
 def _refuses(exc: BaseException, param: str) -> bool:
     text = f"{type(exc).__name__} {exc}".lower()
-    return param in text and ("unsupported" in text or "not support" in text or "badrequest" in text)
+    return param in text and any(w in text for w in _REFUSAL_WORDS)
 
 
 def _refuses_response_format(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return ("response_format" in text or "json_schema" in text) and ("unsupported" in text or "badrequest" in text
-                                                                    or "not support" in text)
+    return _refuses(exc, "response_format") or _refuses(exc, "json_schema")
 
 
 class LLMClient:
@@ -75,8 +80,9 @@ class LLMClient:
         self.timeout_seconds = timeout_seconds
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
-        self.structured = True
-        """False once the provider refused ``response_format``."""
+        self.formats = ["json_schema", "json_object", "plain"]
+        """How a schema is sent, best first: OpenAI's ``json_schema``; ``json_object`` with the schema
+        (llama.cpp's server reads it); plain text for the strict parser. A refused form is dropped for good."""
         self.seeded = True
         """False once the provider refused ``seed`` (answers are then not reproducible; said in the docs)."""
         self.calls = 0
@@ -127,27 +133,29 @@ class LLMClient:
         key = self._api_key()
         start = time.perf_counter()
 
-        async def call(structured: bool) -> Any:
+        async def call(form: str) -> Any:
             extra = dict(params)
             if seed is not None and self.seeded:
                 extra["seed"] = seed
-            if structured and schema is not None:
+            if schema is not None and form == "json_schema":
                 extra["response_format"] = {"type": "json_schema",
                                             "json_schema": {"name": "configuration", "schema": schema}}
+            elif schema is not None and form == "json_object":
+                extra["response_format"] = {"type": "json_object", "schema": schema}
             return await acompletion(self.model, [{"role": "user", "content": prompt}], api_base=self.api_base,
                                      api_key=key, timeout=self.timeout_seconds, **extra)
 
         try:
             resp = None
-            for _ in range(3):  # at most: drop seed, drop response_format
+            for _ in range(4):  # at most: drop seed, then each structured form
                 try:
-                    resp = await self._with_retries(lambda: call(self.structured))
+                    resp = await self._with_retries(lambda: call(self.formats[0]))
                     break
                 except Exception as exc:
                     if self.seeded and seed is not None and _refuses(exc, "seed"):
                         self.seeded = False
-                    elif schema is not None and self.structured and _refuses_response_format(exc):
-                        self.structured = False
+                    elif schema is not None and len(self.formats) > 1 and _refuses_response_format(exc):
+                        self.formats.pop(0)
                     else:
                         raise
             if resp is None:

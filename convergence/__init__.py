@@ -50,6 +50,8 @@ _EXPORTS = {
     "RunNotFoundError": "convergence.storage.store",
     "LeaseLostError": "convergence.storage.store",
     "WriterError": "convergence.storage.writer",
+    "AgentLLMError": "convergence.llm.agent_client",
+    "AnswerError": "convergence.society.answer",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -74,7 +76,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.evaluation.cases import TestCaseError as TestCaseError
     from convergence.evaluation.judge import JudgeParseError as JudgeParseError
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
+    from convergence.llm.agent_client import AgentLLMError as AgentLLMError
     from convergence.outputs import build_report as build_report, write_outputs as write_outputs
+    from convergence.society.answer import AnswerError as AnswerError
     from convergence.society.base import ProposalContext as ProposalContext, Proposer as Proposer
     from convergence.storage.store import (
         LeaseLostError as LeaseLostError,

@@ -148,3 +148,23 @@ society:
     # the society off: its LLM is not needed, nothing to report
     off = make_config(tmp_path, SPACE + "society:\n  llm: {model: x/y, api_key_env: SOCIETY_KEY_FOR_TEST}\n")
     assert not preflight(off).problems
+
+
+def test_an_answer_that_repeats_a_seen_configuration_moves_to_its_nearest_unseen_neighbour() -> None:
+    import numpy as np
+
+    from convergence.config.models import SearchSpaceConfig
+    from convergence.core.space import SearchSpace, config_hash
+    from convergence.society.strategies import nearest_unseen
+
+    space = SearchSpace.from_config(SearchSpaceConfig.model_validate({"parameters": {
+        "x": {"type": "continuous", "min": 0, "max": 1, "step": 0.1},
+        "mode": {"type": "categorical", "values": ["a", "b"]}}}))
+    answer = {"x": 0.5, "mode": "a"}
+    seen = {config_hash(answer), config_hash({"x": 0.4, "mode": "a"})}
+    moved = nearest_unseen(space, answer, {}, seen, np.random.default_rng(0))
+    assert moved is not None and config_hash(moved) not in seen
+    # one parameter changed, to the nearest unseen value
+    assert moved in ({"x": 0.6, "mode": "a"}, {"x": 0.5, "mode": "b"})
+    # inside the strategy's region only; nothing left there -> None (the slot is not forced elsewhere)
+    assert nearest_unseen(space, answer, {"x": [0.4, 0.5], "mode": ["a"]}, seen, np.random.default_rng(0)) is None

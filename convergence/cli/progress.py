@@ -106,6 +106,7 @@ class RichEvents:
                 top = max(policy.items(), key=lambda kv: kv[1], default=None)
                 self.progress.console.print(
                     f"    {escape(r.agent)}: {d['answers'] - d.get('invalid', 0)}/{d['answers']} answers parsed"
+                    + (f", {d['moved']} moved off repeats" if d.get("moved") else "")
                     + (f", mean reward {mean:+.3f} ({d.get('reward_method')})" if mean is not None else "")
                     + (f", policy favours {top[0]} ({top[1]:.2f})" if top else "")
                     + f", LLM {d.get('llm_seconds', 0):.1f}s", highlight=False)

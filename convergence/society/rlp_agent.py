@@ -40,7 +40,7 @@ from convergence.society.answer import AnswerError, answer_schema, parse_answer
 from convergence.society.base import ProposalContext
 from convergence.society.digest import config_text, study_digest
 from convergence.society.memory import AgentMemory
-from convergence.society.strategies import STRATEGIES, cue
+from convergence.society.strategies import STRATEGIES, cue, nearest_unseen
 from convergence.tracing import traced
 
 OUTCOME_LEGEND = ("Outcome words: best = the best score so far, high = in the top half of the run, "
@@ -67,6 +67,8 @@ class StepReport:
     answers: int = 0
     invalid: int = 0
     repaired: int = 0
+    moved: int = 0
+    """Answers that repeated a seen configuration and moved to its nearest unseen neighbour."""
     method: str = ""
     mean_reward: float | None = None
     llm_seconds: float = 0.0
@@ -89,7 +91,7 @@ class RLPAgent(RLPMixin):
         self.memory: AgentMemory | None = None
         self._pending: dict[int, list[_Pending]] = {}
         self.report = StepReport()
-        self.totals = {"answers": 0, "invalid": 0, "repaired": 0, "proposals": 0}
+        self.totals = {"answers": 0, "invalid": 0, "repaired": 0, "moved": 0, "proposals": 0}
         self._warned_no_logprobs = False
 
     # ------------------------------------------------------------------ memory
@@ -121,6 +123,7 @@ class RLPAgent(RLPMixin):
         picks = self.sample_strategies(ctx.rng, g)
         reference = [t.score for t in ctx.history if t.usable]
         history = {t.config_hash: t for t in ctx.history}
+        taken = set(ctx.seen)
         pending: list[_Pending] = []
         out: list[Config] = []
         for i, ((strategy, prob), k) in enumerate(zip(picks, per_thought, strict=True)):
@@ -129,7 +132,11 @@ class RLPAgent(RLPMixin):
             thought = await self.generate_internal_reasoning(
                 {"Goal": GOAL}, digest, strategy=strategy, behaviour_prob=prob, seed=seed)
             allowed = STRATEGIES[strategy].restrict(self.space, ctx.history)
-            configs = await self._answer(thought, k, allowed, seed + i + 1)
+            configs = []
+            for c in await self._answer(thought, k, allowed, seed + i + 1):
+                c = self._off_repeats(c, allowed, taken, ctx)
+                taken.add(config_hash(self.space.canonical(c)))
+                configs.append(c)
             hashes = [config_hash(self.space.canonical(c)) for c in configs]
             known = {h: history[h] for h in hashes if h in history}
             pending.append(_Pending(thought, configs, hashes, reference, known))
@@ -175,6 +182,19 @@ class RLPAgent(RLPMixin):
                 self.totals["repaired"] += 1
             return configs
         return []
+
+    def _off_repeats(self, config: Config, allowed: dict[str, Any], taken: set[str], ctx: ProposalContext) -> Config:
+        """An answer that repeats a configuration already evaluated or proposed
+        moves to its nearest unseen neighbour in the strategy's region (counted),
+        so the slot measures something new; it stays as it is when there is none."""
+        if config_hash(self.space.canonical(config)) not in taken:
+            return config
+        moved = nearest_unseen(self.space, config, allowed, taken, ctx.rng)
+        if moved is None:
+            return config
+        self.report.moved += 1
+        self.totals["moved"] += 1
+        return moved
 
     def observe(self, trials: Sequence[TrialRecord]) -> None:
         """Learning needs LLM log-probs, so it happens in :meth:`learn` (async)."""
@@ -288,6 +308,7 @@ class RLPAgent(RLPMixin):
         stats = self.get_rlp_stats()
         return {
             "thoughts": r.thoughts, "answers": r.answers, "invalid": r.invalid, "repaired": r.repaired,
+            "moved": r.moved,
             "reward_method": r.method, "mean_reward": r.mean_reward, "llm_seconds": r.llm_seconds,
             "notes": r.notes, "policy": stats["policy"], "buffer_size": stats["buffer_size"],
             "updates": stats["updates"], "trend": stats["trend"],

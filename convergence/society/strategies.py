@@ -111,3 +111,27 @@ def weakest_metric(history: Sequence[TrialRecord]) -> str:
 
 def cue(strategy: Strategy, history: Sequence[TrialRecord]) -> str:
     return strategy.cue.format(weakest=weakest_metric(history)) if "{weakest}" in strategy.cue else strategy.cue
+
+
+def nearest_unseen(space: SearchSpace, config: dict[str, Any], allowed: Allowed, seen: set[str],
+                   rng: Any) -> dict[str, Any] | None:
+    """The configuration closest to ``config`` (one parameter changed, to a grid
+    neighbour first) that is in the strategy's region and not in ``seen``;
+    None when every one-step change is seen too. An LLM's answer that repeats
+    an evaluated configuration moves here instead of wasting its slot."""
+    from convergence.core.space import config_hash
+
+    names = list(space.dims)
+    for i in rng.permutation(len(names)):
+        name = names[int(i)]
+        d = space.dims[name]
+        values = allowed.get(name) or grid(d)
+        if not values or config[name] not in values:
+            continue
+        at = values.index(config[name])
+        # nearest first: the neighbours at distance 1, then 2, ...
+        for v in sorted((v for v in values if v != config[name]), key=lambda v: abs(values.index(v) - at)):
+            candidate = {**config, name: v}
+            if config_hash(space.canonical(candidate)) not in seen:
+                return candidate
+    return None

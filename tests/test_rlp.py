@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
-from test_loop import make_config
+from test_loop import SPACE, make_config
 
 from convergence.config.society import RLPConfig
 from convergence.core.loop import Optimizer
@@ -81,19 +81,7 @@ async def test_rigged_the_policy_learns_the_informative_strategy() -> None:
     assert stats["updates"] == 12 and stats["buffer_size"] == 48
 
 
-SPACE_YAML = """
-search_space:
-  parameters:
-    x: {type: continuous, min: 0.0, max: 1.0, step: 0.1}
-    mode: {type: categorical, values: [a, b, c]}
-evaluation:
-  test_cases:
-    inline:
-      - {input: "one", expected: "yes"}
-      - {input: "two", expected: "yes"}
-  metrics:
-    acc: {function: exact_match}
-"""
+SPACE_YAML = SPACE.replace("step: 0.05", "step: 0.1")  # the loop tests' space on a 0.1 grid
 
 
 def _trial(x: float, mode: str, score: float) -> TrialRecord:

@@ -152,7 +152,8 @@ class RLPAgent(RLPMixin):
         when the answer does not parse; [] (counted) when it still does not."""
         schema = answer_schema(self.space, k, allowed)
         names = ", ".join(self.space.dims)
-        head = self.thought_prompt({"Goal": GOAL}, thought.context, thought.strategy) + f" {thought.text}\n"
+        base = thought.prompt or self.thought_prompt({"Goal": GOAL}, thought.context, thought.strategy)
+        head = f"{base} {thought.text}\n"
         what = "Configuration" if k == 1 else f"{k} configurations"
         prompt = f"{head}{what} (JSON with {names}):"
         self.report.answers += 1

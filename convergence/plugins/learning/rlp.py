@@ -52,6 +52,7 @@ import numpy as np
 from convergence.config.society import RLPConfig
 from convergence.llm.agent_client import LLMClient, as_client
 from convergence.plugins.learning.gae import RunningNorm, gae, group_advantages
+from convergence.society.strategies import STRATEGIES
 
 __all__ = ["Experience", "InformationGain", "LLMClient", "RLPConfig", "RLPMixin", "StrategyPolicy", "Thought"]
 
@@ -61,13 +62,8 @@ EXPLORE = 0.05
 """Share of the uniform distribution mixed into sampling, so no strategy is ever ruled out for good."""
 VALUE_RATE = 0.1
 """EMA rate of the critic V (the mean normalised step reward)."""
-DEFAULT_CUES: dict[str, str] = {
-    "exploit": "Refine the best configuration: keep what works and change one value slightly.",
-    "explore": "Probe values that have not been tried yet, to learn what they do.",
-    "recombine": "Combine the strengths of the top configurations.",
-    "fix_weakest": "Improve the weakest metric of the best configuration.",
-    "free": "Decide what is most worth trying next.",
-}
+DEFAULT_CUES: dict[str, str] = {name: s.cue.replace(": {weakest}", "") for name, s in STRATEGIES.items()}
+"""The strategies' cues without a study to fill in (the society's agent fills ``{weakest}``)."""
 
 
 @dataclass(slots=True)
@@ -79,6 +75,8 @@ class Thought:
     behaviour_prob: float = 1.0
     """The probability its strategy had when it was sampled (for the clipped policy update)."""
     seconds: float = 0.0
+    prompt: str = ""
+    """The prompt the thought continued (an answer continues it too); empty for a hand-made thought."""
 
     def __str__(self) -> str:
         return self.text
@@ -221,13 +219,14 @@ class RLPMixin:
             behaviour_prob = float(self.rlp_policy.behaviour()[self.rlp_policy.names.index(strategy)]) \
                 if strategy in self.rlp_policy.names else 1.0
         start = time.perf_counter()
+        prompt = self.thought_prompt(state, context, strategy)
         done = await self.rlp_llm.complete(
-            self.thought_prompt(state, context, strategy), max_tokens=self.rlp_config.thought_length,
+            prompt, max_tokens=self.rlp_config.thought_length,
             temperature=self.rlp_config.temperature, stop=["\n\n", "\nConfiguration", "\nPlan:", "\nOutcome"],
             seed=seed,
         )
         text = " ".join(done.text.split())
-        return Thought(text, strategy, context, float(behaviour_prob), time.perf_counter() - start)
+        return Thought(text, strategy, context, float(behaviour_prob), time.perf_counter() - start, prompt)
 
     # ------------------------------------------------------------------ reward
 

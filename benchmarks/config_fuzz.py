@@ -678,7 +678,8 @@ def semantic(name: str, data: dict) -> list[Variant]:
     # ---- society, tracing
     s("society-agent-unknown", (), {**data, "society": {"enabled": True, "agents": {"nope": 1.0}}},
       "society.agents.nope")
-    s("society-sao", ("society", "learning", "sao_enabled"), True)
+    s("society-sao-pairs", ("society", "sao", "response_pairs"), 3)
+    s("society-sao-judge", ("society", "sao", "judge"), "coin")
     s("society-share-negative", (), {**data, "society": {"enabled": True, "agents": {"rlp": -1.0}}},
       "society.agents.rlp")
     s("society-rlp-g", ("society", "rlp", "G"), 0)

@@ -52,6 +52,8 @@ _EXPORTS = {
     "WriterError": "convergence.storage.writer",
     "AgentLLMError": "convergence.llm.agent_client",
     "AnswerError": "convergence.society.answer",
+    "TargetCallError": "convergence.society.base",
+    "SAODatasetError": "convergence.sao_dataset",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -78,8 +80,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
     from convergence.llm.agent_client import AgentLLMError as AgentLLMError
     from convergence.outputs import build_report as build_report, write_outputs as write_outputs
+    from convergence.sao_dataset import SAODatasetError as SAODatasetError
     from convergence.society.answer import AnswerError as AnswerError
-    from convergence.society.base import ProposalContext as ProposalContext, Proposer as Proposer
+    from convergence.society.base import (
+        ProposalContext as ProposalContext,
+        Proposer as Proposer,
+        TargetCallError as TargetCallError,
+    )
     from convergence.storage.store import (
         LeaseLostError as LeaseLostError,
         RunInUseError as RunInUseError,

@@ -17,6 +17,7 @@ from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig, OutputConfig
 from convergence.core.space import SearchSpace
 from convergence.reporting.model import GenerationSummary, RunReport
+from convergence.reporting.sao import summarize_sao
 from convergence.reporting.society import summarize_society
 from convergence.storage.store import RunNotFoundError, RunRow, Store
 
@@ -120,6 +121,7 @@ async def build_report(store: Store, run_id: int) -> RunReport:
     report.resolved_best = resolved_best
     report.society = summarize_society(await store.society_log(run_id), trials,
                                        enabled=_society_enabled(run, cfg))
+    report.sao = summarize_sao(await store.sao_pairs(run_id=run_id), await store.sao_ratings(run_id), trials)
     return report
 
 

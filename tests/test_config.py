@@ -103,6 +103,14 @@ def test_the_convergence_society_block_loads_as_written() -> None:
     assert cfg.society.roster("mab_evolution") == {"evolution": 0.35, "bandit": 0.35, "rlp": 0.3}
 
 
+def test_sao_enabled_joins_the_roster_next_to_rlp() -> None:
+    cfg = parse(GOOD + "society:\n  enabled: true\n  learning: {sao_enabled: true}\n"
+                "  sao: {batch_size: 2, every: 3}\n").config  # type: ignore[attr-defined]
+    assert cfg.society.roster("mab_evolution") == pytest.approx(
+        {"evolution": 0.3, "bandit": 0.3, "rlp": 0.2, "sao": 0.2})
+    assert cfg.society.sao.batch_size == 2 and cfg.society.sao.every == 3
+
+
 def test_society_agents_and_shares_are_ours_to_set() -> None:
     cfg = parse(GOOD + "society:\n  enabled: true\n  agents: {evolution: 0.4, bandit: 0.3, rlp: 0.3}\n"
                 "  rlp: {G: 2, thought_length: 16}\n").config  # type: ignore[attr-defined]
@@ -112,12 +120,14 @@ def test_society_agents_and_shares_are_ours_to_set() -> None:
 
 def test_bad_agent_name_is_a_clear_error_with_the_valid_names() -> None:
     [p] = problems(GOOD + "society:\n  enabled: true\n  agents: {evolution: 0.5, rpl: 0.5}\n")
-    assert "society.agents.rpl" in p and "unknown agent 'rpl'" in p and "evolution, bandit, random, rlp" in p
+    assert "society.agents.rpl" in p and "unknown agent 'rpl'" in p and "evolution, bandit, random, rlp, sao" in p
 
 
 @pytest.mark.parametrize(("block", "expected"), [
     ("society:\n  agents: {evolution: 1.0}\n", "the society is off"),
-    ("society:\n  enabled: true\n  learning: {sao_enabled: true}\n", "SAO agent is not shipped"),
+    ("society:\n  enabled: true\n  learning: {sao_enabled: true}\n  agents: {evolution: 1}\n", "make them agree"),
+    ("society:\n  enabled: true\n  sao: {min_response_length: 9, max_response_length: 3}\n", "exceeds max_response"),
+    ("society:\n  enabled: true\n  sao: {response_pairs: 3}\n", "less than or equal to 2"),
     ("society:\n  enabled: true\n  learning: {rlp_enabled: false}\n  agents: {rlp: 1}\n", "make them agree"),
     ("society:\n  enabled: true\n  auto_generate_agents: false\n", "list the agents"),
     ("society:\n  enabled: true\n  rlp: {strategies: [exploit, guess]}\n", "unknown strategy 'guess'"),

@@ -110,9 +110,29 @@ class RichEvents:
                     + (f", mean reward {mean:+.3f} ({d.get('reward_method')})" if mean is not None else "")
                     + (f", policy favours {top[0]} ({top[1]:.2f})" if top else "")
                     + f", LLM {d.get('llm_seconds', 0):.1f}s", highlight=False)
+            if d.get("sao"):
+                self.progress.console.print(f"    {escape(r.agent)}: " + sao_line(d["sao"]), highlight=False,
+                                            markup=False)
             for note in d.get("notes", []):
                 self.progress.console.print(f"    [yellow]{escape(r.agent)}: {escape(note)}[/]", highlight=False)
 
     def message(self, text: str) -> None:
         if not self.quiet:
             self.progress.console.print(f"[cyan]{text}[/]")
+
+
+def sao_line(step: dict[str, Any]) -> str:
+    """The SAO agent's generation in one line: pairs, consistency under swap, whom the judge prefers."""
+    if "pairs" not in step:
+        return str(step.get("note", ""))
+    rate = step.get("consistency")
+    line = (f"{step['pairs']} pair(s) judged, {step['kept']} kept; consistent under swap "
+            + (f"{rate:.0%}" if rate is not None else "n/a"))
+    outcomes = step.get("outcomes") or {}
+    if outcomes:
+        line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
+    preferred = step.get("preferred") or []
+    if preferred and preferred[0].get("config"):
+        top = preferred[0]
+        line += f"; prefers {short_config(top['config'])} ({top['preference']:.2f}, {top['wins']}W/{top['losses']}L)"
+    return line

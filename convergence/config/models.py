@@ -398,7 +398,7 @@ class TestCasesConfig(Strict):
 
 MetricFunction = Text
 """Built-in name (exact_match, contains, regex, numeric, json_valid, json_schema,
-similarity, latency, cost, success, llm_judge, custom) or ``module:function``."""
+similarity, latency, cost, success, llm_judge, custom, sao_preference) or ``module:function``."""
 
 
 class JudgeConfig(Strict):

@@ -56,6 +56,7 @@ KNOWN_ARGS: dict[str, frozenset[str]] = {
     "cost": frozenset(),
     "success": frozenset(),
     "llm_judge": frozenset(),
+    "sao_preference": frozenset(),
 }
 """``args`` each built-in metric reads (see convergence/evaluation/metrics.py);
 any other key would be ignored, so it is refused. Functions not listed here
@@ -144,6 +145,12 @@ def _env_vars(ctx: _Ctx) -> None:
             ctx.add(("evaluation", "metrics", mname, "judge", "api_key_env"),
                     f"environment variable {judge.api_key_env} is not set (the judge needs it)")
     soc = ctx.cfg.society
+    sao_on = soc.enabled and "sao" in soc.roster(ctx.cfg.optimization.algorithm)
+    for mname, m in ctx.cfg.evaluation.metrics.items():
+        if m.function == "sao_preference" and not sao_on:
+            ctx.add(("evaluation", "metrics", mname, "function"),
+                    "sao_preference is the SAO agent's rating of each configuration: enable it with "
+                    "society: {enabled: true, learning: {sao_enabled: true}} (or list sao in society.agents)")
     if soc.uses_llm(ctx.cfg.optimization.algorithm):
         env = soc.llm.api_key_env
         if env and not os.environ.get(env):
@@ -152,7 +159,8 @@ def _env_vars(ctx: _Ctx) -> None:
         from convergence.llm.local_provider import LOCAL_MODEL, PROVIDER
 
         for loc, model in ((("society", "llm", "model"), soc.llm.model),
-                           (("society", "rlp", "model_name"), soc.rlp.model_name)):
+                           (("society", "rlp", "model_name"), soc.rlp.model_name),
+                           (("society", "sao", "model_name"), soc.sao.model_name)):
             if model and model.startswith(f"{PROVIDER}/") and model != LOCAL_MODEL:
                 ctx.add(loc, f"unknown local model {model!r}; the embedded model is {LOCAL_MODEL!r}")
 

@@ -3,22 +3,26 @@
 the-convergence's section loads as written (``enabled``,
 ``auto_generate_agents``, ``learning: {rlp_enabled, sao_enabled}``,
 ``llm: {model, api_key_env, ...}``); our own keys are ``agents`` (who runs
-and their starting shares), ``agent_timeout_seconds`` and ``rlp`` (the RLP
-agent's settings, :class:`RLPConfig`, also the Python API's config).
+and their starting shares), ``agent_timeout_seconds`` ``rlp`` (the RLP
+agent's settings, :class:`RLPConfig`) and ``sao`` (:class:`SAOConfig`); both
+are also the Python API's configs.
 
 The roster: ``agents:`` when given; otherwise (``auto_generate_agents``) the
-agents of ``optimization.algorithm`` plus ``rlp`` when ``learning.rlp_enabled``.
+agents of ``optimization.algorithm`` plus ``rlp`` when ``learning.rlp_enabled``
+and ``sao`` when ``learning.sao_enabled``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
 from convergence.config.models import At, Float, Int, Strict, Text, short
 
-AGENT_NAMES = ("evolution", "bandit", "random", "rlp")
+AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao")
 """Built-in society agents (the plugin registry adds more later)."""
-LLM_AGENTS = frozenset({"rlp"})
+LLM_AGENTS = frozenset({"rlp", "sao"})
 """Agents that call the society LLM."""
 STRATEGY_NAMES = ("exploit", "explore", "recombine", "fix_weakest", "free")
 """RLP's reasoning strategies (see convergence/society/strategies.py)."""
@@ -44,12 +48,7 @@ class LearningConfig(Strict):
     rlp_enabled: bool = True
     """Run the RLP reasoning agent (default on when the society is)."""
     sao_enabled: bool = False
-
-    @model_validator(mode="after")
-    def _sao(self) -> LearningConfig:
-        if self.sao_enabled:
-            raise At("sao_enabled", "the SAO agent is not shipped in this version yet; set sao_enabled: false")
-        return self
+    """Run the SAO agent: self-judged duels between configurations, a preference dataset."""
 
 
 class RLPConfig(Strict):
@@ -96,6 +95,64 @@ class RLPConfig(Strict):
         return self
 
 
+class SAOConfig(Strict):
+    """The SAO agent (self-alignment from fully self-synthetic data): a persona
+    writes a new task input, two responses answer it, the society LLM judges the
+    pair twice (A/B swapped) and only a verdict that holds in both orders counts.
+    Field names follow the seed's ``SAOConfig``; a step (one loop generation, or
+    one ``generate_synthetic_dataset`` call) runs up to ``iterative_rounds``
+    rounds of ``batch_size`` concurrent pairs until it has its kept pairs."""
+
+    model_name: Text | None = None
+    """LiteLLM model that writes prompts and judges; default: ``society.llm.model``."""
+    n_personas: Int = Field(1000, ge=1, le=20_000)
+    """Personas composed from the shipped attribute lists (near-duplicates removed)."""
+    temperature: Float = Field(0.6, ge=0, le=2)
+    """Sampling temperature of the prompts the personas write."""
+    response_pairs: Int = Field(2, ge=2, le=2)
+    """Responses per prompt: always a pair (A and B), as in the paper."""
+    response_temperatures: tuple[Float, Float] = (0.2, 1.0)
+    """Standalone only: the one configuration answers at these two temperatures."""
+    min_response_length: Int = Field(1, ge=0, le=100_000)
+    """Characters; shorter responses fail the ``too_short`` filter (the seed's 50 suits long answers)."""
+    max_response_length: Int = Field(4000, ge=1, le=1_000_000)
+    similarity_threshold: Float = Field(0.9, gt=0, le=1)
+    """Near-duplicate prompts (against the study's earlier ones) and response pairs at or above it are filtered."""
+    quality_filter: bool = True
+    """False: only the judgment filters (unparseable, inconsistent, tie) apply."""
+    diversity_factor: Float = Field(0.7, ge=0, le=1)
+    """Share of personas chosen to differ most from those already used (the rest: at random)."""
+    iterative_rounds: Int = Field(3, ge=1, le=100)
+    """Rounds per step; later rounds show earlier kept prompts as examples."""
+    batch_size: Int = Field(10, ge=1, le=1000)
+    """Pairs generated concurrently per round; also the kept pairs a loop step aims for."""
+    every: Int = Field(2, ge=1, le=1000)
+    """In the loop: duel every k-th generation (generation 0 always, when there is something to duel)."""
+    prompt_tokens: Int = Field(96, ge=8, le=4096)
+    """Max tokens of a written prompt."""
+    response_tokens: Int = Field(64, ge=1, le=4096)
+    """Standalone only: max tokens of a response (in the loop the target's own settings apply)."""
+    judge: Literal["auto", "text", "likelihood"] = "auto"
+    """How the LLM judges a pair (twice, A/B swapped, either way). ``text``: it writes a verdict,
+    parsed strictly (``[[A]]``, ``[[B]]``, ``[[tie]]``). ``likelihood``: the response it finds more likely
+    (mean log-prob per word) after "The better response is:"; needs exact log-probs. ``auto``:
+    likelihood on the embedded model (whose written verdicts always say A: measured 0 % consistent
+    under swap), text elsewhere."""
+    judge_tokens: Int = Field(16, ge=1, le=4096)
+    """Max tokens of a written judgment (the verdict is a short continuation)."""
+    tie_margin: Float = Field(0.05, ge=0, le=10)
+    """Likelihood judge: a difference in mean log-prob per word below this is a tie."""
+    rating_prior: Float = Field(1.0, gt=0, le=100)
+    """Bradley-Terry prior: virtual ties against an average configuration (keeps all-wins finite)."""
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SAOConfig:
+        if self.min_response_length > self.max_response_length:
+            raise At("min_response_length", f"({self.min_response_length}) exceeds max_response_length "
+                                            f"({self.max_response_length})")
+        return self
+
+
 class SocietyConfig(Strict):
     enabled: bool = False
     auto_generate_agents: bool = True
@@ -107,6 +164,7 @@ class SocietyConfig(Strict):
     agent_timeout_seconds: Float = Field(300.0, gt=0, le=86_400)
     """An agent that takes longer to propose (or learn) yields its slots to the others for that generation."""
     rlp: RLPConfig = Field(default_factory=RLPConfig)
+    sao: SAOConfig = Field(default_factory=SAOConfig)
 
     @model_validator(mode="after")
     def _roster(self) -> SocietyConfig:
@@ -131,6 +189,10 @@ class SocietyConfig(Strict):
             raise At(("learning", "rlp_enabled"),
                      f"is {str(self.learning.rlp_enabled).lower()} but agents: "
                      f"{'does not list' if self.learning.rlp_enabled else 'lists'} rlp; make them agree")
+        if "sao_enabled" in explicit and self.learning.sao_enabled != ("sao" in self.agents):
+            raise At(("learning", "sao_enabled"),
+                     f"is {str(self.learning.sao_enabled).lower()} but agents: "
+                     f"{'does not list' if self.learning.sao_enabled else 'lists'} sao; make them agree")
         return self
 
     def roster(self, algorithm: str) -> dict[str, float]:
@@ -138,10 +200,13 @@ class SocietyConfig(Strict):
         if self.agents is not None:
             return dict(self.agents)
         base = ALGORITHM_AGENTS[algorithm]
-        if self.learning.rlp_enabled:
-            # the numeric agents keep 70 % between them, RLP gets 30 %
-            return {**{k: 0.7 * v for k, v in base.items()}, "rlp": 0.3}
-        return dict(base)
+        # the numeric agents keep 70 % between them (60 % next to two LLM agents); the LLM agents share the rest
+        llm_agents = [a for a, on in (("rlp", self.learning.rlp_enabled), ("sao", self.learning.sao_enabled)) if on]
+        if not llm_agents:
+            return dict(base)
+        numeric = 0.7 if len(llm_agents) == 1 else 0.6
+        each = round((1 - numeric) / len(llm_agents), 12)
+        return {**{k: numeric * v for k, v in base.items()}, **{a: each for a in llm_agents}}
 
     def uses_llm(self, algorithm: str) -> bool:
         return self.enabled and any(a in LLM_AGENTS for a in self.roster(algorithm))

@@ -26,7 +26,7 @@ from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, ru
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
 from convergence.errors import ConvergenceError
-from convergence.society.base import Proposal, ProposalContext
+from convergence.society.base import Proposal, ProposalContext, TaskAccess
 from convergence.society.society import AgentReport, Society
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.targets.base import Target
@@ -223,6 +223,7 @@ class Optimizer:
         for problem in self.society.memory_errors:
             self.events.message(self._redactor.text(problem))
         self.society.time_left = budget.remaining_seconds
+        self.society.bind(TaskAccess(self.cases, self._agent_call))
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -277,6 +278,9 @@ class Optimizer:
                     self.events.generation_finished(gen, best, new)
                     if self.society.reports:
                         await self._society_learns(gen, new, history)
+                        if self._rescore(history):  # a trial-level metric (sao_preference) moved
+                            population.sort(key=lambda t: -t.score)
+                            best = max(history, key=lambda t: t.score, default=best)
                     if self._all_failed.tripped:
                         stop_reason = self._all_failed.reason()
                         status = "failed"
@@ -341,6 +345,51 @@ class Optimizer:
                 step(gen, self.society.reports, new)
             except Exception as exc:  # noqa: BLE001 - a display hook must never stop the run
                 self.events.message(f"society display failed: {type(exc).__name__}: {exc}")
+
+    def _rescore(self, trials: list[TrialRecord]) -> bool:
+        """Refresh trial-level metric values (the SAO preference rating changes as the judge
+        compares more configurations) and the scores that include them; changed trials are stored."""
+        if not self.evaluator.trial_level:
+            return False
+        changed = False
+        for t in trials:
+            values = self._trial_values(t.config_hash)
+            if all(t.metrics.get(k) == v for k, v in values.items()):
+                continue
+            agg = self.evaluator.score_means({**t.metrics, **values})
+            t.score, t.metrics, t.normalized, t.thresholds_passed = (agg.score, agg.means, agg.normalized,
+                                                                     agg.thresholds_passed)
+            self.store.record_trial(self.run_id, t)
+            changed = True
+        return changed
+
+    def _trial_values(self, config_hash: str) -> dict[str, float]:
+        """Values of the trial-level metrics for one configuration (today: ``sao_preference``)."""
+        if not self.evaluator.trial_level:
+            return {}
+        sao = self.society.agent("sao")
+        preference = getattr(sao, "preference", None)
+        return {name: float(preference(config_hash)) if preference is not None else 0.5
+                for name in self.evaluator.trial_level}
+
+    async def _agent_call(self, config: dict[str, Any], task_input: object) -> str:
+        """An agent's call of the target on a new input (SAO's duels): budgeted, counted, retried
+        and redacted like an evaluation call, but not a test-case result."""
+        from convergence.evaluation.text import to_text
+        from convergence.society.base import TargetCallError
+
+        if self._all_failed.tripped or not self.budget.reserve_call():
+            raise TargetCallError("the run's call budget is spent")
+        ticket = _Ticket(self.budget, self.store)
+        try:
+            call = await self.runner.run(self.space.resolve(config), TestCase("sao", task_input), ticket.attempt)
+        finally:
+            ticket.close()
+        self.budget.charge(call.cost_usd)
+        if call.error is not None:
+            raise TargetCallError(self._redactor.text(call.error))
+        output = self._redactor.exact_deep(call.output) if self._secrets else call.output
+        return to_text(output)
 
     def _warm_proposals(self, warm: list[dict[str, Any]], seen: set[str]) -> list[Proposal]:
         out = []
@@ -481,7 +530,7 @@ class Optimizer:
         elif case_results and n_errors == len(case_results):
             trial.status = "failed"
         if case_results:
-            agg = self.evaluator.aggregate(case_results)
+            agg = self.evaluator.aggregate(case_results, self._trial_values(p.config_hash))
             trial.score = agg.score
             trial.metrics = agg.means
             trial.normalized = agg.normalized

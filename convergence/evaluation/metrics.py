@@ -269,7 +269,10 @@ BUILTINS: dict[str, SyncMetricFn] = {
 }
 """Sync built-ins. ``llm_judge`` and ``custom`` are resolved by :func:`resolve_metric`."""
 
-SPECIAL = ("llm_judge", "custom")
+SPECIAL = ("llm_judge", "custom", "sao_preference")
+TRIAL_LEVEL = frozenset({"sao_preference"})
+"""Metrics of a configuration, not of a test case: the loop supplies their value when it scores a trial
+(``sao_preference``: the SAO agent's preference rating of the configuration, 0.5 until it is compared)."""
 OPERATIONAL = frozenset({"latency", "cost"})
 """Metrics measured on the call itself: still meaningful when the call failed."""
 
@@ -295,6 +298,10 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"Metric({self.name!r}, function={self.function!r})"
+
+
+def _trial_level(output: Any, case: TestCase, call: CallResult, args: dict[str, Any]) -> float:
+    raise MetricError("a trial-level metric has no per-case value (the evaluator never calls this)")
 
 
 def infer_function(name: str, has_custom: bool) -> str:
@@ -326,6 +333,8 @@ def resolve_metric(
     args = _prepare_args(name, function, cfg.args, base_dir)
     if function in BUILTINS:
         return Metric(name, function, BUILTINS[function], args, False)
+    if function in TRIAL_LEVEL:
+        return Metric(name, function, _trial_level, args, False)
     if function == "llm_judge":
         from convergence.evaluation.judge import LLMJudge
 

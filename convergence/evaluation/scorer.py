@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from convergence.config.models import EvaluationConfig
 from convergence.core.types import CallResult, CaseResult, TestCase
-from convergence.evaluation.metrics import OPERATIONAL, AsyncMetricFn, Metric, SyncMetricFn, resolve_metric
+from convergence.evaluation.metrics import OPERATIONAL, TRIAL_LEVEL, AsyncMetricFn, Metric, SyncMetricFn, resolve_metric
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +95,20 @@ class Evaluator:
                 )
             )
         self._specs = tuple(specs)
+        self.trial_level: dict[str, str] = {s.name: s.metric.function for s in specs
+                                            if s.metric.function in TRIAL_LEVEL}
+        """Metric name -> function, for metrics of the configuration (values given to ``aggregate``)."""
+        per_case = [s for s in specs if s.name not in self.trial_level]
         # is_async tells the two kinds of metric function apart (the casts say so to the type checker)
         self._sync: tuple[tuple[str, SyncMetricFn, dict[str, Any], float], ...] = tuple(
             (s.name, cast("SyncMetricFn", s.metric.fn), s.metric.args, s.failure)
-            for s in specs if not s.metric.is_async
+            for s in per_case if not s.metric.is_async
         )
         self._async: tuple[tuple[str, AsyncMetricFn, dict[str, Any], float], ...] = tuple(
             (s.name, cast("AsyncMetricFn", s.metric.fn), s.metric.args, s.failure)
-            for s in specs if s.metric.is_async
+            for s in per_case if s.metric.is_async
         )
-        self._failed_template = {s.name: s.failure for s in specs if s.operational is None}
+        self._failed_template = {s.name: s.failure for s in per_case if s.operational is None}
         self._latency_names = tuple((s.name, s.ref) for s in specs if s.operational == "latency")
         self._cost_names = tuple(s.name for s in specs if s.operational == "cost")
         self._norm = tuple((s.name, s.higher, s.ref, s.weight) for s in specs)
@@ -178,8 +182,9 @@ class Evaluator:
 
     # ------------------------------------------------------------------ per trial
 
-    def aggregate(self, results: list[CaseResult]) -> Aggregate:
-        """Means, normalised values, weighted score and threshold verdict of a trial."""
+    def aggregate(self, results: list[CaseResult], trial_values: dict[str, float] | None = None) -> Aggregate:
+        """Means, normalised values, weighted score and threshold verdict of a trial;
+        ``trial_values``: the values of trial-level metrics (by metric name)."""
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         for r in results:
@@ -191,6 +196,12 @@ class Evaluator:
                     sums[k] = v
                     counts[k] = 1
         means = {k: sums[k] / counts[k] for k in sums}
+        if trial_values:
+            means.update((k, v) for k, v in trial_values.items() if k in self.trial_level)
+        return self.score_means(means)
+
+    def score_means(self, means: dict[str, float]) -> Aggregate:
+        """Score a trial from its metric means (also used to re-score when a trial-level value changes)."""
         normalized: dict[str, float] = {}
         score = 0.0
         for name, higher, ref, weight in self._norm:

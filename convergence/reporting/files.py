@@ -20,6 +20,7 @@ from convergence.reporting.export import EXTENSIONS, export_config
 from convergence.reporting.importance import parameter_importance
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import pareto_front
+from convergence.reporting.sao import SAOReport
 from convergence.reporting.society import AgentSummary, SocietyReport
 
 TOP_N = 10
@@ -89,6 +90,7 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
         "generations": [asdict(g) for g in report.generation_summaries()],
         "parameter_importance": importance,
         "society": None if report.society is None else asdict(report.society),
+        "sao": None if report.sao is None else asdict(report.sao),
         "trials": [asdict(t) for t in trials],
     }
     return _clean(doc)
@@ -250,6 +252,37 @@ def society_markdown(society: SocietyReport) -> list[str]:
     return out
 
 
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def sao_markdown(sao: SAOReport) -> list[str]:
+    """The "Self-judged preference" section: consistency under swap, filters, whom the judge preferred."""
+    rate = "n/a" if sao.consistency is None else f"{sao.consistency:.0%}"
+    out = ["## Self-judged preference (SAO)", "",
+           f"- **Pairs judged:** {sao.pairs} ({sao.kept} kept for export: consistent under swap and past every "
+           "filter; `convergence sao export` writes them)",
+           f"- **Consistent under swap:** {rate} of parseable pairs gave the same verdict with A and B swapped",
+           "- **Outcomes:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.outcomes.items())) or _DASH),
+           "- **Filtered:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.filtered.items())) or "none")]
+    if sao.rank_agreement is not None:
+        out.append(f"- **Agreement with measured scores:** Spearman {sao.rank_agreement:+.2f} over "
+                   f"{sum(p.score is not None for p in sao.preferred)} rated configurations")
+    out.append("")
+    if sao.preferred:
+        out += ["Configurations the self-judge compared, most preferred first (Bradley-Terry win probability "
+                "against an average configuration):", ""]
+        out += _table(["configuration", "preference", "duels (W/L/T)", "score"],
+                      [[_md(_config_text(p.config) if p.config else p.config_hash, 80), f"{p.preference:.2f}",
+                        f"{p.duels} ({p.wins}/{p.losses}/{p.ties})", _num(p.score)]
+                       for p in sao.preferred[:TOP_N]]) + [""]
+    if sao.examples:
+        out += ["Kept pairs (first few):", ""]
+        out += _table(["prompt", "chosen", "rejected"],
+                      [[_md(e["prompt"]), _md(e["chosen"]), _md(e["rejected"])] for e in sao.examples]) + [""]
+    return out
+
+
 def render_markdown(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
                     plot_files: Sequence[Path]) -> str:
     best, worst = report.best, report.worst
@@ -291,6 +324,8 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
          for g in report.generation_summaries()]) + [""]
     if report.society is not None:
         out += society_markdown(report.society)
+    if report.sao is not None:
+        out += sao_markdown(report.sao)
     out += ["## Parameter importance", "",
             "Share of the score's variance each parameter explains on its own (grouped by value, "
             "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "

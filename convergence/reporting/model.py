@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from convergence.core.types import Config, TrialRecord
+from convergence.reporting.sao import SAOReport
 from convergence.reporting.society import SocietyReport
 
 
@@ -81,6 +82,8 @@ class RunReport:
     elapsed_seconds: float = 0.0
     society: SocietyReport | None = None
     """What each agent of the society proposed and how it did (None: no society log)."""
+    sao: SAOReport | None = None
+    """The self-judge's pairs, consistency and preference ratings (None: the run made no SAO pairs)."""
 
     @property
     def usable(self) -> list[TrialRecord]:

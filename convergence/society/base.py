@@ -8,14 +8,15 @@ Later agents (RLP, SAO, learned schedulers) plug in through the same two calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from convergence.core.space import SearchSpace
-from convergence.core.types import Config, TrialRecord
+from convergence.core.types import Config, TestCase, TrialRecord
+from convergence.errors import ConvergenceError
 
 
 @dataclass(slots=True)
@@ -47,3 +48,19 @@ class Proposal:
     config: Config
     config_hash: str
     proposer: str
+
+
+@dataclass(slots=True)
+class TaskAccess:
+    """What an agent may use of the user's task (given by the loop through
+    ``Society.bind``): the test cases, as examples of its inputs, and a call of
+    the target with a configuration on a new input, budgeted, retried and
+    counted like every evaluation call; it returns the output as text and
+    raises :class:`TargetCallError` when the call failed."""
+
+    cases: Sequence[TestCase]
+    call: Callable[[Config, object], Awaitable[str]]
+
+
+class TargetCallError(ConvergenceError):
+    """An agent's target call failed (after retries) or the budget had no call left."""

@@ -94,6 +94,10 @@ class RLPAgent(RLPMixin):
         self.totals = {"answers": 0, "invalid": 0, "repaired": 0, "moved": 0, "proposals": 0}
         self._warned_no_logprobs = False
 
+    @property
+    def llm_cost_usd(self) -> float:
+        return self.rlp_llm.cost_usd
+
     # ------------------------------------------------------------------ memory
 
     async def restore(self, memory: AgentMemory) -> None:

@@ -23,7 +23,7 @@ from convergence.config.society import ALGORITHM_AGENTS, SocietyConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
 from convergence.society.bandit import BanditProposer, RandomProposer
-from convergence.society.base import Proposal, ProposalContext, Proposer
+from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess
 from convergence.society.evolutionary import EvolutionaryProposer
 from convergence.tracing import traced
 
@@ -86,7 +86,17 @@ class Society:
 
     def llm_cost_usd(self) -> float:
         """What the agents' LLM calls cost so far (charged to the run's budget by the loop)."""
-        return sum(float(getattr(getattr(p, "rlp_llm", None), "cost_usd", 0.0)) for p, _ in self.members)
+        return sum(float(getattr(p, "llm_cost_usd", 0.0)) for p, _ in self.members)
+
+    def bind(self, task: TaskAccess) -> None:
+        """Agents that work on the user's task itself (SAO) get its test cases and a target call."""
+        for proposer, _ in self.members:
+            bind = getattr(proposer, "bind", None)
+            if bind is not None:
+                bind(task)
+
+    def agent(self, name: str) -> Proposer | None:
+        return next((p for p, _ in self.members if p.name == name), None)
 
     @classmethod
     def from_config(cls, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Society:
@@ -252,4 +262,13 @@ def build_agent(name: str, cfg: OptimizationConfig | ConvergenceConfig, space: S
         client = LLMClient(rlp.model_name or llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
                            timeout_seconds=llm.timeout_seconds, max_retries=llm.max_retries)
         return RLPAgent(rlp, client, space, answer_tokens=llm.max_tokens, answer_temperature=llm.temperature)
+    if name == "sao" and isinstance(cfg, ConvergenceConfig):
+        from convergence.llm.agent_client import LLMClient
+        from convergence.society.sao_agent import SAOAgent
+
+        llm = cfg.society.llm
+        sao = cfg.society.sao
+        client = LLMClient(sao.model_name or llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
+                           timeout_seconds=llm.timeout_seconds, max_retries=llm.max_retries)
+        return SAOAgent(sao, client, space, seed=opt.seed or 0)
     raise ValueError(f"unknown agent {name!r}")

@@ -140,6 +140,48 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        5,
+        """
+        -- self-alignment optimization (SAO): the self-judge's preference pairs, a training set that outlives runs
+        CREATE TABLE sao_pairs (                -- one prompt, two responses, two judgments (A first, then swapped)
+            id INTEGER PRIMARY KEY,
+            study_id INTEGER NOT NULL,
+            run_id INTEGER,                     -- NULL: written standalone or imported, not by a run
+            generation INTEGER,                 -- the run's generation that wrote it (NULL outside a run)
+            source TEXT NOT NULL,               -- loop | standalone | import
+            model TEXT,                         -- the society LLM that wrote the prompt and judged
+            persona TEXT,                       -- who the prompt was written as
+            prompt TEXT NOT NULL,               -- the task input as text (what export writes)
+            prompt_input_json TEXT,             -- the task input in the shape of the study's test cases
+            response_a TEXT NOT NULL,
+            response_b TEXT NOT NULL,
+            config_a_json TEXT,                 -- configuration that wrote response_a (NULL standalone)
+            config_b_json TEXT,
+            hash_a TEXT,                        -- config hashes of A and B (the ratings' keys)
+            hash_b TEXT,
+            verdict_1 TEXT,                     -- A | B | tie with A shown first; NULL: unparseable
+            verdict_2 TEXT,                     -- the same with B shown first, mapped back to A/B labels
+            outcome TEXT NOT NULL,              -- A | B | tie | inconsistent | unparseable (the swap rule)
+            failed_filters_json TEXT NOT NULL,  -- quality filters the pair failed ([]: kept if A or B)
+            judgments_json TEXT,                -- the judge's raw texts, for inspection
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX sao_pairs_by_study ON sao_pairs(study_id, id);
+        CREATE INDEX sao_pairs_by_run ON sao_pairs(run_id);
+        CREATE TABLE sao_ratings (              -- Bradley-Terry rating of each configuration a run's judge compared
+            run_id INTEGER NOT NULL,
+            config_hash TEXT NOT NULL,
+            strength REAL NOT NULL,             -- fitted Bradley-Terry strength
+            preference REAL NOT NULL,           -- the preference score derived from it (higher: preferred)
+            duels INTEGER NOT NULL,             -- judged pairs it took part in
+            wins INTEGER NOT NULL,
+            losses INTEGER NOT NULL,
+            ties INTEGER NOT NULL,
+            PRIMARY KEY (run_id, config_hash)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

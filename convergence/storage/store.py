@@ -19,7 +19,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +30,7 @@ import anyio
 
 from convergence.core.types import CallResult, CaseResult, Config, TestCase, TrialRecord
 from convergence.errors import ConvergenceError
+from convergence.society.sao_pairs import SAOPair
 from convergence.storage.counter import CallCounter, counter_path, read_count
 from convergence.storage.migrations import LATEST, MIGRATIONS
 from convergence.storage.writer import Batch, GroupCommitWriter
@@ -163,6 +164,56 @@ _SQL_SOCIETY = (
     "proposed=excluded.proposed, status=excluded.status, seconds=excluded.seconds, "
     "detail_json=excluded.detail_json"
 )
+_SQL_SAO_PAIR = (
+    "INSERT INTO sao_pairs(study_id, run_id, generation, source, model, persona, prompt, prompt_input_json, "
+    "response_a, response_b, config_a_json, config_b_json, hash_a, hash_b, verdict_1, verdict_2, outcome, "
+    "failed_filters_json, judgments_json, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_SAO_PAIR_COLS = (
+    "sao_pairs.id, run_id, generation, source, model, persona, prompt, prompt_input_json, response_a, "
+    "response_b, config_a_json, config_b_json, hash_a, hash_b, verdict_1, verdict_2, outcome, "
+    "failed_filters_json, judgments_json, sao_pairs.created_at"
+)
+_SQL_SAO_RATINGS_CLEAR = "DELETE FROM sao_ratings WHERE run_id=?"
+_SQL_SAO_RATING = (
+    "INSERT OR REPLACE INTO sao_ratings(run_id, config_hash, strength, preference, duels, wins, losses, ties) "
+    "VALUES (?,?,?,?,?,?,?,?)"
+)
+
+RatingRow = tuple[str, float, float, int, int, int, int]
+"""(config_hash, strength, preference, duels, wins, losses, ties): one configuration's SAO rating."""
+
+
+def _sao_pair_row(study_id: int, pair: SAOPair) -> tuple[Any, ...]:
+    """The ``sao_pairs`` row of ``pair``, JSON encoded now (callers may keep mutating the pair)."""
+    return (
+        study_id, pair.run_id, pair.generation, pair.source, pair.model, pair.persona, pair.prompt,
+        None if pair.prompt_input is None else _dump(pair.prompt_input), pair.response_a, pair.response_b,
+        None if pair.config_a is None else _dump(pair.config_a),
+        None if pair.config_b is None else _dump(pair.config_b), pair.hash_a, pair.hash_b, pair.verdict_1,
+        pair.verdict_2, pair.outcome, _dump(list(pair.failed_filters)), _dump(list(pair.judgments)),
+        pair.created_at if pair.created_at is not None else time.time(),
+    )
+
+
+def _sao_pair(r: Any) -> SAOPair:
+    return SAOPair(
+        id=r[0], run_id=r[1], generation=r[2], source=r[3], model=r[4] or "", persona=r[5] or "", prompt=r[6],
+        prompt_input=None if r[7] is None else json.loads(r[7]), response_a=r[8], response_b=r[9],
+        config_a=None if r[10] is None else json.loads(r[10]), config_b=None if r[11] is None else json.loads(r[11]),
+        hash_a=r[12], hash_b=r[13], verdict_1=r[14], verdict_2=r[15], outcome=r[16],
+        failed_filters=json.loads(r[17]), judgments=json.loads(r[18] or "[]"), created_at=r[19],
+    )
+
+
+def _rating_row(r: Any) -> RatingRow:
+    """A rating as a tuple, from a tuple or an object with the rating's attributes (``society.ratings.Rating``)."""
+    if isinstance(r, tuple):
+        h, strength, preference, duels, wins, losses, ties = r
+    else:
+        h, strength, preference = r.config_hash, r.strength, r.preference
+        duels, wins, losses, ties = r.duels, r.wins, r.losses, r.ties
+    return (str(h), float(strength), float(preference), int(duels), int(wins), int(losses), int(ties))
 
 
 def _case_rows(rows: list[tuple[Any, ...]]) -> Any:
@@ -533,6 +584,20 @@ class Store:
              None if detail is None else _dump(detail)),
         )
 
+    def record_sao_pair(self, study_id: int, pair: SAOPair) -> None:
+        """Append one SAO preference pair of the study (a run's, through its writer:
+        committed in order with the run's rows, dropped with them if the lease is lost)."""
+        self._writer.add(_SQL_SAO_PAIR, _sao_pair_row(study_id, pair))
+
+    def save_sao_ratings(self, run_id: int, ratings: Sequence[RatingRow] | Sequence[Any]) -> None:
+        """Replace the run's SAO ratings with ``ratings``: tuples (config_hash, strength,
+        preference, duels, wins, losses, ties) or objects with those attributes. The
+        delete and the inserts are ordered in the writer, so readers see one whole fit."""
+        rows = [_rating_row(r) for r in ratings]  # converted now: a bad rating fails here, not in the writer
+        self._writer.add(_SQL_SAO_RATINGS_CLEAR, (run_id,))
+        for row in rows:
+            self._writer.add(_SQL_SAO_RATING, (run_id, *row))
+
     def touch(self) -> None:
         """Ask for a commit of the tracked run's totals (e.g. a call was just reserved)."""
         self._writer.touch()
@@ -756,3 +821,86 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return {r[0]: json.loads(r[1]) for r in rows}
+
+    # ------------------------------------------------------------------ SAO preference pairs
+
+    async def add_sao_pairs(self, study_id: int, pairs: Sequence[SAOPair]) -> int:
+        """Insert ``pairs`` under the study and commit at once (``sao import``, the
+        standalone API: no run and no writer). Returns how many were stored."""
+        rows = [_sao_pair_row(study_id, p) for p in pairs]
+        if not rows:
+            return 0
+        await self._db.commit()  # no implicit transaction may be open before BEGIN IMMEDIATE
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.executemany(_SQL_SAO_PAIR, rows)
+            await self._db.commit()
+        except BaseException:
+            await self._db.rollback()
+            raise
+        return len(rows)
+
+    async def sao_pairs(
+        self, *, run_id: int | None = None, study: str | None = None, study_id: int | None = None,
+        kept_only: bool = False, limit: int | None = None,
+    ) -> list[SAOPair]:
+        """Stored SAO pairs, oldest first: of one run, of one study (by name or id:
+        every run's and the imported ones), of all given filters, or all. ``kept_only``:
+        consistent (A or B) and passing every filter; ``limit``: only the newest
+        ``limit`` (still oldest first)."""
+        sql = f"SELECT {_SAO_PAIR_COLS} FROM sao_pairs"
+        where: list[str] = []
+        args: tuple[Any, ...] = ()
+        if study_id is not None:
+            where.append("sao_pairs.study_id = ?")
+            args += (study_id,)
+        if study is not None:
+            sql += " JOIN studies ON studies.id = sao_pairs.study_id"
+            where.append("studies.name = ?")
+            args += (study,)
+        if run_id is not None:
+            where.append("sao_pairs.run_id = ?")
+            args += (run_id,)
+        if kept_only:  # the SQL form of SAOPair.kept; failed_filters_json is always written compact
+            where.append("outcome IN ('A', 'B') AND failed_filters_json = '[]'")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY sao_pairs.id DESC"
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0, not {limit}")  # SQLite reads a negative LIMIT as none
+            sql += " LIMIT ?"
+            args += (limit,)
+        async with self._db.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_sao_pair(r) for r in list(rows)[::-1]]
+
+    async def sao_studies(self) -> list[tuple[str, int]]:
+        """Every study with its number of SAO pairs (0 included), by name: tells an
+        unknown study from one without pairs."""
+        async with self._db.execute(
+            "SELECT studies.name, COUNT(sao_pairs.id) FROM studies "
+            "LEFT JOIN sao_pairs ON sao_pairs.study_id = studies.id GROUP BY studies.id ORDER BY studies.name"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def latest_sao_run(self) -> int | None:
+        """The newest run that stored SAO pairs (None: no run did)."""
+        async with self._db.execute("SELECT MAX(run_id) FROM sao_pairs WHERE run_id IS NOT NULL") as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def sao_ratings(self, run_id: int) -> dict[str, dict[str, float | int]]:
+        """config_hash -> {strength, preference, duels, wins, losses, ties} of the run's
+        last fit, most preferred first (empty: never fitted)."""
+        async with self._db.execute(
+            "SELECT config_hash, strength, preference, duels, wins, losses, ties FROM sao_ratings "
+            "WHERE run_id = ? ORDER BY preference DESC, config_hash",
+            (run_id,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return {
+            r[0]: {"strength": r[1], "preference": r[2], "duels": r[3], "wins": r[4], "losses": r[5], "ties": r[6]}
+            for r in rows
+        }

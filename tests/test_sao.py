@@ -143,5 +143,125 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
 
         ds = datasets.load_dataset("json", data_files=str(target), split="train")
         assert ds.column_names == ["prompt", "chosen", "rejected"] and len(ds) == len(kept)
+
+        # the report says how consistent the judge was and whom it preferred
+        from convergence.outputs import build_report
+        from convergence.reporting.files import render_markdown
+
+        report = await build_report(store, out.run_id)
+        assert report.sao is not None and report.sao.pairs == len(pairs)
+        assert report.sao.preferred[0].config == {"style": "correct"}
+        text = render_markdown(report, [], {}, [])
+        assert "## Self-judged preference (SAO)" in text and "Consistent under swap" in text
     finally:
         await store.close()
+
+
+def _agent(space_yaml: str = "style: {type: categorical, values: [correct, neighbour, nonsense]}\n"
+                             "x: {type: discrete, values: [1, 2, 3, 4, 5]}") -> SAOAgent:
+    import yaml
+
+    from convergence.config.models import SearchSpaceConfig
+    from convergence.config.society import SAOConfig
+    from convergence.core.space import SearchSpace
+    from convergence.llm.agent_client import LLMClient
+
+    space = SearchSpace.from_config(SearchSpaceConfig.model_validate({"parameters": yaml.safe_load(space_yaml)}))
+    return SAOAgent(SAOConfig(), LLMClient(), space)
+
+
+def _trial(config: dict[str, Any], score: float) -> Any:
+    from convergence.core.space import config_hash
+    from convergence.core.types import TrialRecord
+
+    return TrialRecord(config=config, config_hash=config_hash(config), generation=0, proposer="evolution",
+                       n_cases=2, n_errors=0, score=score)
+
+
+def _favouring(winner: dict[str, Any], others: list[dict[str, Any]]) -> SAOAgent:
+    from convergence.society.ratings import Duel
+
+    agent = _agent()
+    trials = [_trial(winner, 0.5)] + [_trial(c, 0.5) for c in others]
+    agent.observe(trials)
+    agent.duels = [Duel(trials[0].config_hash, t.config_hash, "A") for t in trials[1:] for _ in range(3)]
+    agent._refit(None)
+    return agent
+
+
+async def test_rigged_what_the_judge_prefers_changes_what_sao_proposes() -> None:
+    """The same study, two different verdicts: SAO proposes neighbours of whichever
+    configuration the judge preferred (and nothing before it has a favourite)."""
+    import numpy as np
+
+    from convergence.society.base import ProposalContext
+
+    a, b = {"style": "correct", "x": 3}, {"style": "nonsense", "x": 1}
+    c = {"style": "neighbour", "x": 5}
+
+    def ctx(agent: SAOAgent) -> ProposalContext:
+        from convergence.core.space import config_hash
+
+        seen = {config_hash(t.config) for t in agent.trials.values()}
+        return ProposalContext(agent.space, 1, [], list(agent.trials.values()), np.random.default_rng(0), seen)
+
+    fresh = _agent()
+    fresh.observe([_trial(a, 0.5), _trial(b, 0.5)])
+    assert await fresh.propose(ctx(fresh), 3) == []  # no duel yet: its slots go to the others
+
+    for winner, losers in ((a, [b, c]), (b, [a, c])):
+        agent = _favouring(winner, losers)
+        assert agent.favourites()[0] == winner
+        proposals = await agent.propose(ctx(agent), 3)
+        assert len(proposals) == 3
+        for p in proposals:  # one parameter away from the favourite, never a seen configuration
+            assert sum(p[k] != winner[k] for k in winner) == 1 and p not in (a, b, c), (winner, proposals)
+
+
+async def test_a_resumed_run_reuses_its_stored_duels_and_pays_no_target_call_again(tmp_path: Path) -> None:
+    from convergence.core.types import TestCase
+    from convergence.society.base import TaskAccess
+    from convergence.society.memory import AgentMemory
+    from convergence.society.sao_pairs import SAOPair
+
+    correct, nonsense = _trial({"style": "correct", "x": 1}, 0.9), _trial({"style": "nonsense", "x": 1}, 0.1)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        run_id = await store.start_run("s", {}, 1, None)
+        study_id = await store.study_id("s")
+        stored = [SAOPair("a persona", f"q{i}", "Paris", "banana", "A", "A", "A", run_id=run_id, generation=0,
+                          source="loop", hash_a=correct.config_hash, hash_b=nonsense.config_hash,
+                          config_a=correct.config, config_b=nonsense.config) for i in range(2)]
+        await store.add_sao_pairs(study_id, stored)
+        calls: list[Any] = []
+
+        async def call(config: dict[str, Any], task_input: object) -> str:
+            calls.append(config)
+            raise AssertionError("a duel of a finished generation was paid again")
+
+        agent = _agent()
+        await agent.restore(AgentMemory(store, study_id, agent.memory_key))
+        assert agent.known_prompts == ["q0", "q1"]  # the study's earlier prompts: duplicates are filtered
+        agent.bind(TaskAccess([TestCase("c", {"question": "?"})], call))
+        agent.observe([correct, nonsense])
+        await agent.learn([correct, nonsense], 0, run_id)
+        assert calls == [] and "not made again" in agent.step["note"]
+        assert agent.preference(correct.config_hash) > 0.5 > agent.preference(nonsense.config_hash)
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+def test_the_sao_python_example_in_docs_society_runs(tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "society.md").read_text()
+    [code] = [c for c in re.findall(r"```python\n(.*?)```", doc, re.S) if "SAOMixin" in c]
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "consistency under swap:" in done.stdout and "rows written:" in done.stdout
+    rows = (tmp_path / "pairs.jsonl").read_text().splitlines()
+    assert f"rows written: {len(rows)}" in done.stdout

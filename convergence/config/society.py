@@ -135,13 +135,13 @@ class SAOConfig(Strict):
     judge: Literal["auto", "text", "likelihood"] = "auto"
     """How the LLM judges a pair (twice, A/B swapped, either way). ``text``: it writes a verdict,
     parsed strictly (``[[A]]``, ``[[B]]``, ``[[tie]]``). ``likelihood``: the response it finds more likely
-    (mean log-prob per word) after "The better response is:"; needs exact log-probs. ``auto``:
+    (total log-prob) after "The better response is:"; needs exact log-probs. ``auto``:
     likelihood on the embedded model (whose written verdicts always say A: measured 0 % consistent
     under swap), text elsewhere."""
     judge_tokens: Int = Field(16, ge=1, le=4096)
     """Max tokens of a written judgment (the verdict is a short continuation)."""
-    tie_margin: Float = Field(0.05, ge=0, le=10)
-    """Likelihood judge: a difference in mean log-prob per word below this is a tie."""
+    tie_margin: Float = Field(0.1, ge=0, le=10)
+    """Likelihood judge: a difference in total log-prob (nats) below this is a tie."""
     rating_prior: Float = Field(1.0, gt=0, le=100)
     """Bradley-Terry prior: virtual ties against an average configuration (keeps all-wins finite)."""
 

@@ -191,8 +191,10 @@ class SAOMixin:
         return parse_continuation(done.text), done.text
 
     async def _likelihood_judgment(self, task: str, first: str, second: str) -> tuple[Verdict | None, str]:
-        """The response the LLM would rather continue "The better response is:" with,
-        by mean log-prob per word; within ``tie_margin``: a tie. No log-probs: unparseable."""
+        """The response the LLM would rather continue "The better response is:" with, by total
+        log-prob (nats); within ``tie_margin``: a tie. No log-probs: unparseable. Total, not per
+        word: per word (and PMI) favour a rambling continuation, which is fluent text to a base
+        model; on 13 obvious pairs total was consistent under swap 9 times and right all 9."""
         prompt = f"Question: {task.strip()}\nResponse A: {first.strip()}\nResponse B: {second.strip()}\n" \
                  "The better response is:"
         scores = []
@@ -200,10 +202,10 @@ class SAOMixin:
             lp = await self.sao_llm.logprob(prompt, " " + response.strip())
             if lp.value is None:
                 return None, f"no log-probs from {self.sao_llm.model}: {lp.detail or lp.method}"
-            scores.append(lp.value / max(1, len(response.split())))
+            scores.append(lp.value)
         diff = scores[0] - scores[1]
         verdict: Verdict = "tie" if abs(diff) < self.sao_config.tie_margin else ("A" if diff > 0 else "B")
-        return verdict, f"mean log-prob per word: A {scores[0]:.3f}, B {scores[1]:.3f} -> [[{verdict}]]"
+        return verdict, f"log-prob: A {scores[0]:.3f}, B {scores[1]:.3f} -> [[{verdict}]]"
 
     async def judge(self, task: str, a: str, b: str) -> tuple[Any, Any, list[str]]:
         """Both orders: (verdict with A first, verdict with B first mapped back to A/B labels, raw texts)."""

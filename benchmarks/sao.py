@@ -15,7 +15,8 @@ Every number printed is measured when the script runs.
    judge: pairs per minute (wall, prompts + responses + both judgments), the
    consistency rate under swap, the share of pairs filtered (and by which
    filter), and Spearman's rank correlation between each configuration's
-   Bradley-Terry preference and its measured accuracy.
+   Bradley-Terry preference and its measured accuracy; then the same for the
+   pairs the LLM itself judged (an empty response loses by rule, no judge).
 
 Usage: ``python benchmarks/sao.py [--per-pairing 1] [--seed 3]``.
 """
@@ -71,6 +72,7 @@ async def measure(per_pairing: int, seed: int) -> None:
     from convergence.core.loop import Optimizer
     from convergence.llm.agent_client import LLMClient
     from convergence.society.base import TaskAccess
+    from convergence.society.ratings import Duel, ratings
     from convergence.society.sao_agent import SAOAgent
     from convergence.society.verdict import consistency_rate
     from convergence.storage.store import Store
@@ -119,24 +121,40 @@ async def measure(per_pairing: int, seed: int) -> None:
             agent._refit(None)
             rated = [(agent.preference(h), accuracy[h]) for h in accuracy]
             rho = spearmanr([r[0] for r in rated], [r[1] for r in rated]).statistic
+            # the same, from the duels the LLM judged (not those an empty response lost by rule)
+            by_llm = [p for p in made if p.judgments and not p.judgments[0].startswith("rule:")]
+            llm_ratings = ratings([Duel(p.hash_a or "", p.hash_b or "", p.outcome) for p in by_llm  # type: ignore[arg-type]
+                                   if p.outcome in ("A", "B", "tie")])
+            llm_rated = [(llm_ratings[h].preference if h in llm_ratings else 0.5, accuracy[h]) for h in accuracy]
+            llm_rho = spearmanr([r[0] for r in llm_rated], [r[1] for r in llm_rated]).statistic
             filtered = [p for p in made if p.failed_filters]
             reasons: dict[str, int] = {}
             for p in filtered:
                 for f in p.failed_filters:
                     reasons[f] = reasons.get(f, 0) + 1
             rows.append((judge, len(made), 60 * len(made) / seconds, consistency_rate([p.outcome for p in made]),
-                         len(filtered) / max(1, len(made)), reasons, rho, len(agent.failures)))
+                         len(filtered) / max(1, len(made)), reasons, rho, len(agent.failures), len(by_llm),
+                         consistency_rate([p.outcome for p in by_llm]), llm_rho))
         await target.aclose()
     finally:
         await store.close()
     print()
-    print(f"{'judge':<11} {'pairs':>5} {'pairs/min':>9} {'consistent':>10} {'filtered':>8} {'spearman':>8}  "
-          "filters (pairs failing each)")
-    for judge, n, rate, cons, share, reasons, rho, failures in rows:
-        cons_text = "n/a" if cons is None else f"{cons:.0%}"
-        rho_text = "n/a" if rho != rho else f"{rho:+.2f}"
-        print(f"{judge:<11} {n:>5} {rate:>9.1f} {cons_text:>10} {share:>8.0%} {rho_text:>8}  {reasons}"
+    print(f"{'judge':<11} {'pairs':>5} {'pairs/min':>9} {'consistent':>10} {'filtered':>8} {'spearman':>8} "
+          f"{'LLM-judged':>10} {'consistent':>10} {'spearman':>8}  filters (pairs failing each)")
+    for judge, n, rate, cons, share, reasons, rho, failures, n_llm, llm_cons, llm_rho in rows:
+        print(f"{judge:<11} {n:>5} {rate:>9.1f} {_pct(cons):>10} {share:>8.0%} {_rho(rho):>8} "
+              f"{n_llm:>10} {_pct(llm_cons):>10} {_rho(llm_rho):>8}  {reasons}"
               + (f"  ({failures} prompts could not be written)" if failures else ""))
+    print("\nLLM-judged: pairs the LLM judged (not an empty response losing by rule); their consistency under "
+          "swap and the Spearman correlation of ratings fitted to their duels alone (unrated: 0.5).")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def _rho(x: float) -> str:
+    return "n/a" if x != x else f"{x:+.2f}"
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 
 from convergence.config.loader import parse_config
 from convergence.core.loop import Optimizer
@@ -43,6 +44,9 @@ def answer(params, input):
     right = CAPITALS[country]
     return right if style == "correct" else CITIES[(CITIES.index(right) + 1) % len(CITIES)]
 '''
+
+
+PREFERENCE_METRICS = "acc: {function: contains, weight: 0.5}\n            pref: {function: sao_preference, weight: 0.5}"
 
 
 def config(tmp_path: Path, society: str, metrics: str = "acc: {function: contains}",
@@ -107,7 +111,7 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
           enabled: true
           agents: {evolution: 0.6, sao: 0.4}
           sao: {batch_size: 4, iterative_rounds: 2, every: 1, prompt_tokens: 40}
-        """, metrics="acc: {function: contains, weight: 0.5}\n            pref: {function: sao_preference, weight: 0.5}")
+        """, metrics=PREFERENCE_METRICS)
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         opt = Optimizer(loaded, store)
@@ -153,6 +157,9 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         assert report.sao.preferred[0].config == {"style": "correct"}
         text = render_markdown(report, [], {}, [])
         assert "## Self-judged preference (SAO)" in text and "Consistent under swap" in text
+        traces = await anyio.to_thread.run_sync(CliRunner().invoke, app,
+                                                ["traces", str(out.run_id), "--db", str(tmp_path / "db.sqlite")])
+        assert traces.exit_code == 0 and "pair(s) judged" in traces.output, traces.output
     finally:
         await store.close()
 
@@ -265,3 +272,34 @@ def test_the_sao_python_example_in_docs_society_runs(tmp_path: Path) -> None:
     assert "consistency under swap:" in done.stdout and "rows written:" in done.stdout
     rows = (tmp_path / "pairs.jsonl").read_text().splitlines()
     assert f"rows written: {len(rows)}" in done.stdout
+
+
+@pytest.mark.slow
+async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdicts_and_bias_is_caught(
+    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The provider path (``judge: auto`` -> text): the served model's written verdicts
+    are parsed strictly, both orders are judged, and position bias shows as inconsistent
+    pairs that stay out of the dataset, with the consistency rate in the stats."""
+    from convergence.config.society import SAOConfig
+    from convergence.llm.agent_client import LLMClient
+    from convergence.plugins.learning.sao import SAOMixin
+
+    monkeypatch.setenv("SAO_SERVER_KEY", "sk-local-dummy")
+    client = LLMClient(f"openai/{llama_server.model_alias}", api_base=llama_server.api_base,
+                       api_key_env="SAO_SERVER_KEY", timeout_seconds=120)
+    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=1, prompt_tokens=40, response_tokens=12), client,
+                   examples=[{"question": "What is the capital of Germany?"}], seed=2)
+    assert sao.judge_method == "text"
+    await sao.generate_synthetic_dataset(n_samples=2)
+    made = sao.sao_dataset
+    assert made, sao.failures
+    judged = [p for p in made if p.judgments]
+    assert judged and all(len(p.judgments) == 2 for p in judged)  # both orders, every time
+    for p in judged:
+        assert p.outcome == ("unparseable" if None in (p.verdict_1, p.verdict_2)
+                             else p.verdict_1 if p.verdict_1 == p.verdict_2 else "inconsistent")
+        assert p.kept == (p.outcome in ("A", "B") and not p.failed_filters)
+    stats = sao.get_sao_stats()
+    assert stats["total"] == len(made) and stats["kept"] == sum(p.kept for p in made)
+    assert stats["consistency_rate"] is None or 0.0 <= stats["consistency_rate"] <= 1.0

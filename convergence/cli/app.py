@@ -426,9 +426,15 @@ def society_line(cfg: Any) -> str:
         return f"algorithm {opt.algorithm}"
     roster = ", ".join(f"{k} {v:g}" for k, v in soc.roster(opt.algorithm).items())
     line = f"society: {roster}"
-    if soc.uses_llm(opt.algorithm):
-        line += f" (LLM {soc.rlp.model_name or soc.llm.model}, G={soc.rlp.G}, thought_length={soc.rlp.thought_length})"
-    return line
+    agents = soc.roster(opt.algorithm)
+    notes = []
+    if "rlp" in agents:
+        notes.append(f"rlp: LLM {soc.rlp.model_name or soc.llm.model}, G={soc.rlp.G}, "
+                     f"thought_length={soc.rlp.thought_length}")
+    if "sao" in agents:
+        notes.append(f"sao: LLM {soc.sao.model_name or soc.llm.model}, {soc.sao.batch_size} pair(s) "
+                     f"every {soc.sao.every} generation(s)")
+    return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 if __name__ == "__main__":

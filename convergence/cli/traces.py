@@ -39,7 +39,7 @@ async def build_tree(
             "agent": row.agent, "status": row.status, "share": row.share, "asked": row.asked,
             "proposed": row.proposed, "seconds": row.seconds, "error": d.get("error"),
             "in_top_k": d.get("in_top_k"), "thoughts": d.get("thoughts", []), "mean_reward": d.get("mean_reward"),
-            "reward_method": d.get("reward_method"), "policy": d.get("policy"),
+            "reward_method": d.get("reward_method"), "policy": d.get("policy"), "sao": d.get("sao"),
         })
     out_gens: list[dict[str, Any]] = []
     for g in gens:
@@ -120,6 +120,10 @@ def render_tree(tree: dict[str, Any]) -> Any:
                 if a["mean_reward"] is not None:
                     line += f", mean reward {a['mean_reward']:+.3f} ({escape(str(a['reward_method']))})"
                 anode = snode.add(line)
+                if a.get("sao"):
+                    from convergence.cli.progress import sao_line
+
+                    anode.add(escape(sao_line(a["sao"])))
                 for th in a["thoughts"]:
                     reward = th.get("reward")
                     anode.add(f"[{escape(str(th.get('strategy')))}] \"{escape(_clip(th.get('thought') or '', 90))}\""

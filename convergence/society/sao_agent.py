@@ -20,6 +20,7 @@ prefers (most preferred first), through the same share as every agent.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,8 @@ class SAOAgent(SAOMixin):
     name = "sao"
     role = "alignment: self-judged duels between configurations; proposes around the judge's favourites"
     uses_llm = True
+    learns_unasked = True
+    """It duels after evaluation whether or not it had slots this generation (its report shows each step)."""
 
     def __init__(self, cfg: SAOConfig, llm: LLMClient, space: SearchSpace, seed: int = 0):
         super().__init__(cfg, llm, seed=seed)
@@ -94,18 +97,20 @@ class SAOAgent(SAOMixin):
         return [self.trials[r.config_hash].config for r in rated]
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
+        """Round robin over the top three favourites: each turn, the favourite's nearest unseen neighbour."""
         winners = self.favourites()[:3]
         out: list[Config] = []
         seen = set(ctx.seen)
-        for i in range(n * 2):
-            if len(out) >= n or not winners:
-                break
-            candidate = nearest_unseen(self.space, winners[i % len(winners)], {}, seen, ctx.rng)
-            if candidate is None:
-                winners.pop(i % len(winners))
+        turn = 0
+        while len(out) < n and winners:
+            base = winners[turn % len(winners)]
+            candidate = nearest_unseen(self.space, base, {}, seen, ctx.rng)
+            if candidate is None:  # every neighbour of this favourite is seen
+                winners.remove(base)
                 continue
             seen.add(config_hash(self.space.canonical(candidate)))
             out.append(candidate)
+            turn += 1
         return out
 
     # ------------------------------------------------------------------ duelling
@@ -152,10 +157,10 @@ class SAOAgent(SAOMixin):
         """Pairs for this generation's duels, each stored as it is made."""
         assert self.task is not None
         task = self.task
-        queue = list(pairings)
+        turns = itertools.cycle(pairings)  # later rounds go on where the last one stopped
 
         async def make(persona: Persona, examples: list[Any]) -> SAOPair:
-            a, b = queue.pop(0) if queue else pairings[0]
+            a, b = next(turns)
             configs = (a.config, b.config)
 
             async def responder(task_input: Any, i: int) -> str:

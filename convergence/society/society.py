@@ -221,7 +221,7 @@ class Society:
                 report.error = f"learning failed: {type(exc).__name__}: {str(exc)[:300]}"
             report.seconds += time.perf_counter() - start
             summary = getattr(proposer, "summary", None)
-            if summary is not None and report.asked:
+            if summary is not None and (report.asked or getattr(proposer, "learns_unasked", False)):
                 report.detail = summary()
 
         async with anyio.create_task_group() as tg:

@@ -14,7 +14,9 @@ One pair, step by step (each a traced op inside a traced run):
 4. **judgments**: the LLM judges the pair twice, A shown first and then B
    shown first; only a verdict that holds in both orders counts
    (:func:`convergence.society.verdict.combine`). Near-duplicate responses are
-   not judged: they are a tie by construction.
+   not judged: they are a tie by construction; a response shorter than
+   ``min_response_length`` loses to one that is not, without a judge call
+   (a base model finds an empty answer very likely).
 5. **filters**: unparseable, inconsistent or tied judgments, response length
    bounds, near-duplicate prompts (against every earlier prompt) and responses.
 
@@ -245,9 +247,16 @@ class SAOMixin:
         pair = SAOPair(persona=persona.text, prompt=task, prompt_input=task_input, response_a=a, response_b=b,
                        verdict_1=None, verdict_2=None, outcome="unparseable", model=self.sao_llm.model,
                        created_at=time.time())
-        if not errors and similarity(a, b) >= self.sao_config.similarity_threshold:
+        short = [len(r.strip()) < self.sao_config.min_response_length for r in (a, b)]
+        if errors:
+            pass
+        elif similarity(a, b) >= self.sao_config.similarity_threshold or all(short):
             pair.verdict_1 = pair.verdict_2 = "tie"  # nothing to prefer: not worth two judge calls
-        elif not errors:
+        elif any(short):  # an empty (too short) response loses without a judge call
+            pair.verdict_1 = pair.verdict_2 = "B" if short[0] else "A"
+            pair.judgments = [f"rule: response {'A' if short[0] else 'B'} is shorter than "
+                              f"{self.sao_config.min_response_length} character(s)"] * 2
+        else:
             pair.verdict_1, pair.verdict_2, pair.judgments = await self.judge(task, a, b)
         pair.outcome = combine(pair.verdict_1, pair.verdict_2) if not errors else "unparseable"
         pair.failed_filters = self.filters(pair, errors)

@@ -288,14 +288,17 @@ async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdi
     monkeypatch.setenv("SAO_SERVER_KEY", "sk-local-dummy")
     client = LLMClient(f"openai/{llama_server.model_alias}", api_base=llama_server.api_base,
                        api_key_env="SAO_SERVER_KEY", timeout_seconds=120)
-    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=1, prompt_tokens=40, response_tokens=12), client,
-                   examples=[{"question": "What is the capital of Germany?"}], seed=2)
+    async def target(task_input: Any, i: int) -> str:  # the user's target: a terse and a chatty answer
+        return ["Berlin.", "I think the answer could be many things, it depends on the context."][i]
+
+    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=2, prompt_tokens=64), client,
+                   examples=[{"question": "What is the capital of Germany?"}], seed=2, responder=target)
     assert sao.judge_method == "text"
     await sao.generate_synthetic_dataset(n_samples=2)
     made = sao.sao_dataset
     assert made, sao.failures
     judged = [p for p in made if p.judgments]
-    assert judged and all(len(p.judgments) == 2 for p in judged)  # both orders, every time
+    assert judged and all(len(p.judgments) == 2 for p in judged), [(p.prompt, p.outcome) for p in made]
     for p in judged:
         assert p.outcome == ("unparseable" if None in (p.verdict_1, p.verdict_2)
                              else p.verdict_1 if p.verdict_1 == p.verdict_2 else "inconsistent")
@@ -303,3 +306,16 @@ async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdi
     stats = sao.get_sao_stats()
     assert stats["total"] == len(made) and stats["kept"] == sum(p.kept for p in made)
     assert stats["consistency_rate"] is None or 0.0 <= stats["consistency_rate"] <= 1.0
+
+
+def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -> None:
+    from convergence.plugins.learning.sao import _parse_fields
+
+    keys = ["question"]
+    assert _parse_fields('{"question": "Why is the sky blue?"}', keys) == {"question": "Why is the sky blue?"}
+    # a provider that ignored the schema and wrote on: the first complete field counts
+    assert _parse_fields('{"question": "Why is the  sky blue?"\nThe next line {', keys) == {
+        "question": "Why is the sky blue?"}
+    assert _parse_fields('{"question": "Why is the sk', keys) is None  # cut off: no prompt
+    assert _parse_fields('{"question": "  "}', keys) is None
+    assert _parse_fields('{"topic": "sky"}', keys) is None

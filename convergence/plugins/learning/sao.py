@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -340,13 +341,21 @@ def _as_fields(example: Any, keys: list[str]) -> dict[str, str]:
 
 
 def _parse_fields(text: str, keys: list[str]) -> dict[str, str] | None:
-    """The written input's fields, from a JSON object (strict: every key, non-empty strings)."""
+    """The written input's fields: every key a non-empty string, from the JSON object, or
+    (a provider that ignored the schema and wrote on after it) from each key's first
+    complete ``"key": "value"``."""
     start, end = text.find("{"), text.rfind("}")
     try:
         obj = json.loads(text[start:end + 1]) if start >= 0 and end > start else None
     except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or any(not isinstance(obj.get(k), str) or not obj[k].strip() for k in keys):
+        obj = None
+    if not isinstance(obj, dict):
+        obj = {}
+        for k in keys:
+            found = re.search(rf'"{re.escape(k)}"\s*:\s*("(?:[^"\\]|\\.)*")', text)
+            if found:
+                obj[k] = json.loads(found.group(1))
+    if any(not isinstance(obj.get(k), str) or not obj[k].strip() for k in keys):
         return None
     return {k: " ".join(obj[k].split()) for k in keys}
 

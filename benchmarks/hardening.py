@@ -267,7 +267,7 @@ def python_yaml(*, study: str, function: str, db: Path, seed: int, population: i
         + "optimization:\n"
         f"  seed: {seed}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: {elite}}}\n"
-        f"  execution: {{concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
         f"output: {{save_path: results}}\n"
         f"storage: {{path: {json.dumps(str(db))}}}\n"
     )
@@ -1038,7 +1038,7 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
         "optimization:\n"
         f"  seed: {seed + 5}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: 1}}\n"
-        f"  execution: {{concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
         "output:\n"
         "  save_path: results\n"
         "  formats: [json, markdown, csv]\n"

@@ -341,8 +341,8 @@ class RunResult:
 
 async def run_once(task: str, arm: str, seed: int, text: str, workdir: Path) -> RunResult:
     from convergence.config.loader import parse_config
-    from convergence.core.loop import Optimizer
     from convergence.core.space import SearchSpace
+    from convergence.engine.loop import Optimizer
     from convergence.society.rlp_agent import parse_rate
     from convergence.society.society import Society
     from convergence.storage.store import Store

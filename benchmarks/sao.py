@@ -69,7 +69,7 @@ async def measure(per_pairing: int, seed: int) -> None:
 
     from convergence.config.loader import load_config
     from convergence.config.society import SAOConfig
-    from convergence.core.loop import Optimizer
+    from convergence.engine.loop import Optimizer
     from convergence.llm.agent_client import LLMClient
     from convergence.society.base import TaskAccess
     from convergence.society.ratings import Duel, ratings

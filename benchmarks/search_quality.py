@@ -278,7 +278,7 @@ def run_convergence(objective: str, algorithm: str, budget: int, seed: int) -> d
     import anyio
 
     from convergence.config.loader import parse_config
-    from convergence.core.loop import Optimizer
+    from convergence.engine.loop import Optimizer
     from convergence.storage.store import Store
 
     tdir = _target_dir()

@@ -165,7 +165,7 @@ async def _bare_anyio(concurrency: int, latency_s: float, per_generation: int, g
 
 async def _run_scenario(s: Scenario, folder: Path, profile: str | None, bare: bool) -> dict[str, Any]:
     from convergence.config.loader import load_config, resolve_path
-    from convergence.core.loop import Optimizer
+    from convergence.engine.loop import Optimizer
     from convergence.storage.store import Store
 
     module = f"bench_target_{s.name}"

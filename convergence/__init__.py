@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "optimize": "convergence.core.loop",
-    "Optimizer": "convergence.core.loop",
-    "RunOutcome": "convergence.core.loop",
-    "ResumeError": "convergence.core.loop",
+    "optimize": "convergence.engine.loop",
+    "Optimizer": "convergence.engine.loop",
+    "RunOutcome": "convergence.engine.loop",
+    "ResumeError": "convergence.engine.loop",
     "load_config": "convergence.config.loader",
     "parse_config": "convergence.config.loader",
     "ConfigError": "convergence.config.loader",
@@ -35,8 +35,8 @@ _EXPORTS = {
     "TrialRecord": "convergence.core.types",
     "Proposer": "convergence.society.base",
     "ProposalContext": "convergence.society.base",
-    "build_report": "convergence.outputs",
-    "write_outputs": "convergence.outputs",
+    "build_report": "convergence.reporting.outputs",
+    "write_outputs": "convergence.reporting.outputs",
     # exceptions: catch ConvergenceError for all of them (the tree is in convergence/errors.py)
     "ConvergenceError": "convergence.errors",
     "TestCaseError": "convergence.evaluation.cases",
@@ -66,20 +66,20 @@ if TYPE_CHECKING:  # pragma: no cover
         parse_config as parse_config,
     )
     from convergence.config.models import ConvergenceConfig as ConvergenceConfig
-    from convergence.core.loop import (
+    from convergence.core.space import SearchSpace as SearchSpace
+    from convergence.core.types import CallResult as CallResult, TestCase as TestCase, TrialRecord as TrialRecord
+    from convergence.engine.loop import (
         Optimizer as Optimizer,
         ResumeError as ResumeError,
         RunOutcome as RunOutcome,
         optimize as optimize,
     )
-    from convergence.core.space import SearchSpace as SearchSpace
-    from convergence.core.types import CallResult as CallResult, TestCase as TestCase, TrialRecord as TrialRecord
     from convergence.errors import ConvergenceError as ConvergenceError
     from convergence.evaluation.cases import TestCaseError as TestCaseError
     from convergence.evaluation.judge import JudgeParseError as JudgeParseError
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
     from convergence.llm.agent_client import AgentLLMError as AgentLLMError
-    from convergence.outputs import build_report as build_report, write_outputs as write_outputs
+    from convergence.reporting.outputs import build_report as build_report, write_outputs as write_outputs
     from convergence.sao_dataset import SAODatasetError as SAODatasetError
     from convergence.society.answer import AnswerError as AnswerError
     from convergence.society.base import (

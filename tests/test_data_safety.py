@@ -18,8 +18,8 @@ import anyio
 import pytest
 from test_loop import SPACE, make_config, run
 
-from convergence.core.loop import Optimizer, ResumeError
 from convergence.core.types import CallResult, CaseResult
+from convergence.engine.loop import Optimizer, ResumeError
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 
 pytestmark = pytest.mark.anyio
@@ -103,7 +103,7 @@ BODY = SPACE + """
 optimization:
   seed: 4
   evolution: {population_size: 4, generations: 3, elite_size: 1}
-  execution: {early_stopping: {enabled: false}}
+  execution: {mode: generational, early_stopping: {enabled: false}}
 """
 
 
@@ -358,7 +358,7 @@ async def test_a_report_keeps_metrics_and_space_when_a_stored_reference_is_unset
                          extra='tracing: {weave: {enabled: false, project: "${LATER_UNSET_TOKEN}"}}\n')
     out = await run(loaded)
     monkeypatch.delenv("LATER_UNSET_TOKEN")
-    from convergence.outputs import build_report
+    from convergence.reporting.outputs import build_report
 
     async with await Store.open(tmp_path / "db.sqlite") as store:
         report = await build_report(store, out.run_id)

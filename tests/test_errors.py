@@ -96,7 +96,7 @@ def test_a_judge_without_its_api_key_is_a_metric_config_error(monkeypatch: pytes
 
 async def test_an_unknown_run_is_one_of_our_errors_and_still_a_key_error(tmp_path: Path) -> None:
     from convergence import ConvergenceError, RunNotFoundError, Store
-    from convergence.outputs import build_report
+    from convergence.reporting.outputs import build_report
 
     async with await Store.open(tmp_path / "c.db") as store:
         with pytest.raises(ConvergenceError) as info:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from convergence.config.loader import parse_config
-from convergence.core.loop import Optimizer
 from convergence.core.space import config_hash
+from convergence.engine.loop import Optimizer
 from convergence.storage.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -85,7 +85,7 @@ async def test_finds_the_peak_never_repeats_a_config_and_elites_are_not_re_run(t
 optimization:
   seed: 1
   evolution: {population_size: 6, generations: 8, elite_size: 2}
-  execution: {concurrency: 4, early_stopping: {enabled: false}}
+  execution: {mode: generational, concurrency: 4, early_stopping: {enabled: false}}
 """)
     out = await run(loaded)
     assert out.best is not None and out.best.score == 1.0
@@ -122,7 +122,7 @@ async def test_early_stopping_after_patience_without_improvement(tmp_path: Path)
 optimization:
   seed: 3
   evolution: {population_size: 3, generations: 20, elite_size: 1}
-  execution: {early_stopping: {enabled: true, patience: 2, min_improvement: 0.01}}
+  execution: {mode: generational, early_stopping: {enabled: true, patience: 2, min_improvement: 0.01}}
 """, fn="flat")
     out = await run(loaded)
     assert out.generations_run == 3  # generation 1 sets the best; 2 and 3 bring nothing

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from convergence.cli.app import app
 from convergence.config.loader import load_config, resolve_path
-from convergence.core.loop import Optimizer
-from convergence.outputs import write_run_outputs
+from convergence.engine.loop import Optimizer
 from convergence.reporting.atomic import TMP_MARK
+from convergence.reporting.outputs import write_run_outputs
 from convergence.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 from convergence.config.models import OutputConfig
 from convergence.core.types import TrialRecord
-from convergence.outputs import build_report, write_run_outputs
+from convergence.reporting.outputs import build_report, write_run_outputs
 from convergence.storage.store import Store
 
 CONFIG: dict[str, Any] = {

@@ -13,9 +13,9 @@ from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 from test_loop import SPACE, make_config
 
 from convergence.config.society import RLPConfig
-from convergence.core.loop import Optimizer
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import TrialRecord
+from convergence.engine.loop import Optimizer
 from convergence.llm.agent_client import LLMClient
 from convergence.plugins.learning.rlp import InformationGain, RLPMixin, Thought
 from convergence.society.base import ProposalContext

@@ -15,7 +15,7 @@ import pytest
 from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 
 from convergence.config.loader import parse_config
-from convergence.core.loop import Optimizer
+from convergence.engine.loop import Optimizer
 from convergence.society.sao_agent import SAOAgent
 from convergence.storage.store import Store
 
@@ -149,8 +149,8 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         assert ds.column_names == ["prompt", "chosen", "rejected"] and len(ds) == len(kept)
 
         # the report says how consistent the judge was and whom it preferred
-        from convergence.outputs import build_report
         from convergence.reporting.files import render_markdown
+        from convergence.reporting.outputs import build_report
 
         report = await build_report(store, out.run_id)
         assert report.sao is not None and report.sao.pairs == len(pairs)

@@ -13,8 +13,8 @@ import pytest
 from test_loop import SPACE, make_config
 
 from convergence.cli.traces import build_tree
-from convergence.core.loop import Optimizer
 from convergence.core.types import Config, TrialRecord
+from convergence.engine.loop import Optimizer
 from convergence.plugins.learning.gae import RunningNorm, gae, group_advantages
 from convergence.society.base import ProposalContext
 from convergence.society.society import Society, build_agent
@@ -50,7 +50,7 @@ async def test_an_agent_that_raises_or_hangs_yields_its_slots_and_the_run_goes_o
 optimization:
   seed: 4
   evolution: {population_size: 6, generations: 3, elite_size: 2}
-  execution: {early_stopping: {enabled: false}}
+  execution: {mode: generational, early_stopping: {enabled: false}}
 """)
     cfg = loaded.config
     space_members: list[Any] = [(build_agent("evolution", cfg, _space(cfg)), 0.4), (Broken(), 0.3), (Hangs(), 0.3)]
@@ -88,7 +88,7 @@ async def test_shares_decide_who_proposes(tmp_path: Path) -> None:
 optimization:
   seed: 5
   evolution: {population_size: 10, generations: 2, elite_size: 2}
-  execution: {early_stopping: {enabled: false}}
+  execution: {mode: generational, early_stopping: {enabled: false}}
 society:
   enabled: true
   agents: {evolution: 0.75, bandit: 0.25}

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from convergence.cli.app import app
 from convergence.config.loader import load_config
-from convergence.core.loop import Optimizer
+from convergence.engine.loop import Optimizer
 from convergence.storage.store import Store
 
 TARGET = '''

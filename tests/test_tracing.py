@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from convergence.config.loader import load_config
-from convergence.core.loop import Optimizer
+from convergence.engine.loop import Optimizer
 from convergence.storage.store import Store
 from convergence.tracing import has_credentials
 from convergence.tracing.redact import REDACTED, Redactor, is_secret_key, secret_env_values

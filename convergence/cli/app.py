@@ -52,6 +52,11 @@ def optimize(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_outputs: bool = typer.Option(False, "--no-outputs", help="Skip reports, plots and best-config export."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run",
+        help="Print the expected calls, tokens, cost and time, and which budget stops the run first; "
+             "call nothing, write nothing.",
+    ),
 ) -> None:
     """Run the optimization described by CONFIG."""
     loaded = _load(config)
@@ -71,6 +76,9 @@ def optimize(
 
         err.print("[red]config error[/] " + _escape(str(exc)), highlight=False, emoji=False)
         raise typer.Exit(2) from None
+    if dry_run:
+        _dry_run(loaded, cases)
+        return
     state: dict[str, Any] = {}
     try:
         _run_async(_optimize, loaded, cases, resume, quiet, no_outputs, state)
@@ -84,6 +92,19 @@ def optimize(
         raise typer.Exit(130) from None
 
 
+def _dry_run(loaded: Any, cases: list[Any]) -> None:
+    """The pre-run estimate: no target call, no LLM, no database created (read only when it exists)."""
+    from convergence.estimate import estimate, load_history
+
+    est = estimate(loaded, cases, history=_run_async(load_history, loaded))
+    table = Table(title=f"Dry run of study {escape(est.study)}: nothing was called")
+    for col in ("quantity", "estimate", "source"):
+        table.add_column(col, justify="right" if col == "estimate" else "left")
+    for quantity, value, source in est.rows():
+        table.add_row(escape(quantity), escape(value), escape(source))
+    console.print(table)
+
+
 EXIT_ALL_CALLS_FAILED = 3
 """Exit code when every call failed with one error (wrong URL, server down, bad key)."""
 
@@ -92,14 +113,13 @@ async def _optimize(
     loaded: Any, cases: list[Any], resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any]
 ) -> None:
     from convergence.cli.progress import RichEvents
-    from convergence.config.loader import resolve_path
-    from convergence.core.loop import Optimizer, ResumeError
+    from convergence.engine.loop import Optimizer, ResumeError
     from convergence.evaluation.cases import TestCaseError
     from convergence.storage.store import StorageError, Store
     from convergence.storage.writer import WriterError
 
     cfg = loaded.config
-    db_path = resolve_path(loaded.base_dir, cfg.storage.path)
+    db_path = loaded.db_path
     try:
         store = await Store.open(db_path)
     except (StorageError, sqlite3.Error, OSError) as exc:
@@ -131,7 +151,7 @@ async def _optimize(
             raise typer.Exit(1) from None
         _print_outcome(outcome, optimizer)
         if not no_outputs and outcome.trials:
-            from convergence.outputs import write_outputs
+            from convergence.reporting.outputs import write_outputs
 
             paths = await write_outputs(loaded, store, outcome.run_id)
             console.print("[bold]Written:[/]")
@@ -386,7 +406,7 @@ def report_cmd(run: int = typer.Argument(..., help="Run id (see `convergence run
 
 
 async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, fmts: list[str] | None) -> None:
-    from convergence.outputs import output_config_of_run, write_run_outputs
+    from convergence.reporting.outputs import output_config_of_run, write_run_outputs
 
     store = await _open_store(path)
     try:

@@ -39,17 +39,14 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
     if db is not None:
         return db
     if config is not None:
-        from convergence.config.loader import resolve_path
-
-        loaded = _load(config)
-        return resolve_path(loaded.base_dir, loaded.config.storage.path)
+        return _load(config).db_path
     default = Path("optimization.yaml")
     if default.exists():
-        from convergence.config.loader import ConfigError, load_config, resolve_path
+        from convergence.config.loader import ConfigError, load_config
 
         try:
             loaded = load_config(default)
-            return resolve_path(loaded.base_dir, loaded.config.storage.path)
+            return loaded.db_path
         except ConfigError:
             pass
     return Path(".convergence/convergence.db")
@@ -72,7 +69,7 @@ async def _open_store(path: Path) -> Any:
 
 async def _report_or_exit(store: Any, run_id: int) -> Any:
     """The run's report, or a clear message and exit code 2 for an unknown run."""
-    from convergence.outputs import build_report
+    from convergence.reporting.outputs import build_report
 
     try:
         return await build_report(store, run_id)

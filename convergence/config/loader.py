@@ -89,6 +89,11 @@ class LoadedConfig:
     def line_of(self, loc: tuple[Any, ...]) -> int | None:
         return _line_for(self.lines, loc)
 
+    @property
+    def db_path(self) -> Path:
+        """The project database: ``storage.path`` relative to the YAML's folder."""
+        return resolve_path(self.base_dir, self.config.storage.path)
+
 
 # --------------------------------------------------------------------------- YAML
 

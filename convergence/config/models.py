@@ -504,7 +504,21 @@ class EarlyStoppingConfig(Strict):
     min_improvement: Float = Field(0.001, ge=0, le=1)
 
 
+class RacingConfig(Strict):
+    """Racing over test cases: abandon a configuration once a paired sequential test shows it
+    worse than the incumbent (see convergence/engine/racing.py); off for exact every-case runs."""
+
+    enabled: bool = True
+    min_cases: Int = Field(5, ge=2, le=100_000)
+    """Cases before the first test."""
+    alpha: Float = Field(0.05, gt=0, lt=1)
+    """Bound on the chance of abandoning a configuration at least as good as the incumbent."""
+
+
 class ExecutionConfig(Strict):
+    mode: Literal["async", "generational"] = "async"
+    """async: the next generation's calls start while the last one's stragglers finish (no slot idles);
+    generational: each generation waits for its slowest call (repeats exactly under a seed)."""
     concurrency: Int = Field(
         4, ge=1, le=100_000, validation_alias=AliasChoices("concurrency", "parallel_workers")
     )
@@ -533,6 +547,7 @@ class OptimizationConfig(Strict):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    racing: RacingConfig = Field(default_factory=RacingConfig)
     warm_start: Int = Field(3, ge=0, le=10_000)
     """How many of the study's best earlier configurations seed generation 0."""
 

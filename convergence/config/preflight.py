@@ -512,7 +512,7 @@ def _param_value_loc(cfg: Any, name: str, label: Any) -> tuple[Any, ...]:
 
 def _storage_and_output(ctx: _Ctx) -> None:
     cfg = ctx.cfg
-    db = resolve_path(ctx.base, cfg.storage.path)
+    db = ctx.loaded.db_path
     problem = _file_problem(db, sqlite=True)
     if problem:
         ctx.add(("legacy", "sqlite_path") if _from_legacy(cfg, "sqlite_path") else ("storage", "path"), problem)

@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from convergence.config.models import At, Float, Int, Strict, Text, short
 
-AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao")
+AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes")
 """Built-in society agents (the plugin registry adds more later)."""
 LLM_AGENTS = frozenset({"rlp", "sao"})
 """Agents that call the society LLM."""

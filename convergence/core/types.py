@@ -85,7 +85,8 @@ class TrialRecord:
     n_cases: int = 0
     n_errors: int = 0
     status: str = "complete"
-    """complete | partial (budget or time cut it short) | failed (every case errored)."""
+    """complete | partial (budget or time cut it short) | failed (every case errored) |
+    abandoned (racing stopped it once it was shown worse than the incumbent; ``n_cases`` it used)."""
     trial_id: int | None = None
     thresholds_passed: bool = True
 

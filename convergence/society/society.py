@@ -253,6 +253,10 @@ def build_agent(name: str, cfg: OptimizationConfig | ConvergenceConfig, space: S
         return BanditProposer(opt.mab, space)
     if name == "random":
         return RandomProposer()
+    if name in ("tpe", "gp", "cmaes"):
+        from convergence.society.optuna_agents import OptunaProposer
+
+        return OptunaProposer(name, space, seed=opt.seed or 0)
     if name == "rlp" and isinstance(cfg, ConvergenceConfig):
         from convergence.llm.agent_client import LLMClient
         from convergence.society.rlp_agent import RLPAgent

@@ -67,10 +67,10 @@ def proposals_view(proposals: Sequence[Any]) -> dict[str, Any]:
     return {"n": len(proposals), "by_agent": by_agent}
 
 
-def generation_inputs(optimizer: Any, gen: int, proposals: Sequence[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return {"generation": gen, "n_trials": len(proposals), "n_cases": len(optimizer.cases),
+def generation_inputs(optimizer: Any, g: Any) -> dict[str, Any]:
+    return {"generation": g.number, "n_trials": len(g.proposals), "n_cases": len(optimizer.cases),
             "proposals": [{"configuration": p.config, "config_hash": p.config_hash, "proposer": p.proposer}
-                          for p in proposals]}
+                          for p in g.proposals]}
 
 
 def trial_view(t: Any) -> dict[str, Any]:

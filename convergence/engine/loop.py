@@ -2,8 +2,10 @@
 
 One generation: proposals -> de-duplicate against the run -> evaluate every
 (configuration x test case) under one concurrency limit -> score -> select
-(elites survive without re-evaluation) -> proposers observe -> early stopping
-and budget checks. Every case result is persisted as it lands, and each
+(elites survive without re-evaluation) -> proposers observe -> agents learn
+(RLP's rewards; SAO's duels, which call the target through ``_agent_call`` and
+may move trial-level metrics, so scores are refreshed) -> early stopping and
+budget checks. Every case result is persisted as it lands, and each
 generation's proposals are persisted before evaluation, so ``resume`` replays
 the run exactly and only pays for what never finished.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,11 +23,13 @@ import anyio
 import numpy as np
 
 from convergence import tracing
-from convergence.config.loader import LoadedConfig, resolve_path
+from convergence.config.loader import LoadedConfig
 from convergence.core.budget import Budget, EarlyStopper
 from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, run_fingerprint
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
+from convergence.engine.executor import Executor, LocalExecutor
+from convergence.engine.racing import CaseView, Racer
 from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
 from convergence.society.society import AgentReport, Society
@@ -97,6 +102,7 @@ class Optimizer:
         cases: list[TestCase] | None = None,
         events: LoopEvents | None = None,
         society: Society | None = None,
+        executor: Executor | None = None,
     ):
         from convergence.evaluation.cases import TestCaseError, load_test_cases
         from convergence.evaluation.scorer import Evaluator
@@ -113,7 +119,17 @@ class Optimizer:
         self._case_order = {c.id: i for i, c in enumerate(self.cases)}
         self.society = society or Society.from_config(self.cfg, self.space)
         self._target = target
+        self._executor = executor
         self.opt = self.cfg.optimization
+        self._propose_seconds = 0.0
+        """How long the society took to propose last (async mode asks it that far ahead)."""
+        self._case_seconds = 1.0
+        """Moving average of a call's wall time (seconds)."""
+        self._waiting = 0
+        """Case calls queued for a slot of the concurrency limit."""
+        self._live_best: TrialRecord | None = None
+        self._wake = anyio.Event()
+        self._in_flight: list[_Gen] = []
         self.on_run_started: Callable[[int], None] | None = None
         """Called with the run id once the run row is committed (the CLI's resume hint)."""
         self._written: dict[str, Any] = loaded.written
@@ -125,15 +141,8 @@ class Optimizer:
     # ------------------------------------------------------------------ public
 
     async def run(self, *, resume: bool = False) -> RunOutcome:
-        from convergence.targets.factory import build_target
-        from convergence.targets.runner import CallRunner
-
-        tcfg = self.cfg.resolved_target
-        target = self._target or build_target(tcfg, self.loaded.base_dir, self.opt.execution.concurrency)
-        self.runner = CallRunner(
-            target, retry=tcfg.retry, timeout_seconds=tcfg.timeout_seconds,
-            rate_limit_per_second=tcfg.rate_limit_per_second,
-        )
+        self.executor = self._executor or LocalExecutor.from_config(
+            self.cfg.resolved_target, self.loaded.base_dir, self.opt.execution.concurrency, self._target)
         outcome: RunOutcome | None = None
         error: BaseException | None = None
         try:
@@ -146,9 +155,9 @@ class Optimizer:
             if tracing.current_run() is not None:
                 with anyio.CancelScope(shield=True):
                     await tracing.end_run(outcome, error)
-            if self._target is None:
+            if self._executor is None:
                 with anyio.CancelScope(shield=True):
-                    await target.aclose()
+                    await self.executor.aclose()
 
     # ------------------------------------------------------------------ internals
 
@@ -231,70 +240,63 @@ class Optimizer:
             if warm:
                 self.events.message(f"warm start: {len(warm)} best configuration(s) from earlier runs of '{study}'")
 
-        stopper = EarlyStopper(self.opt.execution.early_stopping)
         evo = self.opt.evolution
-        population: list[TrialRecord] = []
-        history: list[TrialRecord] = []
-        seen: set[str] = set()
-        best: TrialRecord | None = None
+        st = _Study(EarlyStopper(self.opt.execution.early_stopping), seed, cached, stored_gens, warm)
+        self._study = st
         stop_reason = f"completed {evo.generations} generation(s)"
         status = "finished"
         gens_run = 0
         self._cached_hits = 0
+        self._racer = Racer(self.opt.racing, self.evaluator, len(self.cases)) if self.opt.racing.enabled else None
+        # racing compares configurations on the same cases in the same order: one seeded order for the run
+        order = np.random.default_rng([seed, 2**31]).permutation(len(self.cases)) if self._racer else None
+        self._ordered_cases = [self.cases[int(i)] for i in order] if order is not None else list(self.cases)
+        self._limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
+        asynchronous = self.opt.execution.mode == "async"
+        in_flight: list[_Gen] = []
+        self._in_flight = in_flight
+        next_gen = 0
+        starting = True
         try:
             async with self.store.writing():
-                for gen in range(evo.generations):
-                    rng = np.random.default_rng([seed, gen])
-                    self.society.reports = {}
-                    if gen in stored_gens:
-                        proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in stored_gens[gen]]
-                    else:
-                        n_new = evo.population_size - (0 if gen == 0 else min(evo.elite_size, len(population)))
-                        proposals = self._warm_proposals(warm, seen) if gen == 0 else []
-                        ctx = ProposalContext(self.space, gen, population, history, rng, seen)
-                        proposals += await self._propose(gen, ctx, n_new - len(proposals))
-                        if not proposals:
-                            stop_reason = "search space exhausted: every configuration was evaluated"
-                            break
-                        self.store.record_generation_start(
-                            run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
-                                          for p in proposals]
-                        )
-                    seen.update(p.config_hash for p in proposals)
-                    self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
-                    new = await self._evaluate_generation(gen, proposals, cached, best)
-                    gens_run += 1
-                    usable = [t for t in new if t.usable]
-                    history.extend(usable)
-                    self.society.observe(new)
-                    population = sorted(population + usable, key=lambda t: -t.score)[: evo.population_size]
-                    gen_best = max(usable, key=lambda t: t.score, default=None)
-                    if gen_best is not None and (best is None or gen_best.score > best.score):
-                        best = gen_best
-                    mean = float(np.mean([t.score for t in usable])) if usable else None
-                    self.store.record_generation_end(
-                        run_id, gen, gen_best.score if gen_best else None, mean, len(new)
-                    )
-                    self.events.generation_finished(gen, best, new)
-                    if self.society.reports:
-                        await self._society_learns(gen, new, history)
-                        if self._rescore(history):  # a trial-level metric (sao_preference) moved
-                            population.sort(key=lambda t: -t.score)
-                            best = max(history, key=lambda t: t.score, default=best)
-                    if self._all_failed.tripped:
-                        stop_reason = self._all_failed.reason()
-                        status = "failed"
-                        break
-                    if budget.exhausted:
-                        stop_reason = budget.exhausted
-                        status = "stopped"
-                        break
-                    if stopper.update(best.score if best else None) and gen < evo.generations - 1:
-                        stop_reason = (
-                            f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement} "
-                            f"for {stopper.stale} generation(s)"
-                        )
-                        break
+                remaining = budget.remaining_seconds()
+                with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
+                    async with anyio.create_task_group() as tg:
+                        while True:
+                            self._wake = anyio.Event()  # set by a finished generation or a queue running low
+                            if starting and next_gen < evo.generations and (not in_flight or (
+                                    asynchronous and len(in_flight) < 2 and self._running_low())):
+                                g = await self._start_generation(next_gen, st)
+                                if g is None:
+                                    starting = False
+                                    stop_reason = "search space exhausted: every configuration was evaluated"
+                                    continue
+                                next_gen += 1
+                                in_flight.append(g)
+                                tg.start_soon(self._run_generation, g)
+                                continue
+                            if in_flight and in_flight[0].trials is not None:
+                                gens_run += 1
+                                verdict = await self._finish_generation(in_flight.pop(0), st)
+                                if verdict is not None and starting:
+                                    # stop: nothing new starts, and a generation already in flight (async) is
+                                    # cut short (what it finished is kept as partial trials)
+                                    status, stop_reason = verdict
+                                    starting = False
+                                    for g in in_flight:
+                                        g.scope.cancel()
+                                continue
+                            if not in_flight:
+                                break
+                            await self._wake.wait()
+                if scope.cancelled_caught:
+                    if not budget.exhausted:
+                        budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
+                    status, stop_reason = "stopped", budget.exhausted
+                    for g in in_flight:  # cut short: what they finished is stored as partial trials
+                        g.trials = g.trials or self._record_trials(g)
+                        gens_run += 1
+                        await self._finish_generation(g, st)
         except BaseException as exc:
             leaf = _leaf(exc)
             status, reason = _interruption(leaf)
@@ -313,7 +315,7 @@ class Optimizer:
         )
         trials = await self.store.trials(run_id)
         return RunOutcome(
-            run_id=run_id, study=study, status=status, stop_reason=stop_reason, best=best, trials=trials,
+            run_id=run_id, study=study, status=status, stop_reason=stop_reason, best=st.best, trials=trials,
             generations_run=gens_run, total_calls=budget.calls, total_cost_usd=budget.cost_usd,
             elapsed_seconds=elapsed, cached_cases=self._cached_hits, resumed=resume,
             all_failed_error=self._all_failed.error if self._all_failed.tripped else None,
@@ -382,7 +384,7 @@ class Optimizer:
             raise TargetCallError("the run's call budget is spent")
         ticket = _Ticket(self.budget, self.store)
         try:
-            call = await self.runner.run(self.space.resolve(config), TestCase("sao", task_input), ticket.attempt)
+            call = await self.executor.call(self.space.resolve(config), TestCase("sao", task_input), ticket.attempt)
         finally:
             ticket.close()
         self.budget.charge(call.cost_usd)
@@ -411,111 +413,197 @@ class Optimizer:
         finally:
             self.budget.charge(self.society.llm_cost_usd() - spent)
 
+    # ------------------------------------------------------------------ generations
+
+    async def _start_generation(self, gen: int, st: _Study) -> _Gen | None:
+        """A generation's proposals (replayed when stored: a resumed run repeats them), stored
+        before any of their calls; None when the search space is exhausted."""
+        evo = self.opt.evolution
+        self.society.reports = {}
+        if gen in st.stored_gens:
+            proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in st.stored_gens[gen]]
+        else:
+            # async: the trials of generations still in flight that are already complete count too
+            done = [t for g in self._in_flight for slot in g.slots if (t := slot.record) is not None and t.usable]
+            population = sorted(st.population + done, key=lambda t: -t.score)[: evo.population_size]
+            n_new = evo.population_size - (0 if gen == 0 else min(evo.elite_size, len(population)))
+            proposals = self._warm_proposals(st.warm, st.seen) if gen == 0 else []
+            rng = np.random.default_rng([st.seed, gen])
+            ctx = ProposalContext(self.space, gen, population, st.history + done, rng, st.seen)
+            started = time.perf_counter()
+            proposals += await self._propose(gen, ctx, n_new - len(proposals))
+            self._propose_seconds = time.perf_counter() - started
+            if not proposals:
+                return None
+            self.store.record_generation_start(
+                self.run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
+                                   for p in proposals])
+        st.seen.update(p.config_hash for p in proposals)
+        self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
+        return _Gen(gen, proposals, self.society.reports)
+
+    def _running_low(self) -> bool:
+        """True when the calls queued for a slot would run out before the society
+        could propose again (its last proposing time at the current call rate)."""
+        c = self.opt.execution.concurrency
+        ahead = c * self._propose_seconds / max(self._case_seconds, 1e-3)
+        return self._waiting <= c + ahead
+
     @tracing.traced("convergence.generation", inputs=trace_views.generation_inputs,
                     output=trace_views.generation_output)
-    async def _evaluate_generation(
-        self, gen: int, proposals: Sequence[Proposal], cached: dict[str, dict[str, CaseResult]],
-        best: TrialRecord | None,
-    ) -> list[TrialRecord]:
-        self._live_best = best
-        slots = [_Slot(gen, p, self.space.resolve(p.config)) for p in proposals]
-        jobs: list[tuple[_Slot, TestCase]] = []
-        for slot in slots:
-            hits = cached.get(slot.proposal.config_hash, {})
-            for case in self.cases:
-                hit = hits.get(case.id)
-                if hit is not None:
-                    self._cached_hits += 1
-                    slot.results.append(hit)
-                    self.events.case_finished(slot.proposal, hit, True)
-                else:
-                    jobs.append((slot, case))
-                    slot.pending += 1
-            if not slot.pending:
-                self._complete(slot)
-        remaining = self.budget.remaining_seconds()
-        with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
-            if jobs and tracing.active():
-                await self._eval_traced(jobs)
-            elif jobs:
-                # `concurrency` long-lived workers pull (config x case) jobs in
-                # order from one shared iterator: the same cap and FIFO start
-                # order as one task per job behind a CapacityLimiter, without
-                # creating a task and a limiter wait for every evaluation.
-                queue = iter(jobs)
-                async with anyio.create_task_group() as tg:
-                    for _ in range(min(self.opt.execution.concurrency, len(jobs))):
-                        tg.start_soon(self._eval_worker, queue)
-        if scope.cancelled_caught and not self.budget.exhausted:
-            self.budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"
-        trials: list[TrialRecord] = []
-        for slot in slots:  # proposal order, so the store (and a seeded run) is deterministic
+    async def _run_generation(self, g: _Gen) -> list[TrialRecord]:
+        """Evaluate one generation's proposals (cached results reused) and store its trials.
+        Its calls share the run's concurrency limit with any other generation in flight."""
+        cached = self._study.cached
+        with g.scope:  # cancelled when the run stops while this generation is in flight (async)
+            async with anyio.create_task_group() as tg:
+                for p in g.proposals:
+                    slot = _Slot(g.number, p, self.space.resolve(p.config))
+                    g.slots.append(slot)
+                    hits = cached.get(p.config_hash, {})
+                    todo = []
+                    for case in self._ordered_cases:
+                        hit = hits.get(case.id)
+                        if hit is not None:
+                            self._cached_hits += 1
+                            self._add_result(slot, hit)
+                            self.events.case_finished(p, hit, True)
+                        else:
+                            todo.append(case)
+                    slot.pending = len(todo)
+                    if todo and not slot.abandoned:
+                        tg.start_soon(self._eval_trial, slot, todo)
+                    else:
+                        slot.pending = 0
+                        self._complete(slot)
+        g.trials = self._record_trials(g)
+        self._wake.set()
+        return g.trials
+
+    def _record_trials(self, g: _Gen) -> list[TrialRecord]:
+        trials = []
+        for slot in g.slots:  # proposal order, so the store (and a seeded run) is deterministic
             trial = slot.record or self._complete(slot)
             self.store.record_trial(self.run_id, trial)
             trials.append(trial)
         return trials
 
+    async def _finish_generation(self, g: _Gen, st: _Study) -> tuple[str, str] | None:
+        """Select, let agents observe and learn, check the stop rules; (status, reason) to stop."""
+        evo = self.opt.evolution
+        new = g.trials or []
+        usable = [t for t in new if t.usable]
+        st.history.extend(usable)
+        if self._racer is not None:  # the incumbent changes only between generations: a seeded run repeats
+            for slot in g.slots:
+                if slot.record is not None and slot.record.usable:
+                    self._racer.add(slot.record, slot.views)
+        self.society.observe(new)
+        st.population[:] = sorted(st.population + usable, key=lambda t: -t.score)[: evo.population_size]
+        gen_best = max(usable, key=lambda t: t.score, default=None)
+        if gen_best is not None and (st.best is None or gen_best.score > st.best.score):
+            st.best = gen_best
+        mean = float(np.mean([t.score for t in usable])) if usable else None
+        self.store.record_generation_end(self.run_id, g.number, gen_best.score if gen_best else None, mean, len(new))
+        self.events.generation_finished(g.number, st.best, new)
+        if g.reports:
+            self.society.reports = g.reports
+            await self._society_learns(g.number, new, st.history)
+            if self._rescore(st.history):  # a trial-level metric (sao_preference) moved
+                st.population.sort(key=lambda t: -t.score)
+                st.best = max(st.history, key=lambda t: t.score, default=st.best)
+        if self._all_failed.tripped:
+            return "failed", self._all_failed.reason()
+        if self.budget.exhausted:
+            return "stopped", self.budget.exhausted
+        if st.stopper.update(st.best.score if st.best else None) and g.number < evo.generations - 1:
+            return "finished", (f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement}"
+                                f" for {st.stopper.stale} generation(s)")
+        return None
+
+    # ------------------------------------------------------------------ trials and calls
+
     def _complete(self, slot: _Slot) -> TrialRecord:
-        """Score a trial the moment its last case lands (inside the generation,
-        where the loop has idle time) and tell the UI about the live best."""
-        slot.record = trial = self._score(slot.generation, slot.proposal, slot.results)
+        """Score a trial the moment its last case lands (or it is abandoned) and tell the UI about the live best."""
+        results = slot.results if slot.cut is None else [r for r in slot.results if r.case_id in slot.cut]
+        slot.record = trial = self._score(slot.generation, slot.proposal, results)
+        if slot.abandoned:
+            trial.status = "abandoned"
         if trial.usable and (self._live_best is None or trial.score > self._live_best.score):
             self._live_best = trial
         self.events.trial_finished(trial, self._live_best)
         return trial
 
-    async def _eval_worker(self, jobs: Iterator[tuple[_Slot, TestCase]]) -> None:
-        """One concurrency slot: evaluate jobs until the shared iterator is empty."""
-        for slot, case in jobs:
-            await self._eval_case(slot, case)
-
-    async def _eval_traced(self, jobs: list[tuple[_Slot, TestCase]]) -> None:
-        """Traced runs only: one task per trial, so each trial is the parent of its
-        case calls in Weave; one limiter of ``concurrency`` slots for the whole generation."""
-        limiter = anyio.CapacityLimiter(self.opt.execution.concurrency)
-        by_trial: dict[int, tuple[_Slot, list[TestCase]]] = {}
-        for slot, case in jobs:
-            by_trial.setdefault(id(slot), (slot, []))[1].append(case)
-        async with anyio.create_task_group() as tg:
-            for slot, cases in by_trial.values():
-                tg.start_soon(self._eval_trial, slot, cases, limiter)
-
     @tracing.traced("convergence.trial", inputs=trace_views.trial_inputs, output=trace_views.trial_output)
-    async def _eval_trial(self, slot: _Slot, cases: list[TestCase], limiter: anyio.CapacityLimiter) -> TrialRecord:
-        """One configuration on its pending test cases; returns its score so the trace shows it."""
-
-        async def one(case: TestCase) -> None:
-            async with limiter:
-                await self._eval_case(slot, case)
-
+    async def _eval_trial(self, slot: _Slot, cases: list[TestCase]) -> TrialRecord:
+        """One configuration on its pending test cases, in the run's case order, each call waiting
+        for a slot of the run's concurrency limit (FIFO). One path, traced or not: the trial is
+        the parent of its calls in a trace."""
         async with anyio.create_task_group() as tg:
             for case in cases:
-                tg.start_soon(one, case)
+                self._waiting += 1
+                tg.start_soon(self._eval_case, slot, case)
         return slot.record or self._score(slot.generation, slot.proposal, slot.results)
 
     async def _eval_case(self, slot: _Slot, case: TestCase) -> None:
-        if not self._all_failed.tripped and self.budget.reserve_call():
-            ticket = _Ticket(self.budget, self.store)
-            try:
-                call: CallResult = await self.runner.run(slot.params, case, ticket.attempt)
-            finally:
-                ticket.close()
-            self.budget.charge(call.cost_usd)
-            if call.error is not None:
-                call.error = self._redactor.text(call.error)
-                self._all_failed.failed(call.error, slot.proposal.config_hash, case.id, len(self.cases))
-            else:
-                self._all_failed.any_success = True
-            if self._secrets and call.output is not None:
-                call.output = self._redactor.exact_deep(call.output)
-            metrics = await self.evaluator.evaluate(case, call)
-            result = CaseResult(case.id, call, metrics)
-            slot.results.append(result)
-            self.store.record_case(self.run_id, slot.proposal.config_hash, result)
-            self.events.case_finished(slot.proposal, result, False)
+        queued = True
+        try:
+            async with self._limiter:
+                queued = False
+                self._waiting -= 1
+                if self._waiting <= self.opt.execution.concurrency or self._running_low():
+                    self._wake.set()
+                if not slot.abandoned and not self._all_failed.tripped and self.budget.reserve_call():
+                    await self._call_case(slot, case)
+        finally:
+            if queued:
+                self._waiting -= 1
         slot.pending -= 1
-        if slot.pending == 0:
+        if slot.pending == 0 and slot.record is None:
             self._complete(slot)
+
+    async def _call_case(self, slot: _Slot, case: TestCase) -> None:
+        ticket = _Ticket(self.budget, self.store)
+        try:
+            call: CallResult = await self.executor.call(slot.params, case, ticket.attempt)
+        finally:
+            ticket.close()
+        self.budget.charge(call.cost_usd)
+        self._case_seconds += 0.1 * ((call.wall_ms or call.latency_ms) / 1000.0 - self._case_seconds)
+        if call.error is not None:
+            call.error = self._redactor.text(call.error)
+            self._all_failed.failed(call.error, slot.proposal.config_hash, case.id, len(self.cases))
+        else:
+            self._all_failed.any_success = True
+        if self._secrets and call.output is not None:
+            call.output = self._redactor.exact_deep(call.output)
+        metrics = await self.evaluator.evaluate(case, call)
+        result = CaseResult(case.id, call, metrics)
+        self.store.record_case(self.run_id, slot.proposal.config_hash, result)
+        self._add_result(slot, result)
+        self.events.case_finished(slot.proposal, result, False)
+
+    def _add_result(self, slot: _Slot, result: CaseResult) -> None:
+        """Keep a case result; with racing, abandon the trial once it is shown worse than the incumbent.
+
+        Deterministic whatever order the results land in: the test looks at the longest prefix of
+        the run's case order that has landed, and an abandoned trial is scored on that prefix only
+        (calls already in flight still land and are stored, so a resume never pays for them again)."""
+        slot.results.append(result)
+        if self._racer is None or slot.abandoned:
+            return
+        slot.views[result.case_id] = self._racer.view(result)
+        while slot.prefix < len(self._ordered_cases) and self._ordered_cases[slot.prefix].id in slot.views:
+            slot.prefix += 1
+            if slot.prefix not in self._racer.looks:
+                continue
+            prefix = {c.id: slot.views[c.id] for c in self._ordered_cases[: slot.prefix]}
+            reason = self._racer.verdict(prefix, len(self.cases))
+            if reason is not None:
+                slot.abandoned = True
+                slot.abandon_reason = reason
+                slot.cut = set(prefix)
+                return
 
     def _score(self, gen: int, p: Proposal, case_results: list[CaseResult]) -> TrialRecord:
         # results arrive in completion order; fix the order so float sums (and a seeded run) repeat
@@ -550,6 +638,43 @@ class _Slot:
     results: list[CaseResult] = field(default_factory=list)
     pending: int = 0
     record: TrialRecord | None = None
+    views: dict[str, CaseView] = field(default_factory=dict)
+    """Racing: each case's score and normalised metrics."""
+    prefix: int = 0
+    """Racing: how many cases of the run's case order have landed without a gap."""
+    abandoned: bool = False
+    abandon_reason: str | None = None
+    cut: set[str] | None = None
+    """The cases an abandoned trial is scored on (the prefix racing judged)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Gen:
+    """One generation: its proposals, what the society did for it, its trials once all are done."""
+
+    number: int
+    proposals: list[Proposal]
+    reports: dict[str, AgentReport]
+    slots: list[_Slot] = field(default_factory=list)
+    trials: list[TrialRecord] | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+@dataclass(slots=True, eq=False)
+class _Study:
+    """The run's search state, shared by the generations in flight."""
+
+    stopper: EarlyStopper
+    seed: int
+    cached: dict[str, dict[str, CaseResult]]
+    stored_gens: dict[int, list[dict[str, Any]]]
+    warm: list[dict[str, Any]]
+    population: list[TrialRecord] = field(default_factory=list)
+    """Survivors, best first (the proposers' parents)."""
+    history: list[TrialRecord] = field(default_factory=list)
+    """Every usable trial of finished generations."""
+    seen: set[str] = field(default_factory=set)
+    best: TrialRecord | None = None
 
 
 class ResumeError(ConvergenceError):
@@ -654,11 +779,11 @@ async def optimize(
 
     loaded = load_config(config_path)
     cases = check(loaded).cases  # what `convergence validate` checks, before the first call
-    store = await Store.open(resolve_path(loaded.base_dir, loaded.config.storage.path))
+    store = await Store.open(loaded.db_path)
     try:
         outcome = await Optimizer(loaded, store, cases=cases, events=events).run(resume=resume)
         if write_outputs:
-            from convergence.outputs import write_outputs as _write
+            from convergence.reporting.outputs import write_outputs as _write
 
             outcome.output_files = [str(p) for p in await _write(loaded, store, outcome.run_id)]
         return outcome

@@ -1,0 +1,1 @@
+"""The engine: the optimization loop and how it schedules evaluations (an ``Executor``)."""

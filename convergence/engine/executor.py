@@ -1,0 +1,55 @@
+"""Where target calls run: the engine's one seam to the machines that do the work.
+
+The engine decides *what* is called and *when*: the order of test cases, the
+global concurrency limit, racing, budgets and the kill-safe call counter. An
+:class:`Executor` only runs one call, with the target's own timeout, retries
+and rate limit, and returns its :class:`CallResult` (it never raises for a
+failed call). ``LocalExecutor`` runs calls in this process; a distributed
+backend (Ray) implements the same two methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from convergence.core.types import CallResult, Config, TestCase
+from convergence.targets.base import Target
+from convergence.targets.factory import AnyTargetConfig
+from convergence.targets.runner import CallRunner, Gate
+
+
+@runtime_checkable
+class Executor(Protocol):
+    async def call(self, params: Config, case: TestCase, gate: Gate | None = None) -> CallResult:
+        """One target call (retried); ``gate`` is awaited right before every attempt goes out."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+class LocalExecutor:
+    """Calls the target in this process, through a :class:`CallRunner`."""
+
+    def __init__(self, target: Target, runner: CallRunner, *, owns_target: bool = True) -> None:
+        self.target = target
+        self.runner = runner
+        self.owns_target = owns_target
+        """Close the target with the executor (False for a target the caller injected and closes itself)."""
+
+    @classmethod
+    def from_config(cls, cfg: AnyTargetConfig, base_dir: Path, concurrency: int,
+                    target: Target | None = None) -> LocalExecutor:
+        """The config's target (or ``target``, injected) behind its timeout, retry and rate-limit settings."""
+        from convergence.targets.factory import build_runner, build_target
+
+        built = target or build_target(cfg, base_dir, concurrency)
+        return cls(built, build_runner(cfg, built), owns_target=target is None)
+
+    async def call(self, params: Config, case: TestCase, gate: Gate | None = None) -> CallResult:
+        return await self.runner.run(params, case, gate)
+
+    async def aclose(self) -> None:
+        if self.owns_target:
+            await self.target.aclose()

@@ -6,6 +6,9 @@ directory, then checks the project database directly with ``sqlite3``
 (read-only) and the files and output the commands produced. Nothing here
 imports Convergence, so the script measures whatever code the CLI runs:
 the working tree (default), or another source tree with ``--src DIR``.
+The generated studies run in ``generational`` mode with racing off: every
+configuration pays for every case, so a missing row is a lost row and a
+resumed run must repeat the uninterrupted one exactly.
 
 Sub-commands (each prints a table of numbers and a final PASS/FAIL line):
 
@@ -268,6 +271,7 @@ def python_yaml(*, study: str, function: str, db: Path, seed: int, population: i
         f"  seed: {seed}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: {elite}}}\n"
         f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        "  racing: {enabled: false}\n"
         f"output: {{save_path: results}}\n"
         f"storage: {{path: {json.dumps(str(db))}}}\n"
     )
@@ -1039,6 +1043,7 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
         f"  seed: {seed + 5}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: 1}}\n"
         f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        "  racing: {enabled: false}\n"
         "output:\n"
         "  save_path: results\n"
         "  formats: [json, markdown, csv]\n"

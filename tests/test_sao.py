@@ -291,7 +291,7 @@ async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdi
     async def target(task_input: Any, i: int) -> str:  # the user's target: a terse and a chatty answer
         return ["Berlin.", "I think the answer could be many things, it depends on the context."][i]
 
-    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=2, prompt_tokens=64), client,
+    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=5, prompt_tokens=64), client,
                    examples=[{"question": "What is the capital of Germany?"}], seed=2, responder=target)
     assert sao.judge_method == "text"
     await sao.generate_synthetic_dataset(n_samples=2)

@@ -33,7 +33,8 @@ class RichEvents:
             transient=False,
             disable=quiet,
         )
-        self._task: Any = None
+        self._tasks: dict[int, Any] = {}
+        """One bar per generation still evaluating (two at once in async mode)."""
         self._errors = 0
         self._best = "-"
 
@@ -45,29 +46,45 @@ class RichEvents:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None:
-        self._errors = 0
-        self._task = self.progress.add_task(
+        self._tasks[generation] = self.progress.add_task(
             "", total=n_trials * n_cases, gen=f"{generation + 1}/{total}", errors=0, best=self._best
         )
+
+    def _current(self) -> Any:
+        """The oldest generation still evaluating: its calls are served first (FIFO)."""
+        by_id = {t.id: t for t in self.progress.tasks}
+        for task_id in self._tasks.values():
+            task = by_id.get(task_id)
+            if task is None or task.total is None or task.completed < task.total:
+                return task_id
+        return next(reversed(self._tasks.values()), None)
 
     def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None:
         if result.call.error:
             self._errors += 1
-        if self._task is not None:
-            self.progress.update(self._task, advance=1, errors=self._errors)
+        task = self._current()
+        if task is not None:
+            self.progress.update(task, advance=1, errors=self._errors)
 
     def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
         if best is not None:
             self._best = f"{best.score:.4f}"
-            if self._task is not None:
-                self.progress.update(self._task, best=self._best)
+            for task in self._tasks.values():
+                self.progress.update(task, best=self._best)
 
     def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
+        task = self._tasks.pop(generation, None)
+        if task is not None:  # racing skips calls: the bar ends full when the generation does
+            total = next((t.total for t in self.progress.tasks if t.id == task), None)
+            self.progress.update(task, completed=total)
         if self.quiet:
             return
         usable = [t for t in new if t.usable]
         gen_best = max(usable, key=lambda t: t.score, default=None)
         line = f"  generation {generation + 1}: {len(new)} new trial(s)"
+        abandoned = sum(1 for t in new if t.status == "abandoned")
+        if abandoned:
+            line += f" ({abandoned} abandoned by racing)"
         if gen_best is not None:
             line += f", best this generation {gen_best.score:.4f} ({short_config(gen_best.config)})"
         if best is not None:

@@ -10,8 +10,9 @@ Scenarios
 * throughput: a Python-callable target that sleeps a fixed latency ``L``
   (``anyio.sleep``), concurrency ``C`` in {16, 64, 256}, persistence on (a
   real SQLite file in a temp dir), metrics ``exact_match`` + ``latency``,
-  early stopping off, no progress events. The ideal is ``C / L``
-  evaluations/s; the framework overhead per evaluation is
+  early stopping and racing off (every configuration pays every case),
+  ``execution.mode`` at its default (async), no progress events. The ideal
+  is ``C / L`` evaluations/s; the framework overhead per evaluation is
   ``wall * C / n_evals - L``: the time each concurrency slot spends on
   anything but the target.
 * cpu: the same with ``L = 0`` at ``C = 256``: pure framework cost (process
@@ -41,9 +42,9 @@ Targets (from the issues): >= 95 % of ``C / L`` at ``C = 256``; < 500 MB
 for 100,000 evaluations; with long tails, the loop >= 95 % of the bare pool
 in every row. They are reported, never asserted.
 
-    python benchmarks/throughput.py                 # full run, every section (~4 min on 2 cores)
-    python benchmarks/throughput.py --only tails    # long-tailed latencies only (~2 min)
-    python benchmarks/throughput.py --quick         # smoke run (seconds per scenario)
+    python benchmarks/throughput.py                 # full run, every section (~5 min on 2 cores)
+    python benchmarks/throughput.py --only tails    # long-tailed latencies only (~3-4 min)
+    python benchmarks/throughput.py --quick         # smoke run (~1.5 min; tails alone ~50 s)
     python benchmarks/throughput.py --json          # machine-readable output
 """
 
@@ -124,6 +125,7 @@ def _scenario_yaml(s: Scenario, module: str) -> str:
           warm_start: 0
           evolution: {{population_size: {s.population}, generations: {s.generations}, elite_size: 0}}
           execution: {{concurrency: {s.concurrency}, early_stopping: {{enabled: false}}}}
+          racing: {{enabled: false}}
         storage: {{path: bench.db}}
         tracing: {{weave: {{enabled: {str(s.tracing).lower()}}}}}
         """

@@ -215,7 +215,7 @@ async def test_runs_in_the_loop_next_to_evolution_and_a_seeded_run_repeats(tmp_p
 optimization:
   seed: 3
   evolution: {{population_size: 6, generations: 4, elite_size: 2}}
-  execution: {{early_stopping: {{enabled: false}}}}
+  execution: {{mode: generational, early_stopping: {{enabled: false}}}}
 society:
   enabled: true
   agents: {{{name}: 0.5, evolution: 0.5}}

@@ -265,7 +265,7 @@ class Optimizer:
                         while True:
                             self._wake = anyio.Event()  # set by a finished generation or a queue running low
                             if starting and next_gen < evo.generations and (not in_flight or (
-                                    asynchronous and len(in_flight) < 2 and self._running_low())):
+                                    asynchronous and len(in_flight) < MAX_IN_FLIGHT and self._running_low())):
                                 g = await self._start_generation(next_gen, st)
                                 if g is None:
                                     starting = False
@@ -497,7 +497,7 @@ class Optimizer:
         if self._racer is not None:  # the incumbent changes only between generations: a seeded run repeats
             for slot in g.slots:
                 if slot.record is not None and slot.record.usable:
-                    self._racer.add(slot.record, slot.views)
+                    self._racer.add(slot.record, {r.case_id: self._view(slot, r.case_id) for r in slot.results})
         self.society.observe(new)
         st.population[:] = sorted(st.population + usable, key=lambda t: -t.score)[: evo.population_size]
         gen_best = max(usable, key=lambda t: t.score, default=None)
@@ -583,6 +583,14 @@ class Optimizer:
         self._add_result(slot, result)
         self.events.case_finished(slot.proposal, result, False)
 
+    def _view(self, slot: _Slot, case_id: str) -> CaseView:
+        """A case's score as racing compares it (computed when first needed: a look or an incumbent)."""
+        view = slot.views.get(case_id)
+        if view is None:
+            assert self._racer is not None
+            view = slot.views[case_id] = self._racer.view(slot.by_case[case_id])
+        return view
+
     def _add_result(self, slot: _Slot, result: CaseResult) -> None:
         """Keep a case result; with racing, abandon the trial once it is shown worse than the incumbent.
 
@@ -592,12 +600,12 @@ class Optimizer:
         slot.results.append(result)
         if self._racer is None or slot.abandoned:
             return
-        slot.views[result.case_id] = self._racer.view(result)
-        while slot.prefix < len(self._ordered_cases) and self._ordered_cases[slot.prefix].id in slot.views:
+        slot.by_case[result.case_id] = result
+        while slot.prefix < len(self._ordered_cases) and self._ordered_cases[slot.prefix].id in slot.by_case:
             slot.prefix += 1
-            if slot.prefix not in self._racer.looks:
+            if slot.prefix not in self._racer.looks or self._racer.incumbent is None:
                 continue
-            prefix = {c.id: slot.views[c.id] for c in self._ordered_cases[: slot.prefix]}
+            prefix = {c.id: self._view(slot, c.id) for c in self._ordered_cases[: slot.prefix]}
             reason = self._racer.verdict(prefix, len(self.cases))
             if reason is not None:
                 slot.abandoned = True
@@ -638,8 +646,9 @@ class _Slot:
     results: list[CaseResult] = field(default_factory=list)
     pending: int = 0
     record: TrialRecord | None = None
+    by_case: dict[str, CaseResult] = field(default_factory=dict)
     views: dict[str, CaseView] = field(default_factory=dict)
-    """Racing: each case's score and normalised metrics."""
+    """Racing: each case's score and normalised metrics (filled when a look or the incumbent needs them)."""
     prefix: int = 0
     """Racing: how many cases of the run's case order have landed without a gap."""
     abandoned: bool = False
@@ -675,6 +684,12 @@ class _Study:
     """Every usable trial of finished generations."""
     seen: set[str] = field(default_factory=set)
     best: TrialRecord | None = None
+
+
+MAX_IN_FLIGHT = 4
+"""Async mode: generations evaluating at once. More than two lets the next generations fill the slots
+while the oldest one's slowest calls finish (long-tailed latencies, few calls per slot per generation);
+the cap bounds how stale a proposal can be."""
 
 
 class ResumeError(ConvergenceError):

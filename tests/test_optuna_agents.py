@@ -216,6 +216,7 @@ optimization:
   seed: 3
   evolution: {{population_size: 6, generations: 4, elite_size: 2}}
   execution: {{mode: generational, early_stopping: {{enabled: false}}}}
+  racing: {{enabled: false}}
 society:
   enabled: true
   agents: {{{name}: 0.5, evolution: 0.5}}
@@ -235,7 +236,8 @@ society:
     hashes = [t.config_hash for t in out.trials]
     assert len(hashes) == len(set(hashes))
     mine = [r for r in log if r.agent == name and r.generation >= 1]
-    assert mine and all(r.status == "ok" and r.proposed >= r.asked >= 2 for r in mine)
+    # a small space: an agent whose every redraw is already seen proposes nothing that generation ("idle")
+    assert mine and all(r.status in ("ok", "idle") for r in mine) and sum(r.proposed for r in mine) >= 4
     assert mine[-1].detail["own"] > 0 and mine[-1].detail["others"] > 0
     again, _ = await run(tmp_path / "b")
     assert [(t.proposer, t.config_hash, t.score) for t in again.trials] == [

@@ -689,7 +689,7 @@ class _Study:
 MAX_IN_FLIGHT = 8
 """Async mode: generations evaluating at once. More than two lets the next generations fill the slots
 while the oldest one's slowest calls finish (long-tailed latencies, few calls per slot per generation):
-at C = 256, lognormal sigma 0.8, 2 in flight reached 72 % of a bare pool, 4 reached 71 %, 8 reached 97 %
+at C = 256, lognormal sigma 0.8, 2 in flight reached 72 % of a bare pool (a quick run), 4 reached 71 %, 8 reached 97 %
 (benchmarks/throughput.py --only tails). New generations start only when slots would otherwise idle;
 the cap bounds how stale a proposal can be."""
 

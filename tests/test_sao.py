@@ -316,6 +316,8 @@ def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -
     # a provider that ignored the schema and wrote on: the first complete field counts
     assert _parse_fields('{"question": "Why is the  sky blue?"\nThe next line {', keys) == {
         "question": "Why is the sky blue?"}
-    assert _parse_fields('{"question": "Why is the sk', keys) is None  # cut off: no prompt
+    assert _parse_fields('{"question": "Why is the sky blue', keys) == {"question": "Why is the sky blue"}
+    assert _parse_fields('{"question": "Why is', keys) is None  # cut off too early: no prompt
+    assert _parse_fields('{"question": "tab\there and a\nline", "x": [}', keys) == {"question": "tab here and a"}
     assert _parse_fields('{"question": "  "}', keys) is None
     assert _parse_fields('{"topic": "sky"}', keys) is None

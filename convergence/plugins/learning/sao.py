@@ -341,20 +341,25 @@ def _as_fields(example: Any, keys: list[str]) -> dict[str, str]:
 
 
 def _parse_fields(text: str, keys: list[str]) -> dict[str, str] | None:
-    """The written input's fields: every key a non-empty string, from the JSON object, or
-    (a provider that ignored the schema and wrote on after it) from each key's first
-    complete ``"key": "value"``."""
+    """The written input's fields: every key a non-empty string, from the JSON object; or, from a
+    provider that ignored the schema, each key's first ``"key": "value"`` (the value running to its
+    closing quote or the end of its line: at least 8 characters)."""
     start, end = text.find("{"), text.rfind("}")
     try:
-        obj = json.loads(text[start:end + 1]) if start >= 0 and end > start else None
+        obj = json.loads(text[start:end + 1], strict=False) if start >= 0 and end > start else None
     except json.JSONDecodeError:
         obj = None
     if not isinstance(obj, dict):
         obj = {}
         for k in keys:
-            found = re.search(rf'"{re.escape(k)}"\s*:\s*("(?:[^"\\]|\\.)*")', text)
+            found = re.search(rf'"{re.escape(k)}"\s*:\s*"((?:[^"\\\n]|\\.)*)', text)
             if found:
-                obj[k] = json.loads(found.group(1))
+                try:
+                    obj[k] = json.loads(f'"{found.group(1)}"', strict=False)
+                except json.JSONDecodeError:
+                    obj[k] = found.group(1)
+                if len(obj[k].strip()) < 8:
+                    obj.pop(k)
     if any(not isinstance(obj.get(k), str) or not obj[k].strip() for k in keys):
         return None
     return {k: " ".join(obj[k].split()) for k in keys}

@@ -784,7 +784,11 @@ class Store:
             "SELECT id, run_id, generation, reward, data_json, created_at FROM agent_experience "
             "WHERE study_id = ? AND agent = ? ORDER BY id DESC"
         )
-        args: tuple[Any, ...] = (study_id, agent)
+        rows = await self._newest_first_reversed(sql, (study_id, agent), limit)
+        return [ExperienceRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    async def _newest_first_reversed(self, sql: str, args: tuple[Any, ...], limit: int | None) -> list[Any]:
+        """Rows of ``sql`` (ordered newest first), at most the newest ``limit``, returned oldest first."""
         if limit is not None:
             if limit < 0:
                 raise ValueError(f"limit must be >= 0, not {limit}")  # SQLite reads a negative LIMIT as none
@@ -792,7 +796,7 @@ class Store:
             args += (limit,)
         async with self._db.execute(sql, args) as cur:
             rows = await cur.fetchall()
-        return [ExperienceRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in list(rows)[::-1]]
+        return list(rows)[::-1]
 
     async def agent_memory(self, study_id: int, agent: str) -> dict[str, Any] | None:
         """``agent``'s last saved state for the study (None: it has learned nothing yet)."""
@@ -866,14 +870,7 @@ class Store:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY sao_pairs.id DESC"
-        if limit is not None:
-            if limit < 0:
-                raise ValueError(f"limit must be >= 0, not {limit}")  # SQLite reads a negative LIMIT as none
-            sql += " LIMIT ?"
-            args += (limit,)
-        async with self._db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
-        return [_sao_pair(r) for r in list(rows)[::-1]]
+        return [_sao_pair(r) for r in await self._newest_first_reversed(sql, args, limit)]
 
     async def sao_studies(self) -> list[tuple[str, int]]:
         """Every study with its number of SAO pairs (0 included), by name: tells an

@@ -63,6 +63,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -463,6 +464,403 @@ def overall(tables: list[dict[str, Any]], methods: list[str]) -> dict[str, float
     return {m: float(np.mean([r["mean_rank"] for t in tables for r in t["rows"] if r["method"] == m])) for m in methods}
 
 
+# --------------------------------------------------------------------------- noisy mode (--noisy)
+#
+# LLM-like problems (benchmarks/noisy_problems.py): a configuration's score is the mean of Bernoulli
+# outcomes over 30 test cases, and every method is judged by the *true* (noise-free) value of the
+# configuration it returns, at equal budgets counted in test-case calls (B configuration-equivalents
+# = B * 30 calls).
+
+NOISY_BUDGETS = [50, 100, 200]
+REACH_BUDGET, REACH_OF = 60, 100
+"""``convergence`` also runs at 60 configuration-equivalents: does it reach TPE's quality at 100 with 60 % of
+the calls?"""
+NOISY_SOCIETY = {"evolution": 0.4, "bandit": 0.3, "tpe": 0.3}
+HEADLINE = "society"
+"""Which Convergence set-up is "convergence" (the headline row): ``society`` (NOISY_SOCIETY) or ``mab``
+(no society section: ``algorithm: mab_evolution``, evolution + bandit). See benchmarks/README.md for why."""
+SELECTION_ON = {"estimate": "shrinkage", "confirm_top": 3, "confirm_share": 0.1, "stochastic": True}
+SELECTION_OFF = {"estimate": "mean", "confirm_top": 0}
+OPTUNA_NOISY = ["tpe", "tpe_mv"]
+
+
+def selection_available() -> bool:
+    """Whether this Convergence has ``optimization.selection`` (noise-aware choice of the returned best)."""
+    from convergence.config.models import OptimizationConfig
+
+    return "selection" in OptimizationConfig.model_fields
+
+
+def noisy_variants() -> dict[str, tuple[str, bool, bool | None]]:
+    """Convergence rows: name -> (set-up, racing, selection); selection None = not emitted (not available)."""
+    other = "mab" if HEADLINE == "society" else "society"
+    if not selection_available():
+        return {"convergence": (HEADLINE, True, None), f"convergence_{other}": (other, True, None),
+                "no_racing": (HEADLINE, False, None)}
+    return {"convergence": (HEADLINE, True, True), f"convergence_{other}": (other, True, True),
+            "no_racing": (HEADLINE, False, True), "no_selection": (HEADLINE, True, False),
+            "neither": (HEADLINE, False, False)}
+
+
+def noisy_label(method: str) -> str:
+    if method == "tpe":
+        return "Optuna TPE (best_params)"
+    if method == "tpe_mv":
+        return "Optuna TPE multivariate (best_params)"
+    setup, racing, selection = noisy_variants()[method]
+    who = "society evolution/bandit/tpe" if setup == "society" else "mab_evolution"
+    sel = "" if selection is None else f", selection {'on' if selection else 'off'}"
+    return f"{method}: {who}, racing {'on' if racing else 'off'}{sel}"
+
+
+def noisy_yaml(problem: str, method: str, budget: int, seed: int) -> str:
+    import noisy_problems as npb
+
+    setup, racing, selection = noisy_variants()[method]
+    params = "\n".join(f"    {k}: {_param_yaml(v)}" for k, v in npb.PROBLEMS[problem].space.items())
+    cases = "\n".join(f"      - {{input: {j}}}" for j in range(npb.N_CASES))
+    pop = population_for(budget)
+    gens = 5 + math.ceil(4 * budget / max(1, pop - 1))  # racing makes configurations cheaper; max_calls stops the run
+    opt = [f"seed: {seed}", "warm_start: 0",
+           f"evolution: {{population_size: {pop}, generations: {gens}, elite_size: 1}}",
+           "execution: {mode: generational, concurrency: 8, early_stopping: {enabled: false}}",
+           f"racing: {{enabled: {str(racing).lower()}}}",
+           f"budget: {{max_calls: {budget * npb.N_CASES}}}"]
+    if setup == "mab":
+        opt.insert(0, "algorithm: mab_evolution")
+    if selection is not None:
+        opt.append(f"selection: {json.dumps(SELECTION_ON if selection else SELECTION_OFF)}")
+    text = (
+        f"study: sqn-{problem}\n"
+        f'target: {{type: python, function: "noisy_problems:target_{problem}", retry: {{max_retries: 0}}}}\n'
+        "storage: {path: db.sqlite}\n"
+        "search_space:\n  parameters:\n" + params + "\n"
+        "evaluation:\n  test_cases:\n    inline:\n" + cases + "\n"
+        '  metrics:\n    success: {function: "noisy_problems:score"}\n'
+        "optimization:\n" + "".join(f"  {line}\n" for line in opt)
+    )
+    if setup == "society":
+        text += f"society: {{enabled: true, agents: {json.dumps(NOISY_SOCIETY)}}}\n"
+    return text
+
+
+def _bench_on_path() -> None:
+    bench = str(Path(__file__).resolve().parent)
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+
+
+# Racing (convergence/engine/racing.py) calls scipy.stats.wilcoxon(diffs, alternative="less",
+# zero_method="wilcox") at each look. Pass/fail outcomes make the paired differences -1/0/+1: ties and zeros,
+# so for 13 cases or fewer SciPy runs an exact permutation test over all 2**n sign flips, one Python-level
+# statistic per flip: about 0.2 s per look, 85 s of a 1 s run at 200 configuration-equivalents. The benchmark
+# swaps in the same exact test computed with numpy (the same p-value, checked against SciPy at start-up), so
+# racing decides exactly as it does unpatched. --scipy-wilcoxon keeps SciPy's own path.
+
+_SCIPY_WILCOXON: Any = None
+
+
+def _fast_wilcoxon(x: Any, y: Any = None, zero_method: str = "wilcox", correction: bool = False,
+                   alternative: str = "two-sided", method: Any = "auto", **kw: Any) -> Any:
+    d = np.asarray(x, dtype=float)
+    nz = d[d != 0]
+    exact_flips = (y is None and not kw and method == "auto" and zero_method == "wilcox" and alternative == "less"
+                   and d.ndim == 1 and 0 < len(nz) and d.size <= 13
+                   and (len(nz) < d.size or len(np.unique(np.abs(nz))) < len(nz)))
+    if not exact_flips:
+        return _SCIPY_WILCOXON(x, y, zero_method=zero_method, correction=correction, alternative=alternative,
+                               method=method, **kw)
+    from scipy.stats import rankdata
+    from scipy.stats._morestats import WilcoxonResult
+
+    ranks = rankdata(np.abs(nz))
+    observed = float(ranks[nz > 0].sum())
+    flips = (np.arange(2 ** len(nz))[:, None] >> np.arange(len(nz))) & 1  # every sign pattern of the non-zeros
+    null = flips @ ranks
+    p = float(np.count_nonzero(null <= observed + abs(np.finfo(float).eps * 100 * observed))) / len(null)
+    return WilcoxonResult(statistic=observed, pvalue=p)
+
+
+def use_fast_wilcoxon(check: bool = False) -> None:
+    """Route scipy.stats.wilcoxon through :func:`_fast_wilcoxon`; ``check``: assert it equals SciPy's p-values."""
+    global _SCIPY_WILCOXON
+    import scipy.stats
+
+    if _SCIPY_WILCOXON is None:
+        _SCIPY_WILCOXON = scipy.stats.wilcoxon
+    if check:
+        rng = np.random.default_rng(7)
+        for i in range(32):
+            n = [5, 7, 9, 12, 13, 15][i % 6]
+            d = rng.integers(-1, 2, n).astype(float) if i % 4 else np.round(rng.normal(size=n), 1)
+            if not d.any():
+                continue
+            mine = _fast_wilcoxon(d, alternative="less", zero_method="wilcox").pvalue
+            ref = _SCIPY_WILCOXON(d, alternative="less", zero_method="wilcox").pvalue
+            assert abs(mine - ref) < 1e-12, (list(d), mine, ref)
+    scipy.stats.wilcoxon = _fast_wilcoxon
+
+
+def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> dict[str, Any]:
+    import anyio
+
+    from convergence.config.loader import parse_config
+    from convergence.engine.loop import Optimizer
+    from convergence.storage.store import Store
+
+    _bench_on_path()
+    import noisy_problems as npb
+
+    prob = npb.PROBLEMS[problem]
+    npb.reset(seed)
+
+    async def go(workdir: Path) -> dict[str, Any]:
+        path = workdir / "optimization.yaml"
+        text = noisy_yaml(problem, method, budget, seed)
+        path.write_text(text)
+        loaded = parse_config(text, path)
+        store = await Store.open(workdir / "db.sqlite")
+        try:
+            out = await Optimizer(loaded, store).run()
+        finally:
+            await store.close()
+        evaluated = {t.config_hash: t.config for t in out.trials if t.n_cases > 0}
+        true_evaluated = [prob.true_value(c) for c in evaluated.values()]
+        best = out.best
+        return {
+            "returned_config": best.config if best else None,
+            "returned_true": prob.true_value(best.config) if best else float("nan"),
+            "returned_noisy": best.score if best else float("nan"),
+            "returned_cases": best.n_cases if best else 0,
+            "best_evaluated_true": max(true_evaluated, default=float("nan")),
+            "calls": out.total_calls,
+            "n_distinct": len(evaluated),
+            "n_abandoned": sum(1 for t in out.trials if t.status == "abandoned"),
+            "stop_reason": out.stop_reason,
+        }
+
+    with tempfile.TemporaryDirectory(prefix="sqn-run-") as wd:
+        return anyio.run(go, Path(wd))
+
+
+def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[str, Any]:
+    import optuna
+
+    _bench_on_path()
+    import noisy_problems as npb
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prob = npb.PROBLEMS[problem]
+    npb.reset(seed)
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=(method == "tpe_mv"))
+
+    def objective_fn(trial: Any) -> float:
+        p: dict[str, Any] = {}
+        for name, spec in prob.space.items():
+            if spec[0] in ("cat", "values"):
+                p[name] = trial.suggest_categorical(name, list(spec[1]))
+            elif spec[0] == "float":
+                p[name] = round(trial.suggest_float(name, spec[1], spec[2], step=spec[3]), 6)
+            else:
+                p[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[3])
+        return sum(npb.draw(prob, p, j) for j in range(npb.N_CASES)) / npb.N_CASES
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # multivariate=True is marked experimental
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(objective_fn, n_trials=budget)
+    evaluated = {npb.config_key(t.params): t.params for t in study.trials}
+    returned = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in study.best_params.items()}
+    return {
+        "returned_config": returned,
+        "returned_true": prob.true_value(returned),
+        "returned_noisy": study.best_value,
+        "returned_cases": npb.N_CASES,
+        "best_evaluated_true": max(prob.true_value(c) for c in evaluated.values()),
+        "calls": budget * npb.N_CASES,
+        "n_distinct": len(evaluated),
+        "n_abandoned": 0,
+        "stop_reason": f"{budget} trials",
+    }
+
+
+def run_noisy_job(job: tuple[str, str, int, int, bool]) -> dict[str, Any]:
+    problem, method, budget, seed, fast_wilcoxon = job
+    if fast_wilcoxon:
+        use_fast_wilcoxon()
+    t0 = time.perf_counter()
+    if method in OPTUNA_NOISY:
+        res = run_optuna_noisy(problem, method, budget, seed)
+    else:
+        res = run_convergence_noisy(problem, method, budget, seed)
+    res.update(objective=problem, method=method, budget=budget, seed=seed, seconds=time.perf_counter() - t0)
+    return res
+
+
+def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> list[dict[str, Any]]:
+    tables = []
+    keys = sorted({(r["objective"], r["budget"]) for r in results}, key=lambda k: (list(optima).index(k[0]), k[1]))
+    for problem, budget in keys:
+        cell = [r for r in results if r["objective"] == problem and r["budget"] == budget]
+        methods = [m for m in [*OPTUNA_NOISY, *noisy_variants()] if any(r["method"] == m for r in cell)]
+        tpe = [r["returned_true"] for r in cell if r["method"] == "tpe"]
+        rows = []
+        for m in methods:
+            rs = sorted((r for r in cell if r["method"] == m), key=lambda r: r["seed"])
+            true = np.array([r["returned_true"] for r in rs])
+            row = {
+                "method": m, "label": noisy_label(m), "n": len(rs),
+                "mean_true": float(true.mean()), "std_true": float(true.std(ddof=1)) if len(rs) > 1 else 0.0,
+                "mean_regret": float(np.mean(optima[problem] - true)),
+                "mean_noisy": float(np.mean([r["returned_noisy"] for r in rs])),
+                "mean_best_evaluated": float(np.mean([r["best_evaluated_true"] for r in rs])),
+                "mean_gap": float(np.mean([r["best_evaluated_true"] - r["returned_true"] for r in rs])),
+                "calls": float(np.mean([r["calls"] for r in rs])),
+                "distinct": float(np.mean([r["n_distinct"] for r in rs])),
+                "abandoned": float(np.mean([r["n_abandoned"] for r in rs])),
+                "seconds": float(np.mean([r["seconds"] for r in rs])),
+            }
+            if m != "tpe" and tpe:
+                row["u_vs_tpe"], row["p_vs_tpe"] = mann_whitney_greater(list(true), tpe)
+            rows.append(row)
+        tables.append({"objective": problem, "budget": budget, "optimum": optima[problem], "rows": rows})
+    return tables
+
+
+def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Convergence vs TPE per budget, and convergence at 60 vs TPE at 100."""
+    def cell(problem: str, budget: int, method: str) -> list[float]:
+        return [r["returned_true"] for r in sorted(results, key=lambda r: r["seed"])
+                if r["objective"] == problem and r["budget"] == budget and r["method"] == method]
+
+    problems = list(dict.fromkeys(t["objective"] for t in tables))
+    budgets = sorted({t["budget"] for t in tables if t["budget"] != REACH_BUDGET or
+                      any(r["method"] == "tpe" for r in t["rows"])})
+    per_budget = []
+    for b in budgets:
+        items = []
+        for p in problems:
+            ours, tpe = cell(p, b, "convergence"), cell(p, b, "tpe")
+            if not ours or not tpe:
+                continue
+            _, pv = mann_whitney_greater(ours, tpe)
+            items.append({"objective": p, "ours": float(np.mean(ours)), "tpe": float(np.mean(tpe)),
+                          "diff": float(np.mean(ours) - np.mean(tpe)), "p_greater": pv})
+        if items:
+            per_budget.append({"budget": b, "items": items, "wins": sum(i["diff"] > 0 for i in items),
+                               "significant": sum(i["p_greater"] < 0.05 for i in items), "n": len(items)})
+    reach = []
+    for p in problems:
+        ours, tpe = cell(p, REACH_BUDGET, "convergence"), cell(p, REACH_OF, "tpe")
+        calls = [r["calls"] for r in results
+                 if r["objective"] == p and r["budget"] == REACH_BUDGET and r["method"] == "convergence"]
+        if not ours or not tpe:
+            continue
+        _, p_better = mann_whitney_greater(ours, tpe)
+        _, p_worse = mann_whitney_greater(tpe, ours)
+        reach.append({"objective": p, "ours_at": REACH_BUDGET, "tpe_at": REACH_OF, "ours": float(np.mean(ours)),
+                      "tpe": float(np.mean(tpe)), "diff": float(np.mean(ours) - np.mean(tpe)),
+                      "p_ours_greater": p_better, "p_tpe_greater": p_worse,
+                      "call_share": float(np.mean(calls)) / (REACH_OF * 30)})
+    return {"per_budget": per_budget, "reach": reach}
+
+
+def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
+    for t in tables:
+        n = t["rows"][0]["n"]
+        print(f"\n### {t['objective']}, budget {t['budget']} configuration-equivalents "
+              f"({t['budget'] * 30} case calls), {n} seeds; grid optimum {t['optimum']:.4f}\n")
+        print("| method | true value of returned config (mean ± std) | regret | noisy score of returned "
+              "| best evaluated (true) | returned vs best evaluated | calls | configs | abandoned | vs TPE (MWU) |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+        for r in sorted(t["rows"], key=lambda r: -r["mean_true"]):
+            vs = "" if "p_vs_tpe" not in r else f"p={r['p_vs_tpe']:.3f}" + (" *" if r["p_vs_tpe"] < 0.05 else "")
+            print(f"| {r['label']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
+                  f"| {r['mean_noisy']:.4f} | {r['mean_best_evaluated']:.4f} | -{r['mean_gap']:.4f} "
+                  f"| {r['calls']:.0f} | {r['distinct']:.1f} | {r['abandoned']:.1f} | {vs} |")
+    print("\n### Convergence vs Optuna TPE (true value of the returned configuration, mean over seeds)\n")
+    print("| budget | problem | convergence | TPE | difference | p (convergence > TPE, MWU one-sided) |")
+    print("|--:|---|--:|--:|--:|--:|")
+    for pb in verdicts["per_budget"]:
+        for i in pb["items"]:
+            print(f"| {pb['budget']} | {i['objective']} | {i['ours']:.4f} | {i['tpe']:.4f} | {i['diff']:+.4f} "
+                  f"| {i['p_greater']:.3f} |")
+    for pb in verdicts["per_budget"]:
+        print(f"* budget {pb['budget']}: convergence ahead on mean in {pb['wins']} of {pb['n']} problems "
+              f"({pb['significant']} significant at p < 0.05)")
+    if verdicts["reach"]:
+        print(f"\n### convergence at {REACH_BUDGET} vs TPE at {REACH_OF} configuration-equivalents\n")
+        print("| problem | convergence@60 | TPE@100 | difference | calls used / TPE@100's | "
+              "p (conv > TPE) | p (TPE > conv) |")
+        print("|---|--:|--:|--:|--:|--:|--:|")
+        for i in verdicts["reach"]:
+            print(f"| {i['objective']} | {i['ours']:.4f} | {i['tpe']:.4f} | {i['diff']:+.4f} | "
+                  f"{100 * i['call_share']:.0f} % | {i['p_ours_greater']:.3f} | {i['p_tpe_greater']:.3f} |")
+
+
+def noisy_main(args: argparse.Namespace) -> None:
+    _bench_on_path()
+    import noisy_problems as npb
+
+    problems = args.objectives or list(npb.PROBLEMS)
+    variants = noisy_variants()
+    methods = args.methods or [*OPTUNA_NOISY, *variants]
+    for name in [*problems, *methods]:
+        if name not in npb.PROBLEMS and name not in OPTUNA_NOISY and name not in variants:
+            raise SystemExit(f"--noisy: unknown problem or method {name!r} (problems: {', '.join(npb.PROBLEMS)}; "
+                             f"methods: {', '.join([*OPTUNA_NOISY, *variants])})")
+    seeds = args.seeds or (3 if args.quick else 20)
+    budgets = args.budgets or ([50, 100] if args.quick else NOISY_BUDGETS)
+    seed_range = range(args.first_seed, args.first_seed + seeds)
+    fast = not args.scipy_wilcoxon
+    if fast:
+        use_fast_wilcoxon(check=True)
+    jobs = [(p, m, b, s, fast) for p in problems for b in budgets for m in methods for s in seed_range]
+    if "convergence" in methods and REACH_OF in budgets and REACH_BUDGET not in budgets:
+        jobs += [(p, "convergence", REACH_BUDGET, s, fast) for p in problems for s in seed_range]
+    jobs.sort(key=lambda j: (-j[2], j[1] not in OPTUNA_NOISY))  # longest first
+    started = time.perf_counter()
+    if args.workers > 1:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            results = list(pool.map(run_noisy_job, jobs, chunksize=1))
+    else:
+        results = [run_noisy_job(j) for j in jobs]
+    wall = time.perf_counter() - started
+    optima = {p: npb.PROBLEMS[p].optimum for p in problems}
+    tables = summarize_noisy(results, optima)
+    verdicts = noisy_verdicts(tables, results)
+    import optuna
+
+    meta = {
+        "mode": "noisy", "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets,
+        "reach_budget": REACH_BUDGET, "problems": problems, "methods": methods,
+        "labels": {m: noisy_label(m) for m in methods}, "selection_available": selection_available(),
+        "headline": HEADLINE, "society": NOISY_SOCIETY, "selection_on": SELECTION_ON, "selection_off": SELECTION_OFF,
+        "n_cases": npb.N_CASES, "optima": optima,
+        "optimum_configs": {p: npb.PROBLEMS[p].optimum_config for p in problems},
+        "population": {b: population_for(b) for b in sorted({*budgets, REACH_BUDGET})},
+        "fast_wilcoxon": fast, "workers": args.workers, "wall_seconds": wall, "optuna": optuna.__version__,
+        "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+    }
+    if args.json:
+        print(json.dumps({"meta": meta, "tables": tables, "verdicts": verdicts, "runs": results}, indent=2,
+                         default=str))
+        return
+    print(f"# Noisy search quality: true value of the returned configuration ({seeds} seeds "
+          f"{seed_range.start}..{seed_range.stop - 1}, budgets {budgets} configuration-equivalents x "
+          f"{npb.N_CASES} cases, {len(jobs)} runs in {wall:.0f} s on {args.workers} worker(s), "
+          f"load avg {meta['load_avg'][0]:.1f})")
+    if not meta["selection_available"]:
+        print("\noptimization.selection is not in this Convergence: the selection on/off rows are left out, "
+              "and the Convergence rows run the library's default selection of the returned best.")
+    print(f"\nConvergence population per budget: {meta['population']}; elite 1; generational, concurrency 8.")
+    print_noisy(tables, verdicts)
+    print("\nTrue value = mean over the 30 cases of the success probability (noise-free). Regret = grid optimum "
+          "- true value. 'returned vs best evaluated' = true value of the returned configuration minus the true "
+          "value of the best configuration the method evaluated (loss at selection). MWU: one-sided "
+          "Mann-Whitney U test (* p < 0.05).")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -488,12 +886,30 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 30; quick 4)")
     ap.add_argument("--budgets", type=int, nargs="+", default=None, help="evaluation budgets (default 60 120)")
-    ap.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
-    ap.add_argument("--methods", nargs="+", default=CONVERGENCE_METHODS + OPTUNA_METHODS,
-                    choices=CONVERGENCE_METHODS + OPTUNA_METHODS)
+    ap.add_argument("--objectives", nargs="+", default=None,
+                    help=f"default: all ({', '.join(OBJECTIVES)}; with --noisy: llm_noisy needle_noisy cats_noisy)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help=f"default: all ({', '.join(CONVERGENCE_METHODS + OPTUNA_METHODS)}; with --noisy: "
+                         "tpe tpe_mv convergence convergence_<other set-up> no_racing no_selection neither)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--noisy", action="store_true",
+                    help="noisy LLM-like problems (Bernoulli outcomes over 30 cases), judged by the true value of "
+                         "the returned configuration; budgets 50 100 200 (+60) x 30 calls, 20 seeds (quick: 50 100, 3)")
+    ap.add_argument("--scipy-wilcoxon", action="store_true",
+                    help="--noisy: let racing use SciPy's own (slow, same p-values) exact permutation Wilcoxon test")
     args = ap.parse_args()
+    if args.noisy:
+        noisy_main(args)
+        return
+    for name in args.objectives or []:
+        if name not in OBJECTIVES:
+            ap.error(f"--objectives: {name!r} is not one of {', '.join(OBJECTIVES)}")
+    for name in args.methods or []:
+        if name not in CONVERGENCE_METHODS + OPTUNA_METHODS:
+            ap.error(f"--methods: {name!r} is not one of {', '.join(CONVERGENCE_METHODS + OPTUNA_METHODS)}")
+    args.objectives = args.objectives or list(OBJECTIVES)
+    args.methods = args.methods or CONVERGENCE_METHODS + OPTUNA_METHODS
     seeds = args.seeds or (4 if args.quick else 30)
     budgets = args.budgets or ([60] if args.quick else [60, 120])
     methods = list(args.methods)

@@ -515,6 +515,24 @@ class RacingConfig(Strict):
     """Bound on the chance of abandoning a configuration at least as good as the incumbent."""
 
 
+class SelectionConfig(Strict):
+    """Which configuration is returned as best, and the budget spent making sure of it
+    (see convergence/engine/selection.py)."""
+
+    estimate: Literal["shrinkage", "mean"] = "shrinkage"
+    """shrinkage: rank by an empirical-Bayes estimate of each configuration's true score (a mean over few
+    cases is pulled toward the run's average, one over many keeps its value); mean: the highest mean wins."""
+    confirm_top: Int = Field(3, ge=0, le=100)
+    """Configurations confirmed before the run finishes (0: no confirmation)."""
+    confirm_share: Float = Field(0.1, ge=0, le=0.9)
+    """Stochastic target: the share of max_calls the search leaves for confirmation (without max_calls,
+    confirmation may spend this share of all calls). A deterministic target keeps nothing back."""
+    stochastic: bool = False
+    """The target answers differently when asked again (temperature > 0, a sampled judge): confirmation
+    repeats test cases with fresh draws. Otherwise it only asks the cases a top configuration skipped
+    (racing or a stop cut it short), with the budget left."""
+
+
 class ExecutionConfig(Strict):
     mode: Literal["async", "generational"] = "async"
     """async: the next generation's calls start while the last one's stragglers finish (no slot idles);
@@ -548,6 +566,7 @@ class OptimizationConfig(Strict):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     racing: RacingConfig = Field(default_factory=RacingConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     warm_start: Int = Field(3, ge=0, le=10_000)
     """How many of the study's best earlier configurations seed generation 0."""
 

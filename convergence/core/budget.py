@@ -23,6 +23,14 @@ class Budget:
     prior_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
     exhausted: str | None = None
+    held: int = 0
+    """Calls of ``max_calls`` kept back from the search (to confirm the best at the end)."""
+
+    def release(self) -> None:
+        """Hand the held-back calls to what comes after the search."""
+        if self.held and self.exhausted and self.exhausted.startswith("budget: max_calls"):
+            self.exhausted = None
+        self.held = 0
 
     def elapsed(self) -> float:
         return self.prior_seconds + (time.monotonic() - self.started)
@@ -35,8 +43,9 @@ class Budget:
     def reserve_call(self) -> bool:
         if self.exhausted:
             return False
-        if self.cfg.max_calls is not None and self.calls + self.pending >= self.cfg.max_calls:
-            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached"
+        if self.cfg.max_calls is not None and self.calls + self.pending >= self.cfg.max_calls - self.held:
+            kept = f" ({self.held} kept to confirm the best)" if self.held else ""
+            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached{kept}"
             return False
         if self.cfg.max_cost_usd is not None and self.cost_usd >= self.cfg.max_cost_usd:
             self.exhausted = f"budget: max_cost_usd (${self.cfg.max_cost_usd}) reached"

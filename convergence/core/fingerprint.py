@@ -49,7 +49,7 @@ def run_fingerprint(cfg: ConvergenceConfig, written: dict[str, Any], cases: Sequ
         if isinstance(target_written.get("request"), dict):
             target_written["request"] = {k: v for k, v in target_written["request"].items()
                                          if k != "timeout_seconds"}
-    opt = cfg.optimization.model_dump(mode="json", exclude={"budget"})
+    opt = cfg.optimization.model_dump(mode="json", exclude={"budget", "selection"})
     for key in _FREE_EXECUTION_KEYS:
         opt.get("execution", {}).pop(key, None)
     evaluation = cfg.evaluation.model_dump(mode="json", exclude={"test_cases"})

@@ -66,6 +66,8 @@ class CaseResult:
     call: CallResult
     metrics: dict[str, float]
     """Raw metric values (e.g. accuracy 1.0, latency_ms 830.0)."""
+    repeat: int = 0
+    """0: the search's call of this case; 1, 2 ...: fresh draws that confirm a top configuration."""
 
 
 @dataclass(slots=True)
@@ -89,7 +91,17 @@ class TrialRecord:
     abandoned (racing stopped it once it was shown worse than the incumbent; ``n_cases`` it used)."""
     trial_id: int | None = None
     thresholds_passed: bool = True
+    repeats: int = 0
+    """Confirmation draws (cases asked again) included in ``score`` and ``metrics``."""
+    estimate: float | None = None
+    """Noise-aware estimate of the true score (see engine/selection.py): what ranks the run's best;
+    None before the run's selection (then ``score`` ranks)."""
 
     @property
     def usable(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def merit(self) -> float:
+        """What ranks the trial: its noise-aware estimate once the run has made one, else its score."""
+        return self.estimate if self.estimate is not None else self.score

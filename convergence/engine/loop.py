@@ -28,8 +28,10 @@ from convergence.core.budget import Budget, EarlyStopper
 from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, run_fingerprint
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
+from convergence.engine.confirm import Confirmer
 from convergence.engine.executor import Executor, LocalExecutor
 from convergence.engine.racing import CaseView, Racer
+from convergence.engine.selection import rank
 from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
 from convergence.society.society import AgentReport, Society
@@ -190,7 +192,7 @@ class Optimizer:
         if changed:
             raise ResumeError(
                 f"{self.loaded.path} changed since run {prev.id} started: {', '.join(changed)}. A resumed run must "
-                f"keep them (budgets, concurrency, timeouts, retries and outputs may change); restore them, "
+                f"keep them (budgets, concurrency, timeouts, retries, selection and outputs may change); restore them, "
                 f"or run without --resume to start a new run"
             )
         try:
@@ -247,6 +249,9 @@ class Optimizer:
         status = "finished"
         gens_run = 0
         self._cached_hits = 0
+        sel = self.opt.selection
+        if sel.confirm_top and sel.stochastic and self.opt.budget.max_calls is not None:
+            budget.held = round(sel.confirm_share * self.opt.budget.max_calls)
         self._racer = Racer(self.opt.racing, self.evaluator, len(self.cases)) if self.opt.racing.enabled else None
         # racing compares configurations on the same cases in the same order: one seeded order for the run
         order = np.random.default_rng([seed, 2**31]).permutation(len(self.cases)) if self._racer else None
@@ -297,6 +302,8 @@ class Optimizer:
                         g.trials = g.trials or self._record_trials(g)
                         gens_run += 1
                         await self._finish_generation(g, st)
+                if not self._all_failed.tripped:
+                    await self._select(st)
         except BaseException as exc:
             leaf = _leaf(exc)
             status, reason = _interruption(leaf)
@@ -320,6 +327,46 @@ class Optimizer:
             elapsed_seconds=elapsed, cached_cases=self._cached_hits, resumed=resume,
             all_failed_error=self._all_failed.error if self._all_failed.tripped else None,
         )
+
+    async def _select(self, st: _Study) -> None:
+        """Confirm the top configurations with the calls kept for it, give every trial its
+        noise-aware estimate (stored), and make the best by estimate the run's best."""
+        sel = self.opt.selection
+        await self.store.flush()
+        trials = await self.store.trials(self.run_id)
+        results = {h: list(by_case.values()) for h, by_case in (await self.store.case_results(self.run_id)).items()}
+        for h, extra in (await self.store.repeat_results(self.run_id)).items():
+            results.setdefault(h, []).extend(extra)
+        self.budget.release()
+        # max_calls bounds it; without it, the share of all calls (of a deterministic target's, at most
+        # the cases top configurations skipped)
+        allowance = math.ceil(sel.confirm_share / (1 - sel.confirm_share) * self.budget.calls)
+        if self.opt.budget.max_calls is not None:
+            allowance = self.opt.budget.max_calls
+
+        async def ask(trial: TrialRecord, case: TestCase, repeat: int) -> CaseResult | None:
+            async with self._limiter:
+                if self._all_failed.tripped or not self.budget.reserve_call():
+                    return None
+                return await self._call(self.space.resolve(trial.config), case, trial.config_hash, repeat)
+
+        confirmer = Confirmer(sel, self.evaluator, self._ordered_cases, self.opt.racing.alpha)
+        remaining = self.budget.remaining_seconds()
+        with anyio.move_on_after(remaining if remaining is not None else math.inf):
+            outcome = await confirmer.run(trials, results, allowance if sel.confirm_top else 0, ask)
+        for t in outcome.trials:
+            self.store.record_trial(self.run_id, t)
+        self.store.save_selection(self.run_id, outcome.summary)
+        best = rank([t for t in outcome.trials if t.usable])
+        st.best = best[0] if best else None
+        summary = outcome.summary
+        if summary["confirm_calls"]:
+            self.events.message(
+                f"confirmed the top {summary['confirmed']} configuration(s) with {summary['confirm_calls']} call(s)")
+        if summary["runner_up_p"] is not None:
+            self.events.message(
+                f"best vs runner-up: {'distinguishable' if summary['distinguishable'] else 'within noise'} "
+                f"(paired Wilcoxon p={summary['runner_up_p']:.2g})")
 
     async def _society_learns(self, gen: int, new: list[TrialRecord], history: list[TrialRecord]) -> None:
         """Agents learn from the generation's outcomes; what each did, and how many
@@ -563,25 +610,30 @@ class Optimizer:
             self._complete(slot)
 
     async def _call_case(self, slot: _Slot, case: TestCase) -> None:
+        result = await self._call(slot.params, case, slot.proposal.config_hash)
+        self._add_result(slot, result)
+        self.events.case_finished(slot.proposal, result, False)
+
+    async def _call(self, params: dict[str, Any], case: TestCase, config_hash: str, repeat: int = 0) -> CaseResult:
+        """One reserved call of the target on a test case: counted, charged, redacted, evaluated and stored."""
         ticket = _Ticket(self.budget, self.store)
         try:
-            call: CallResult = await self.executor.call(slot.params, case, ticket.attempt)
+            call: CallResult = await self.executor.call(params, case, ticket.attempt)
         finally:
             ticket.close()
         self.budget.charge(call.cost_usd)
         self._case_seconds += 0.1 * ((call.wall_ms or call.latency_ms) / 1000.0 - self._case_seconds)
         if call.error is not None:
             call.error = self._redactor.text(call.error)
-            self._all_failed.failed(call.error, slot.proposal.config_hash, case.id, len(self.cases))
+            self._all_failed.failed(call.error, config_hash, case.id, len(self.cases))
         else:
             self._all_failed.any_success = True
         if self._secrets and call.output is not None:
             call.output = self._redactor.exact_deep(call.output)
         metrics = await self.evaluator.evaluate(case, call)
-        result = CaseResult(case.id, call, metrics)
-        self.store.record_case(self.run_id, slot.proposal.config_hash, result)
-        self._add_result(slot, result)
-        self.events.case_finished(slot.proposal, result, False)
+        result = CaseResult(case.id, call, metrics, repeat)
+        self.store.record_case(self.run_id, config_hash, result)
+        return result
 
     def _view(self, slot: _Slot, case_id: str) -> CaseView:
         """A case's score as racing compares it (computed when first needed: a look or an incumbent)."""

@@ -91,6 +91,7 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
         "parameter_importance": importance,
         "society": None if report.society is None else asdict(report.society),
         "sao": None if report.sao is None else asdict(report.sao),
+        "selection": report.selection,
         "trials": [asdict(t) for t in trials],
     }
     return _clean(doc)
@@ -103,8 +104,8 @@ def csv_columns(report: RunReport) -> tuple[list[str], dict[str, str], dict[str,
     """Fixed columns, then one per metric and one per parameter, each named
     after it; a name that clashes with an earlier column gets a
     ``metric.``/``param.`` prefix. Returns (columns, metric->col, param->col)."""
-    columns = ["run_id", "trial_id", "generation", "proposer", "status", "score",
-               "cost_usd", "latency_ms", "n_cases", "n_errors"]
+    columns = ["run_id", "trial_id", "generation", "proposer", "status", "score", "estimate",
+               "cost_usd", "latency_ms", "n_cases", "repeats", "n_errors"]
     metrics = list(report.metric_directions)
     for t in report.trials:
         metrics += [m for m in t.metrics if m not in metrics]
@@ -136,8 +137,9 @@ def render_csv(report: RunReport, trials: list[TrialRecord]) -> str:
     for t in trials:
         row: dict[str, Any] = {
             "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation,
-            "proposer": t.proposer, "status": t.status, "score": t.score, "cost_usd": t.cost_usd,
-            "latency_ms": t.latency_ms, "n_cases": t.n_cases, "n_errors": t.n_errors,
+            "proposer": t.proposer, "status": t.status, "score": t.score, "estimate": t.estimate,
+            "cost_usd": t.cost_usd, "latency_ms": t.latency_ms, "n_cases": t.n_cases, "repeats": t.repeats,
+            "n_errors": t.n_errors,
         }
         row.update({metric_col[m]: v for m, v in t.metrics.items()})
         row.update({param_col[p]: _cell(v) for p, v in t.config.items()})
@@ -187,12 +189,15 @@ def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool)
     metrics = list(report.metric_directions)
     # A latency metric already shows the trial's mean latency: one column is enough.
     own_latency = not any(_measures_latency(report, m) for m in metrics)
-    header = ((["rank"] if ranked else []) + ["trial", "gen", "proposer", "score"] + metrics
+    estimates = any(t.estimate is not None for t in trials)
+    header = ((["rank"] if ranked else []) + ["trial", "gen", "proposer", "score"]
+              + (["estimate"] if estimates else []) + metrics
               + ["total cost (USD)"] + (["latency (ms)"] if own_latency else []) + report.parameters)
     rows = []
     for i, t in enumerate(trials, 1):
         rows.append(([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
-                     _num(t.score)] + [_num(t.metrics.get(m)) for m in metrics]
+                     _num(t.score)] + ([_num(t.estimate)] if estimates else [])
+                     + [_num(t.metrics.get(m)) for m in metrics]
                      + [_num(t.cost_usd)] + ([_num(t.latency_ms)] if own_latency else [])
                      + [_md(t.config.get(p, ""), 40) for p in report.parameters])
     return _table(header, rows)
@@ -283,6 +288,41 @@ def sao_markdown(sao: SAOReport) -> list[str]:
     return out
 
 
+def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> list[str]:
+    """How the best was chosen: estimate, confirmation, intervals, best vs runner-up."""
+    how = ("an empirical-Bayes estimate of its true score (means over few cases pulled toward the run's "
+           "average, corrected for the difficulty of the cases run)" if sel.get("estimate") == "shrinkage"
+           else "its mean score")
+    out = ["## How the best was chosen", "", f"Configurations are ranked by {how}. "
+           f"Noise of one case score: sd {_num(sel.get('noise_sd'))}; spread of true scores: sd "
+           f"{_num(sel.get('spread_sd'))}.", ""]
+    calls = sel.get("confirm_calls") or 0
+    if calls:
+        kind = "fresh draws of their cases (stochastic target)" if sel.get("stochastic") else "the cases they skipped"
+        out += [f"Confirmation: {calls} call(s) in {sel.get('confirm_rounds')} round(s) on {sel.get('confirmed')} "
+                f"top configuration(s), asking {kind}.", ""]
+    else:
+        out += ["Confirmation: no calls (nothing to confirm: every top configuration ran every case"
+                + ("" if sel.get("stochastic") else ", and the target is not marked stochastic") + ").", ""]
+    rows = []
+    for i, row in enumerate(sel.get("top") or [], 1):
+        t = trials.get(row.get("config_hash", ""))
+        ci = row.get("ci95")
+        rows.append([str(i), _num(row.get("trial_id")), _num(row.get("mean")), _num(row.get("estimate")),
+                     f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "—",
+                     f"{row.get('n_cases')} + {row.get('repeats')}", "yes" if row.get("confirmed") else "no",
+                     _md(_config_text(t.config), 60) if t else ""])
+    if rows:
+        out += _table(["rank", "trial", "mean", "estimate", "95% CI over cases", "cases + repeats", "confirmed",
+                       "configuration"], rows) + [""]
+    p = sel.get("runner_up_p")
+    if p is not None:
+        verdict = ("**distinguishable** from the runner-up" if sel.get("distinguishable")
+                   else "**not distinguishable** from the runner-up: they differ by less than the noise")
+        out += [f"The best is {verdict} (paired Wilcoxon signed-rank over shared cases, p = {p:.2g}).", ""]
+    return out
+
+
 def render_markdown(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
                     plot_files: Sequence[Path]) -> str:
     best, worst = report.best, report.worst
@@ -305,7 +345,8 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
             value = resolved.get(p, label)
             rows.append([_md(p), _md(label), "" if value == label else _md(value)])
         out += _table(["parameter", "value", "resolved value (if different)"], rows) + [""]
-        out += [f"Best score **{_num(best.score)}** (trial {_num(best.trial_id)}, generation "
+        estimate = f", estimated true score **{_num(best.estimate)}**" if best.estimate is not None else ""
+        out += [f"Best score **{_num(best.score)}**{estimate} (trial {_num(best.trial_id)}, generation "
                 f"{best.generation + 1}, proposed by {_md(best.proposer)}); worst complete trial scored "
                 f"**{_num(worst.score if worst else None)}**.", ""]
         if best.metrics:
@@ -313,6 +354,8 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
                           [[_md(m), _num(v), report.metric_directions.get(m, "—"),
                             _num(report.metric_weights.get(m))] for m, v in best.metrics.items()]) + [""]
     out += [f"## Top {TOP_N} trials", ""] + _trial_table(report, report.ranked[:TOP_N], True) + [""]
+    if report.selection is not None:
+        out += selection_markdown(report.selection, {t.config_hash: t for t in report.trials})
     out += ["## Pareto front", "",
             f"{len(front)} trial(s) no other complete trial beats on every metric at once"
             + (f" (best {FRONT_ROWS} by score shown; all in results.json):" if len(front) > FRONT_ROWS else ":"), ""]

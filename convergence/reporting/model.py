@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from convergence.core.types import Config, TrialRecord
 from convergence.reporting.sao import SAOReport
@@ -84,6 +85,9 @@ class RunReport:
     """What each agent of the society proposed and how it did (None: no society log)."""
     sao: SAOReport | None = None
     """The self-judge's pairs, consistency and preference ratings (None: the run made no SAO pairs)."""
+    selection: dict[str, Any] | None = None
+    """How the best was chosen: estimates, confirmation, the top configurations' intervals, the
+    best-vs-runner-up test (engine/confirm.py); None for runs that made no selection."""
 
     @property
     def usable(self) -> list[TrialRecord]:
@@ -92,8 +96,9 @@ class RunReport:
 
     @property
     def ranked(self) -> list[TrialRecord]:
-        """Usable trials, best score first; ties keep evaluation order."""
-        return sorted(self.usable, key=lambda t: -t.score)  # sorted() is stable
+        """Usable trials, best first by merit (the noise-aware estimate, else the score); ties keep
+        evaluation order."""
+        return sorted(self.usable, key=lambda t: -t.merit)  # sorted() is stable
 
     @property
     def best(self) -> TrialRecord | None:

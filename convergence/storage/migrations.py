@@ -182,6 +182,38 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        6,
+        """
+        -- noise-aware selection: a case may be asked again (repeat > 0) to confirm a top configuration
+        CREATE TABLE case_results_v6 (
+            run_id INTEGER NOT NULL,
+            config_hash TEXT NOT NULL,
+            case_id TEXT NOT NULL,
+            repeat INTEGER NOT NULL DEFAULT 0,  -- 0: the search's call; 1, 2 ...: confirmation draws
+            output TEXT,
+            error TEXT,
+            latency_ms REAL,
+            cost_usd REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            attempts INTEGER,
+            metrics_json TEXT,
+            created_at REAL NOT NULL,
+            wall_ms REAL,
+            PRIMARY KEY (run_id, config_hash, case_id, repeat)
+        ) WITHOUT ROWID;
+        INSERT INTO case_results_v6(run_id, config_hash, case_id, repeat, output, error, latency_ms, cost_usd,
+            prompt_tokens, completion_tokens, attempts, metrics_json, created_at, wall_ms)
+            SELECT run_id, config_hash, case_id, 0, output, error, latency_ms, cost_usd, prompt_tokens,
+            completion_tokens, attempts, metrics_json, created_at, wall_ms FROM case_results;
+        DROP TABLE case_results;
+        ALTER TABLE case_results_v6 RENAME TO case_results;
+        ALTER TABLE trials ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;  -- confirmation draws in the score
+        ALTER TABLE trials ADD COLUMN estimate REAL;     -- noise-aware estimate of the true score (NULL: none)
+        ALTER TABLE runs ADD COLUMN selection_json TEXT; -- how the best was chosen: top configurations, CIs, test
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -130,18 +130,19 @@ _SQL_GEN_END = (
 )
 _SQL_CASE = (
     "INSERT OR REPLACE INTO case_results(run_id, config_hash, case_id, output, error, latency_ms, "
-    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at, wall_ms) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "cost_usd, prompt_tokens, completion_tokens, attempts, metrics_json, created_at, wall_ms, repeat) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+_SQL_SELECTION = "UPDATE runs SET selection_json = ? WHERE id = ?"
 _SQL_TRIAL = (
     "INSERT INTO trials(run_id, config_hash, generation, proposer, config_json, status, score, "
     "metrics_json, normalized_json, cost_usd, latency_ms, n_cases, n_errors, thresholds_passed, "
-    "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "finished_at, repeats, estimate) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT(run_id, config_hash) DO UPDATE SET status=excluded.status, score=excluded.score, "
     "metrics_json=excluded.metrics_json, normalized_json=excluded.normalized_json, "
     "cost_usd=excluded.cost_usd, latency_ms=excluded.latency_ms, n_cases=excluded.n_cases, "
     "n_errors=excluded.n_errors, thresholds_passed=excluded.thresholds_passed, "
-    "finished_at=excluded.finished_at"
+    "finished_at=excluded.finished_at, repeats=excluded.repeats, estimate=excluded.estimate"
 )
 
 
@@ -540,7 +541,8 @@ class Store:
         self._writer.add(
             _SQL_CASE,
             (run_id, config_hash, result.case_id, c.output, c.error, c.latency_ms, c.cost_usd,
-             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time(), c.wall_ms),
+             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time(), c.wall_ms,
+             result.repeat),
         )
 
     def record_trial(self, run_id: int, trial: TrialRecord) -> None:
@@ -548,7 +550,8 @@ class Store:
             _SQL_TRIAL,
             (run_id, trial.config_hash, trial.generation, trial.proposer, _dump(trial.config), trial.status,
              trial.score, _dump(trial.metrics), _dump(trial.normalized), trial.cost_usd, trial.latency_ms,
-             trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time()),
+             trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time(), trial.repeats,
+             trial.estimate),
         )
 
     # The agent society's rows go through the same writer: committed in order
@@ -715,7 +718,7 @@ class Store:
     async def trials(self, run_id: int) -> list[TrialRecord]:
         async with self._db.execute(
             "SELECT id, config_hash, generation, proposer, config_json, status, score, metrics_json, "
-            "normalized_json, cost_usd, latency_ms, n_cases, n_errors, thresholds_passed "
+            "normalized_json, cost_usd, latency_ms, n_cases, n_errors, thresholds_passed, repeats, estimate "
             "FROM trials WHERE run_id = ? ORDER BY id",
             (run_id,),
         ) as cur:
@@ -725,34 +728,57 @@ class Store:
                 config=json.loads(r[4]), config_hash=r[1], generation=r[2], proposer=r[3], status=r[5],
                 score=r[6] or 0.0, metrics=json.loads(r[7] or "{}"), normalized=json.loads(r[8] or "{}"),
                 cost_usd=r[9] or 0.0, latency_ms=r[10] or 0.0, n_cases=r[11] or 0, n_errors=r[12] or 0,
-                thresholds_passed=bool(r[13]), trial_id=r[0],
+                thresholds_passed=bool(r[13]), trial_id=r[0], repeats=r[14] or 0, estimate=r[15],
             )
             for r in rows
         ]
 
     async def case_results(self, run_id: int, config_hash: str | None = None) -> dict[str, dict[str, CaseResult]]:
-        """config_hash -> case_id -> stored result (for resume and inspection)."""
+        """config_hash -> case_id -> stored result of the search's call (for resume and inspection)."""
+        out: dict[str, dict[str, CaseResult]] = {}
+        for h, r in await self._read_cases(run_id, config_hash, "repeat = 0"):
+            out.setdefault(h, {})[r.case_id] = r
+        return out
+
+    async def repeat_results(self, run_id: int, config_hash: str | None = None) -> dict[str, list[CaseResult]]:
+        """config_hash -> confirmation draws (cases asked again, ``repeat`` >= 1), by case then repeat."""
+        out: dict[str, list[CaseResult]] = {}
+        for h, r in await self._read_cases(run_id, config_hash, "repeat > 0"):
+            out.setdefault(h, []).append(r)
+        return out
+
+    async def _read_cases(self, run_id: int, config_hash: str | None, where: str) -> list[tuple[str, CaseResult]]:
         sql = (
             "SELECT config_hash, case_id, output, error, latency_ms, cost_usd, prompt_tokens, completion_tokens, "
-            "attempts, metrics_json, wall_ms FROM case_results WHERE run_id = ?"
+            f"attempts, metrics_json, wall_ms, repeat FROM case_results WHERE run_id = ? AND {where}"
         )
         args: tuple[Any, ...] = (run_id,)
         if config_hash:
             sql += " AND config_hash = ?"
             args += (config_hash,)
-        out: dict[str, dict[str, CaseResult]] = {}
+        sql += " ORDER BY config_hash, case_id, repeat"
+        out: list[tuple[str, CaseResult]] = []
         async with self._db.execute(sql, args) as cur:
             async for r in cur:
                 call = CallResult(output=r[2], error=r[3], latency_ms=r[4] or 0.0, cost_usd=r[5] or 0.0,
                                   prompt_tokens=r[6] or 0, completion_tokens=r[7] or 0, attempts=r[8] or 1,
                                   wall_ms=r[10] if r[10] is not None else (r[4] or 0.0))
-                out.setdefault(r[0], {})[r[1]] = CaseResult(r[1], call, json.loads(r[9] or "{}"))
+                out.append((r[0], CaseResult(r[1], call, json.loads(r[9] or "{}"), repeat=r[11])))
         return out
 
+    def save_selection(self, run_id: int, selection: dict[str, Any]) -> None:
+        """How the run chose its best (committed in order with the run's rows)."""
+        self._writer.add(_SQL_SELECTION, (_dump(selection), run_id))
+
+    async def selection(self, run_id: int) -> dict[str, Any] | None:
+        async with self._db.execute("SELECT selection_json FROM runs WHERE id = ?", (run_id,)) as cur:
+            row = await cur.fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
     async def best_configs(self, study: str, k: int, exclude_run: int | None = None) -> list[Config]:
-        """Best distinct configurations of earlier runs of ``study`` (warm start)."""
+        """Best distinct configurations of earlier runs of ``study`` (warm start), by their noise-aware estimate."""
         async with self._db.execute(
-            "SELECT trials.config_json, MAX(trials.score) AS s FROM trials "
+            "SELECT trials.config_json, MAX(COALESCE(trials.estimate, trials.score)) AS s FROM trials "
             "JOIN runs ON runs.id = trials.run_id JOIN studies ON studies.id = runs.study_id "
             "WHERE studies.name = ? AND trials.status = 'complete' AND runs.id != ? "
             "GROUP BY trials.config_hash ORDER BY s DESC, MIN(trials.id) LIMIT ?",

@@ -565,7 +565,7 @@ def _fast_wilcoxon(x: Any, y: Any = None, zero_method: str = "wilcox", correctio
     d = np.asarray(x, dtype=float)
     nz = d[d != 0]
     exact_flips = (y is None and not kw and method == "auto" and zero_method == "wilcox" and alternative == "less"
-                   and d.ndim == 1 and 0 < len(nz) and d.size <= 13
+                   and d.ndim == 1 and len(nz) > 0 and d.size <= 13
                    and (len(nz) < d.size or len(np.unique(np.abs(nz))) < len(nz)))
     if not exact_flips:
         return _SCIPY_WILCOXON(x, y, zero_method=zero_method, correction=correction, alternative=alternative,
@@ -632,6 +632,7 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
             "returned_true": prob.true_value(best.config) if best else float("nan"),
             "returned_noisy": best.score if best else float("nan"),
             "returned_cases": best.n_cases if best else 0,
+            "returned_repeats": getattr(best, "repeats", 0) if best else 0,
             "best_evaluated_true": max(true_evaluated, default=float("nan")),
             "calls": out.total_calls,
             "n_distinct": len(evaluated),
@@ -676,6 +677,7 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
         "returned_true": prob.true_value(returned),
         "returned_noisy": study.best_value,
         "returned_cases": npb.N_CASES,
+        "returned_repeats": 0,
         "best_evaluated_true": max(prob.true_value(c) for c in evaluated.values()),
         "calls": budget * npb.N_CASES,
         "n_distinct": len(evaluated),
@@ -718,6 +720,7 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
                 "calls": float(np.mean([r["calls"] for r in rs])),
                 "distinct": float(np.mean([r["n_distinct"] for r in rs])),
                 "abandoned": float(np.mean([r["n_abandoned"] for r in rs])),
+                "returned_repeats": float(np.mean([r["returned_repeats"] for r in rs])),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
             }
             if m != "tpe" and tpe:
@@ -771,13 +774,15 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
         print(f"\n### {t['objective']}, budget {t['budget']} configuration-equivalents "
               f"({t['budget'] * 30} case calls), {n} seeds; grid optimum {t['optimum']:.4f}\n")
         print("| method | true value of returned config (mean ± std) | regret | noisy score of returned "
-              "| best evaluated (true) | returned vs best evaluated | calls | configs | abandoned | vs TPE (MWU) |")
-        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+              "| best evaluated (true) | returned vs best evaluated | calls | configs | abandoned "
+              "| repeat draws of returned | vs TPE (MWU) |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
         for r in sorted(t["rows"], key=lambda r: -r["mean_true"]):
             vs = "" if "p_vs_tpe" not in r else f"p={r['p_vs_tpe']:.3f}" + (" *" if r["p_vs_tpe"] < 0.05 else "")
             print(f"| {r['label']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
                   f"| {r['mean_noisy']:.4f} | {r['mean_best_evaluated']:.4f} | -{r['mean_gap']:.4f} "
-                  f"| {r['calls']:.0f} | {r['distinct']:.1f} | {r['abandoned']:.1f} | {vs} |")
+                  f"| {r['calls']:.0f} | {r['distinct']:.1f} | {r['abandoned']:.1f} | {r['returned_repeats']:.1f} "
+                  f"| {vs} |")
     print("\n### Convergence vs Optuna TPE (true value of the returned configuration, mean over seeds)\n")
     print("| budget | problem | convergence | TPE | difference | p (convergence > TPE, MWU one-sided) |")
     print("|--:|---|--:|--:|--:|--:|")

@@ -290,7 +290,7 @@ def sao_markdown(sao: SAOReport) -> list[str]:
 
 def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> list[str]:
     """How the best was chosen: estimate, confirmation, intervals, best vs runner-up."""
-    how = ("an empirical-Bayes estimate of its true score (means over few cases pulled toward the run's "
+    how = ("an empirical-Bayes estimate of their true score (means over few cases pulled toward the run's "
            "average, corrected for the difficulty of the cases run)" if sel.get("estimate") == "shrinkage"
            else "its mean score")
     out = ["## How the best was chosen", "", f"Configurations are ranked by {how}. "

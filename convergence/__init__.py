@@ -54,6 +54,7 @@ _EXPORTS = {
     "AnswerError": "convergence.society.answer",
     "TargetCallError": "convergence.society.base",
     "SAODatasetError": "convergence.sao_dataset",
+    "PluginError": "convergence.plugins.registry",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.evaluation.judge import JudgeParseError as JudgeParseError
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
     from convergence.llm.agent_client import AgentLLMError as AgentLLMError
+    from convergence.plugins.registry import PluginError as PluginError
     from convergence.reporting.outputs import build_report as build_report, write_outputs as write_outputs
     from convergence.sao_dataset import SAODatasetError as SAODatasetError
     from convergence.society.answer import AnswerError as AnswerError

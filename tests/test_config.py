@@ -120,7 +120,8 @@ def test_society_agents_and_shares_are_ours_to_set() -> None:
 
 def test_bad_agent_name_is_a_clear_error_with_the_valid_names() -> None:
     [p] = problems(GOOD + "society:\n  enabled: true\n  agents: {evolution: 0.5, rpl: 0.5}\n")
-    assert "society.agents.rpl" in p and "unknown agent 'rpl'" in p and "evolution, bandit, random, rlp, sao" in p
+    assert "society.agents.rpl" in p and "unknown agent 'rpl'; did you mean 'rlp'?" in p
+    assert "evolution, bandit, random, rlp, sao" in p
 
 
 @pytest.mark.parametrize(("block", "expected"), [

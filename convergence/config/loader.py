@@ -379,6 +379,10 @@ def _pick(ann: Any, node: Any) -> Any:
                 f = m.model_fields.get("type")
                 if f is not None and tag in (typing.get_args(f.annotation) or ()):
                     return m
+            open_tag = [m for m in models if (f := m.model_fields.get("type")) is not None
+                        and not typing.get_args(f.annotation)]  # a plugin's type: any name
+            if tag is not None and len(open_tag) == 1:
+                return open_tag[0]
             return models[0] if len(models) == 1 else None
         return ann
 
@@ -429,7 +433,8 @@ def _friendly(err: ErrorDetails, data: Any) -> tuple[tuple[Any, ...], str]:
     return clean, msg
 
 
-_UNION_TAGS = {"litellm", "http", "python", "categorical", "continuous", "float", "discrete", "int", "integer"}
+_UNION_TAGS = {"litellm", "http", "python", "plugin", "categorical", "continuous", "float", "discrete", "int",
+               "integer"}
 
 
 # --------------------------------------------------------------------------- entry points

@@ -25,7 +25,9 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -254,10 +256,40 @@ class PythonTargetConfig(_TargetCommon):
         return v
 
 
+class PluginTargetConfig(_TargetCommon):
+    """A target from an installed plugin (``type`` names it); ``options`` go to its factory."""
+
+    type: Text
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        from convergence.plugins.registry import registry, unknown
+
+        if registry().find("target", v) is None:
+            raise ValueError(unknown("target", v, registry().names("target")))
+        return v
+
+
+BUILTIN_TARGETS = ("litellm", "http", "python")
+
+
+def _target_tag(v: Any) -> str | None:
+    tag = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
+    if tag is None or tag in BUILTIN_TARGETS:
+        return tag
+    return "plugin"
+
+
 TargetConfig = Annotated[
-    LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig,
-    Field(discriminator="type"),
+    Annotated[LiteLLMTargetConfig, Tag("litellm")]
+    | Annotated[HTTPTargetConfig, Tag("http")]
+    | Annotated[PythonTargetConfig, Tag("python")]
+    | Annotated[PluginTargetConfig, Tag("plugin")],
+    Discriminator(_target_tag),
 ]
+AnyTargetConfig = LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig | PluginTargetConfig
 
 
 # --------------------------------------------------------------------------- search space
@@ -712,7 +744,7 @@ class ConvergenceConfig(Strict):
                          f"({value}) overrides {'.'.join(map(str, other))} ({other_value}); give one of them")
 
     @property
-    def resolved_target(self) -> LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig:
+    def resolved_target(self) -> AnyTargetConfig:
         if self.target is not None:
             t = self.target
         else:
@@ -750,8 +782,10 @@ class ConvergenceConfig(Strict):
             name = t.model
         elif isinstance(t, HTTPTargetConfig):
             name = t.endpoint
-        else:
+        elif isinstance(t, PythonTargetConfig):
             name = t.function
+        else:
+            name = t.type
         return name[:MAX_NAME]
 
 

@@ -14,14 +14,22 @@ and ``sao`` when ``learning.sao_enabled``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from convergence.config.models import At, Float, Int, Strict, Text, short
 
 AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes")
-"""Built-in society agents (the plugin registry adds more later)."""
+"""Built-in society agents; plugins add more (``agent`` and ``sampler`` entries of the registry)."""
+
+
+def agent_names() -> list[str]:
+    """Every agent a roster may list: built-in, plugged-in agents and sampler plugins."""
+    from convergence.plugins.registry import registry
+
+    reg = registry()
+    return list(dict.fromkeys([*reg.names("agent"), *reg.names("sampler")]))
 LLM_AGENTS = frozenset({"rlp", "sao"})
 """Agents that call the society LLM."""
 STRATEGY_NAMES = ("exploit", "explore", "recombine", "fix_weakest", "free")
@@ -153,6 +161,28 @@ class SAOConfig(Strict):
         return self
 
 
+class LearnerConfig(BaseModel):
+    """``society.learner``: the plugin that learns the agents' shares, and its own options
+    (any other key, e.g. ``algorithm``, ``lr``; the plugin documents them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    plugin: Text
+    """A ``learner`` entry of the plugin registry (``convergence plugins`` lists them)."""
+
+    @model_validator(mode="after")
+    def _installed(self) -> LearnerConfig:
+        from convergence.plugins.registry import registry, unknown
+
+        if registry().find("learner", self.plugin) is None:
+            raise At("plugin", unknown("learner", self.plugin, registry().names("learner")))
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class SocietyConfig(Strict):
     enabled: bool = False
     auto_generate_agents: bool = True
@@ -165,9 +195,13 @@ class SocietyConfig(Strict):
     """An agent that takes longer to propose (or learn) yields its slots to the others for that generation."""
     rlp: RLPConfig = Field(default_factory=RLPConfig)
     sao: SAOConfig = Field(default_factory=SAOConfig)
+    learner: LearnerConfig | None = None
+    """Learns each agent's share from the improvement its proposals bring per unit of cost (a plugin)."""
 
     @model_validator(mode="after")
     def _roster(self) -> SocietyConfig:
+        if self.learner is not None and not self.enabled:
+            raise At("learner", "learns the society's shares but the society is off; set society.enabled: true")
         if self.agents is None:
             if self.enabled and not self.auto_generate_agents:
                 raise At("agents", "auto_generate_agents is false: list the agents and their shares, "
@@ -176,10 +210,12 @@ class SocietyConfig(Strict):
         if not self.enabled:
             raise At("agents", "lists agents but the society is off; set society.enabled: true")
         if not self.agents:
-            raise At("agents", f"list at least one agent (have: {', '.join(AGENT_NAMES)})")
+            raise At("agents", f"list at least one agent (have: {', '.join(agent_names())})")
         for name, share in self.agents.items():
-            if name not in AGENT_NAMES:
-                raise At(("agents", name), f"unknown agent {short(name, 40)}; expected one of {', '.join(AGENT_NAMES)}")
+            if name not in AGENT_NAMES and name not in (names := agent_names()):
+                from convergence.plugins.registry import unknown
+
+                raise At(("agents", name), unknown("agent", name, names))
             if share < 0:
                 raise At(("agents", name), f"share must be >= 0, got {share}")
         if sum(self.agents.values()) <= 0:

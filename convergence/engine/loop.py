@@ -34,6 +34,7 @@ from convergence.engine.racing import CaseView, Racer
 from convergence.engine.selection import rank
 from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
+from convergence.society.learner import AgentResult, GenerationResult, Learner, LearnerContext, credit
 from convergence.society.society import AgentReport, Society
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.targets.base import Target
@@ -235,6 +236,7 @@ class Optimizer:
             self.events.message(self._redactor.text(problem))
         self.society.time_left = budget.remaining_seconds
         self.society.bind(TaskAccess(self.cases, self._agent_call))
+        self._learner = self._make_learner(study, seed)
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -367,6 +369,61 @@ class Optimizer:
             self.events.message(
                 f"best vs runner-up: {'distinguishable' if summary['distinguishable'] else 'within noise'} "
                 f"(paired Wilcoxon p={summary['runner_up_p']:.2g})")
+
+    def _make_learner(self, study: str, seed: int) -> Learner | None:
+        """The ``society.learner`` plugin, started from what it learned in earlier runs of the study."""
+        cfg = self.cfg.society.learner
+        if cfg is None:
+            return None
+        from convergence.plugins.registry import PluginError, registry
+
+        shares = self.society.shares
+        ctx = LearnerContext(
+            agents=list(shares), shares=shares, options=cfg.options, seed=seed, study=study,
+            state_dir=self.loaded.db_path.parent / "learners" / _safe_name(study),
+            min_improvement=self.opt.execution.early_stopping.min_improvement)
+        learner = registry().load("learner", cfg.plugin)(ctx)
+        if not isinstance(learner, Learner):
+            raise PluginError(f"learner {cfg.plugin!r} ({registry().get('learner', cfg.plugin).origin}): its "
+                              f"factory returned a {type(learner).__name__}, not a Learner (docs/plugins.md)")
+        self.society.set_shares(dict(learner.initial_shares()))
+        return learner
+
+    async def _learner_step(self, g: _Gen, new: list[TrialRecord], best_before: float | None, st: _Study) -> None:
+        """The learner reads how each agent did (in a worker thread) and sets the next shares."""
+        assert self._learner is not None
+        b, unit = self.opt.budget, self._cost_unit()
+        gains = credit(new, best_before, list(g.reports))
+        agents = {}
+        for name, r in g.reports.items():
+            mine = [t for t in new if t.proposer == name]
+            agents[name] = AgentResult(
+                share=r.share, proposed=len(mine), improvement=gains.get(name, 0.0), in_top=r.in_top,
+                cost=sum(_trial_cost(t, unit) for t in mine),
+                best_score=max((t.score for t in mine if t.usable), default=None))
+        progress = max((g.number + 1) / self.opt.evolution.generations,
+                       self.budget.calls / b.max_calls if b.max_calls else 0.0,
+                       self.budget.cost_usd / b.max_cost_usd if b.max_cost_usd else 0.0,
+                       self.budget.elapsed() / b.max_seconds if b.max_seconds else 0.0)
+        best = st.best.score if st.best is not None else None
+        result = GenerationResult(
+            generation=g.number, progress=min(1.0, progress), best_score=best,
+            improvement=max(0.0, best - best_before) if best is not None and best_before is not None else 0.0,
+            cost_unit=unit, agents=agents)
+        shares = await anyio.to_thread.run_sync(self._learner.update, result)
+        self.society.set_shares(dict(shares))
+        rewards = {k: a.improvement / a.cost if a.cost > 0 else 0.0 for k, a in agents.items()}
+        self.store.record_learner(self.run_id, g.number, self._learner.name, dict(shares), rewards,
+                                  self._learner.summary())
+
+    def _cost_unit(self) -> str:
+        """What the run budgets: dollars, seconds or (the default) calls."""
+        b = self.opt.budget
+        if b.max_cost_usd is not None:
+            return "usd"
+        if b.max_seconds is not None and b.max_calls is None:
+            return "seconds"
+        return "calls"
 
     async def _society_learns(self, gen: int, new: list[TrialRecord], history: list[TrialRecord]) -> None:
         """Agents learn from the generation's outcomes; what each did, and how many
@@ -547,6 +604,7 @@ class Optimizer:
                     self._racer.add(slot.record, {r.case_id: self._view(slot, r.case_id) for r in slot.results})
         self.society.observe(new)
         st.population[:] = sorted(st.population + usable, key=lambda t: -t.score)[: evo.population_size]
+        best_before = st.best.score if st.best is not None else None
         gen_best = max(usable, key=lambda t: t.score, default=None)
         if gen_best is not None and (st.best is None or gen_best.score > st.best.score):
             st.best = gen_best
@@ -559,10 +617,14 @@ class Optimizer:
             if self._rescore(st.history):  # a trial-level metric (sao_preference) moved
                 st.population.sort(key=lambda t: -t.score)
                 st.best = max(st.history, key=lambda t: t.score, default=st.best)
+            if self._learner is not None and not self.budget.exhausted:
+                await self._learner_step(g, new, best_before, st)
         if self._all_failed.tripped:
             return "failed", self._all_failed.reason()
         if self.budget.exhausted:
             return "stopped", self.budget.exhausted
+        if self._learner is not None and (why := self._learner.stop_reason()) and g.number < evo.generations - 1:
+            return "finished", f"early stopping: {why}"
         if st.stopper.update(st.best.score if st.best else None) and g.number < evo.generations - 1:
             return "finished", (f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement}"
                                 f" for {st.stopper.stale} generation(s)")
@@ -744,6 +806,19 @@ while the oldest one's slowest calls finish (long-tailed latencies, few calls pe
 at C = 256, lognormal sigma 0.8, 2 in flight reached 72 % of a bare pool (a quick run), 4 reached 71 %, 8 reached 97 %
 (benchmarks/throughput.py --only tails). New generations start only when slots would otherwise idle;
 the cap bounds how stale a proposal can be."""
+
+
+def _trial_cost(t: TrialRecord, unit: str) -> float:
+    if unit == "usd":
+        return t.cost_usd
+    if unit == "seconds":
+        return t.latency_ms * t.n_cases / 1000.0
+    return float(t.n_cases + t.repeats)
+
+
+def _safe_name(name: str) -> str:
+    """A study name as one path component."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "study"
 
 
 class ResumeError(ConvergenceError):

@@ -9,12 +9,10 @@ validators and custom-evaluator lookups are prepared once and cached.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import math
 import re
-import sys
 from collections.abc import Awaitable, Callable
 from difflib import SequenceMatcher
 from pathlib import Path
@@ -331,8 +329,15 @@ def resolve_metric(
     active_custom = custom if custom is not None and custom.enabled else None
     function = cfg.function or infer_function(name, active_custom is not None)
     args = _prepare_args(name, function, cfg.args, base_dir)
-    if function in BUILTINS:
-        return Metric(name, function, BUILTINS[function], args, False)
+    from convergence.plugins.registry import PluginError, registry
+
+    entry = registry().find("metric", function)
+    if entry is not None:  # built-in (sync, our signature) or a plugin (adapted like 'module:function')
+        try:
+            fn = registry().load("metric", function)
+        except PluginError as exc:
+            raise MetricConfigError(f"metric '{name}': {exc}") from None
+        return Metric(name, function, fn, args, False) if entry.builtin else _adapt(name, function, fn, args)
     if function in TRIAL_LEVEL:
         return Metric(name, function, _trial_level, args, False)
     if function == "llm_judge":
@@ -355,7 +360,7 @@ def resolve_metric(
         return _adapt(name, function, _import(function, name, base_dir), args)
     raise MetricConfigError(
         f"metric '{name}': unknown function {function!r}; expected one of "
-        f"{', '.join(sorted([*BUILTINS, *SPECIAL]))} or 'module:function'"
+        f"{', '.join([*registry().names('metric'), *SPECIAL])} or 'module:function'"
     )
 
 
@@ -403,25 +408,14 @@ def _prepare_args(name: str, function: str, args: dict[str, Any], base_dir: Path
 
 
 def _import(spec: str, name: str, base_dir: Path) -> Callable[..., Any]:
-    """Import ``module:function`` (dotted attributes allowed) with base_dir importable,
-    so an evaluator file next to optimization.yaml just works."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise MetricConfigError(f"metric '{name}': expected 'module:function', got {spec!r}")
-    base = str(base_dir.resolve())
-    if base not in sys.path:
-        sys.path.insert(0, base)
+    """Import ``module:function`` (dotted attributes allowed) through the registry's loader, with
+    base_dir importable, so an evaluator file next to optimization.yaml just works."""
+    from convergence.plugins.registry import SpecError, load_spec
+
     try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise MetricConfigError(
-            f"metric '{name}': cannot import module {module_name!r} (looked in {base} and on sys.path): {e}"
-        ) from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as e:
-            raise MetricConfigError(f"metric '{name}': module {module_name!r} has no attribute {attr!r}") from e
+        obj = load_spec(spec, base_dir)
+    except SpecError as exc:
+        raise MetricConfigError(f"metric '{name}': {spec!r}: {exc}") from None
     if not callable(obj):
         raise MetricConfigError(f"metric '{name}': {spec!r} is not callable")
     return obj

@@ -35,7 +35,7 @@ import math
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -169,8 +169,11 @@ class OptunaProposer:
     The sampler's seed derives from the run seed, so a seeded run repeats.
     """
 
-    def __init__(self, name: str, space: SearchSpace, *, seed: int = 0, max_redraws: int | None = None):
-        if name not in OPTUNA_AGENTS:
+    def __init__(self, name: str, space: SearchSpace, *, seed: int = 0, max_redraws: int | None = None,
+                 sampler: Callable[[int], Any] | None = None):
+        """``sampler``: a sampler plugin's factory (seed -> an Optuna sampler) for an agent not built in."""
+        self._make_sampler = sampler
+        if sampler is None and name not in OPTUNA_AGENTS:
             raise ValueError(f"unknown optuna agent {name!r}; expected one of {', '.join(OPTUNA_AGENTS)}")
         if name in _NEEDS and importlib.util.find_spec(_NEEDS[name][0]) is None:
             raise ImportError(f"the {name} agent needs {_NEEDS[name][0]}: pip install {_NEEDS[name][1]}")
@@ -206,6 +209,12 @@ class OptunaProposer:
     def _sampler(self) -> optuna.samplers.BaseSampler:
         import optuna
 
+        if self._make_sampler is not None:
+            made = self._make_sampler(self.seed)
+            if not isinstance(made, optuna.samplers.BaseSampler):
+                raise TypeError(f"sampler plugin {self.name!r} returned a {type(made).__name__}, "
+                                "not an optuna.samplers.BaseSampler")
+            return made
         if self.name == "tpe":
             return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=self.seed)
         if self.name == "gp":

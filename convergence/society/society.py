@@ -22,9 +22,7 @@ from convergence.config.models import ConvergenceConfig, OptimizationConfig
 from convergence.config.society import ALGORITHM_AGENTS, SocietyConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
-from convergence.society.bandit import BanditProposer, RandomProposer
 from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess
-from convergence.society.evolutionary import EvolutionaryProposer
 from convergence.tracing import traced
 
 
@@ -245,34 +243,21 @@ class Society:
 
 
 def build_agent(name: str, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Proposer:
-    """A built-in agent by name (the plugin registry will extend this table)."""
-    opt = cfg.optimization if isinstance(cfg, ConvergenceConfig) else cfg
-    if name == "evolution":
-        return EvolutionaryProposer(opt.evolution)
-    if name == "bandit":
-        return BanditProposer(opt.mab, space)
-    if name == "random":
-        return RandomProposer()
-    if name in ("tpe", "gp", "cmaes"):
+    """An agent by name, built-in or plugged in, through the registry's factory (a ``sampler`` plugin
+    runs as an agent of the same name through Optuna)."""
+    from convergence.plugins.registry import PluginError, registry
+    from convergence.society.builtin_agents import AgentContext
+
+    reg = registry()
+    ctx = AgentContext(name, cfg, space)
+    if reg.find("agent", name) is None and reg.find("sampler", name) is not None:
         from convergence.society.optuna_agents import OptunaProposer
 
-        return OptunaProposer(name, space, seed=opt.seed or 0)
-    if name == "rlp" and isinstance(cfg, ConvergenceConfig):
-        from convergence.llm.agent_client import LLMClient
-        from convergence.society.rlp_agent import RLPAgent
-
-        llm = cfg.society.llm
-        rlp = cfg.society.rlp
-        client = LLMClient(rlp.model_name or llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
-                           timeout_seconds=llm.timeout_seconds, max_retries=llm.max_retries)
-        return RLPAgent(rlp, client, space, answer_tokens=llm.max_tokens, answer_temperature=llm.temperature)
-    if name == "sao" and isinstance(cfg, ConvergenceConfig):
-        from convergence.llm.agent_client import LLMClient
-        from convergence.society.sao_agent import SAOAgent
-
-        llm = cfg.society.llm
-        sao = cfg.society.sao
-        client = LLMClient(sao.model_name or llm.model, api_base=llm.api_base, api_key_env=llm.api_key_env,
-                           timeout_seconds=llm.timeout_seconds, max_retries=llm.max_retries)
-        return SAOAgent(sao, client, space, seed=opt.seed or 0)
-    raise ValueError(f"unknown agent {name!r}")
+        make_sampler = reg.load("sampler", name)
+        return OptunaProposer(name, space, seed=ctx.seed, sampler=make_sampler)
+    agent = reg.load("agent", name)(ctx)
+    for attr in ("name", "propose", "observe"):
+        if not hasattr(agent, attr):
+            raise PluginError(f"agent {name!r} ({reg.get('agent', name).origin}): what its factory returned "
+                              f"has no {attr!r}; an agent implements the Proposer protocol (docs/plugins.md)")
+    return agent

@@ -212,6 +212,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE trials ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;  -- confirmation draws in the score
         ALTER TABLE trials ADD COLUMN estimate REAL;     -- noise-aware estimate of the true score (NULL: none)
         ALTER TABLE runs ADD COLUMN selection_json TEXT; -- how the best was chosen: top configurations, CIs, test
+        -- what a society learner (society.learner) decided after each generation
+        CREATE TABLE learner_log (
+            run_id INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            learner TEXT NOT NULL,              -- the plugin's name
+            shares_json TEXT NOT NULL,          -- the next generation's shares, by agent
+            rewards_json TEXT NOT NULL,         -- per agent: improvement per cost the learner was given
+            detail_json TEXT,                   -- the learner's summary (algorithm, losses, prediction)
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, generation)
+        ) WITHOUT ROWID;
         """,
     ),
 ]

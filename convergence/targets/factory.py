@@ -10,28 +10,50 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from convergence.config.models import HTTPTargetConfig, LiteLLMTargetConfig, PythonTargetConfig
+from convergence.config.models import (
+    AnyTargetConfig,
+    HTTPTargetConfig,
+    LiteLLMTargetConfig,
+    PythonTargetConfig,
+)
 from convergence.targets.base import Target
-from convergence.targets.python_target import PythonTarget
 from convergence.targets.runner import CallRunner
-
-AnyTargetConfig = LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig
 
 
 def build_target(cfg: AnyTargetConfig, base_dir: Path, concurrency: int) -> Target:
-    """The target for ``cfg``; ``concurrency`` sizes its connection or thread pool."""
-    if isinstance(cfg, HTTPTargetConfig):
-        from convergence.targets.http_target import HTTPTarget
+    """The target for ``cfg`` through the registry's factory for its ``type`` (built-in or plugin);
+    ``concurrency`` sizes its connection or thread pool."""
+    from convergence.plugins.registry import PluginError, registry
 
-        return HTTPTarget(cfg, max_connections=concurrency)
-    if isinstance(cfg, PythonTargetConfig):
-        return PythonTarget(cfg, base_dir, max_threads=concurrency)
-    if isinstance(cfg, LiteLLMTargetConfig):
-        from convergence.targets.litellm_target import LiteLLMTarget
+    factory = registry().load("target", cfg.type)
+    target = factory(cfg, base_dir, concurrency)
+    if not isinstance(target, Target):
+        raise PluginError(f"target {cfg.type!r} ({registry().get('target', cfg.type).origin}): its factory "
+                          f"returned a {type(target).__name__}, not a Target (async call, aclose; docs/plugins.md)")
+    return target
 
-        return LiteLLMTarget(cfg)
-    raise TypeError(f"unknown target config {type(cfg).__name__}")
+
+def litellm_target(cfg: Any, base_dir: Path, concurrency: int) -> Target:
+    from convergence.targets.litellm_target import LiteLLMTarget
+
+    assert isinstance(cfg, LiteLLMTargetConfig)
+    return LiteLLMTarget(cfg)
+
+
+def http_target(cfg: Any, base_dir: Path, concurrency: int) -> Target:
+    from convergence.targets.http_target import HTTPTarget
+
+    assert isinstance(cfg, HTTPTargetConfig)
+    return HTTPTarget(cfg, max_connections=concurrency)
+
+
+def python_target(cfg: Any, base_dir: Path, concurrency: int) -> Target:
+    from convergence.targets.python_target import PythonTarget
+
+    assert isinstance(cfg, PythonTargetConfig)
+    return PythonTarget(cfg, base_dir, max_threads=concurrency)
 
 
 def build_runner(cfg: AnyTargetConfig, target: Target) -> CallRunner:

@@ -7,9 +7,7 @@ so a ``my_target.py`` next to ``optimization.yaml`` just works.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,36 +24,14 @@ _RETRYABLE = (TimeoutError, ConnectionError, OSError)
 
 def load_callable(spec: str, base_dir: Path) -> Callable[..., Any]:
     """Import ``module:attr`` (``attr`` may be dotted) with ``base_dir`` on
-    ``sys.path``; errors say which part is missing and where we looked."""
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise TargetError(f"function {spec!r}: expected 'module:function'", retryable=False)
-    folder = str(Path(base_dir).resolve())
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    ``sys.path`` through the registry's loader; errors say which part is missing and where we looked."""
+    from convergence.plugins.registry import SpecError, load_spec
+
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-            raise TargetError(
-                f"function {spec!r}: module {exc.name!r} not found (looked in {folder} and sys.path)",
-                retryable=False,
-            ) from exc
-        raise TargetError(f"function {spec!r}: importing {module_name!r} failed: {exc}", retryable=False) from exc
-    except Exception as exc:
-        raise TargetError(
-            f"function {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}", retryable=False
-        ) from exc
-    obj: Any = module
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            public = sorted(n for n in dir(obj) if not n.startswith("_"))[:15]
-            raise TargetError(
-                f"function {spec!r}: {getattr(obj, '__name__', module_name)!r} has no attribute {part!r} "
-                f"(has: {public})",
-                retryable=False,
-            )
-        obj = getattr(obj, part)
+        obj = load_spec(spec, base_dir)
+    except SpecError as exc:
+        text = str(exc).replace("expected 'module:attribute'", "expected 'module:function'")
+        raise TargetError(f"function {spec!r}: {text}", retryable=False) from None
     if not callable(obj):
         raise TargetError(f"function {spec!r}: {type(obj).__name__} is not callable", retryable=False)
     return obj

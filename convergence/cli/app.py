@@ -58,6 +58,11 @@ def optimize(
         help="Print the expected calls, tokens, cost and time, and which budget stops the run first; "
              "call nothing, write nothing.",
     ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", min=0, max=65535,
+        help="Serve live run metrics (evaluations, errors, best score, cost, agent shares) for Prometheus on "
+             "http://127.0.0.1:PORT/metrics (and /health) while the run lasts.",
+    ),
 ) -> None:
     """Run the optimization described by CONFIG."""
     loaded = _load(config)
@@ -82,7 +87,7 @@ def optimize(
         return
     state: dict[str, Any] = {}
     try:
-        _run_async(_optimize, loaded, cases, resume, quiet, no_outputs, state)
+        _run_async(_optimize, loaded, cases, resume, quiet, no_outputs, state, metrics_port)
     except KeyboardInterrupt:
         import shlex
 
@@ -111,7 +116,8 @@ EXIT_ALL_CALLS_FAILED = 3
 
 
 async def _optimize(
-    loaded: Any, cases: list[Any], resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any]
+    loaded: Any, cases: list[Any], resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any],
+    metrics_port: int | None = None,
 ) -> None:
     from convergence.cli.progress import RichEvents
     from convergence.engine.loop import Optimizer, ResumeError
@@ -142,8 +148,23 @@ async def _optimize(
         try:
             with RichEvents(console, quiet) as events:
                 optimizer.events = events
+                live = None
+                if metrics_port is not None:
+                    from convergence.tracing.prometheus import RunMetrics
+
+                    try:
+                        live = RunMetrics(events, metrics_port)
+                    except OSError as exc:
+                        err.print(f"[red]cannot serve metrics on 127.0.0.1:{metrics_port}:[/] {exc}")
+                        raise typer.Exit(2) from None
+                    optimizer.events = live
+                    console.print(f"metrics: http://127.0.0.1:{live.server.port}/metrics")
                 optimizer.on_run_started = lambda run_id: state.__setitem__("run_id", run_id)
-                outcome = await optimizer.run(resume=resume)
+                try:
+                    outcome = await optimizer.run(resume=resume)
+                finally:
+                    if live is not None:
+                        live.close()
         except ResumeError as exc:
             err.print(f"[red]cannot resume:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None

@@ -16,7 +16,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -412,8 +412,10 @@ class Optimizer:
             cost_unit=unit, agents=agents)
         shares = await anyio.to_thread.run_sync(self._learner.update, result)
         self.society.set_shares(dict(shares))
-        rewards = {k: a.improvement / a.cost if a.cost > 0 else 0.0 for k, a in agents.items()}
-        self.store.record_learner(self.run_id, g.number, self._learner.name, dict(shares), rewards,
+        show = getattr(self.events, "shares", None)
+        if show is not None:
+            show(dict(shares))
+        self.store.record_learner(self.run_id, g.number, self._learner.name, dict(shares), asdict(result),
                                   self._learner.summary())
 
     def _cost_unit(self) -> str:

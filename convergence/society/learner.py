@@ -50,6 +50,13 @@ class GenerationResult:
     """calls | usd | seconds."""
     agents: dict[str, AgentResult]
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GenerationResult:
+        """Back from the stored form (``learner_log.result_json``): replayed by offline training."""
+        return cls(generation=int(d["generation"]), progress=float(d["progress"]), best_score=d.get("best_score"),
+                   improvement=float(d["improvement"]), cost_unit=str(d["cost_unit"]),
+                   agents={k: AgentResult(**v) for k, v in d["agents"].items()})
+
 
 @dataclass(slots=True, frozen=True)
 class LearnerContext:

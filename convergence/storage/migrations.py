@@ -218,7 +218,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             generation INTEGER NOT NULL,
             learner TEXT NOT NULL,              -- the plugin's name
             shares_json TEXT NOT NULL,          -- the next generation's shares, by agent
-            rewards_json TEXT NOT NULL,         -- per agent: improvement per cost the learner was given
+            result_json TEXT NOT NULL,          -- what the learner was given (GenerationResult: per-agent results)
             detail_json TEXT,                   -- the learner's summary (algorithm, losses, prediction)
             created_at REAL NOT NULL,
             PRIMARY KEY (run_id, generation)

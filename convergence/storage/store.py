@@ -135,7 +135,7 @@ _SQL_CASE = (
 )
 _SQL_SELECTION = "UPDATE runs SET selection_json = ? WHERE id = ?"
 _SQL_LEARNER = (
-    "INSERT OR REPLACE INTO learner_log(run_id, generation, learner, shares_json, rewards_json, detail_json, "
+    "INSERT OR REPLACE INTO learner_log(run_id, generation, learner, shares_json, result_json, detail_json, "
     "created_at) VALUES (?,?,?,?,?,?,?)"
 )
 _SQL_TRIAL = (
@@ -771,14 +771,15 @@ class Store:
         return out
 
     def record_learner(self, run_id: int, generation: int, learner: str, shares: dict[str, float],
-                       rewards: dict[str, float], detail: dict[str, Any]) -> None:
-        """What the society learner decided after a generation (committed in order with the run's rows)."""
-        self._writer.add(_SQL_LEARNER, (run_id, generation, learner, _dump(shares), _dump(rewards), _dump(detail),
+                       result: dict[str, Any], detail: dict[str, Any]) -> None:
+        """What the society learner was given after a generation and decided (committed in order with the
+        run's rows); ``convergence synergy train`` replays these."""
+        self._writer.add(_SQL_LEARNER, (run_id, generation, learner, _dump(shares), _dump(result), _dump(detail),
                                         time.time()))
 
     async def learner_log(self, run_id: int | None = None) -> list[dict[str, Any]]:
         """The learner's decisions, oldest first (every run when ``run_id`` is None)."""
-        sql = ("SELECT run_id, generation, learner, shares_json, rewards_json, detail_json, created_at "
+        sql = ("SELECT run_id, generation, learner, shares_json, result_json, detail_json, created_at "
                "FROM learner_log")
         args: tuple[Any, ...] = ()
         if run_id is not None:
@@ -787,7 +788,7 @@ class Store:
         async with self._db.execute(sql + " ORDER BY run_id, generation", args) as cur:
             rows = await cur.fetchall()
         return [{"run_id": r[0], "generation": r[1], "learner": r[2], "shares": json.loads(r[3]),
-                 "rewards": json.loads(r[4]), "detail": json.loads(r[5] or "{}"), "created_at": r[6]} for r in rows]
+                 "result": json.loads(r[4]), "detail": json.loads(r[5] or "{}"), "created_at": r[6]} for r in rows]
 
     def save_selection(self, run_id: int, selection: dict[str, Any]) -> None:
         """How the run chose its best (committed in order with the run's rows)."""

@@ -197,6 +197,9 @@ async def test_a_pip_installed_plugin_is_discovered_and_used_in_a_run(tmp_path: 
     try:
         out = await Optimizer(loaded, store).run()
         log = await store.learner_log(out.run_id)
+        from convergence.reporting.outputs import write_outputs
+
+        files = await write_outputs(loaded, store, out.run_id)
     finally:
         await store.close()
     proposers = {t.proposer for t in out.trials}
@@ -206,6 +209,8 @@ async def test_a_pip_installed_plugin_is_discovered_and_used_in_a_run(tmp_path: 
     assert log[1]["shares"]["greedy"] == pytest.approx(1.0) and log[-1]["detail"] == {"updates": 4}
     last = [t for t in out.trials if t.generation == 3]
     assert {t.proposer for t in last} == {"greedy"}, "the learner's shares decide who proposes"
+    md = next(p for p in files if p.name == "report.md").read_text()
+    assert "## Society learner: all_to_greedy" in md and "| 2 | 100% | 0% | 0% |" in md
 
 
 @pytest.mark.usefixtures("installed")

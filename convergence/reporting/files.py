@@ -92,6 +92,7 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
         "society": None if report.society is None else asdict(report.society),
         "sao": None if report.sao is None else asdict(report.sao),
         "selection": report.selection,
+        "learner": report.learner,
         "trials": [asdict(t) for t in trials],
     }
     return _clean(doc)
@@ -288,6 +289,27 @@ def sao_markdown(sao: SAOReport) -> list[str]:
     return out
 
 
+def learner_markdown(log: list[dict[str, Any]]) -> list[str]:
+    """The society learner's shares after each generation, and what it was given."""
+    agents = list(dict.fromkeys(a for row in log for a in row["shares"]))
+    name = log[-1]["learner"]
+    detail = log[-1].get("detail") or {}
+    algo = f" ({_md(detail['algorithm'])})" if detail.get("algorithm") else ""
+    out = [f"## Society learner: {_md(name)}{algo}", "",
+           "The shares each agent gets in the next generation, as the learner set them from the improvement "
+           "each agent's proposals brought per unit of cost:", ""]
+    rows = []
+    for row in log:
+        result = row.get("result") or {}
+        gains = result.get("agents") or {}
+        rows.append([str(row["generation"] + 1)] + [f"{row['shares'].get(a, 0.0):.0%}" for a in agents]
+                    + [", ".join(f"{_md(a)} {_num(g.get('improvement'))}" for a, g in gains.items()
+                                 if g.get("improvement"))
+                       or "—"])
+    out += _table(["after generation", *[_md(a) for a in agents], "improvement credited"], rows) + [""]
+    return out
+
+
 def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> list[str]:
     """How the best was chosen: estimate, confirmation, intervals, best vs runner-up."""
     how = ("an empirical-Bayes estimate of their true score (means over few cases pulled toward the run's "
@@ -369,6 +391,8 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
         out += society_markdown(report.society)
     if report.sao is not None:
         out += sao_markdown(report.sao)
+    if report.learner:
+        out += learner_markdown(report.learner)
     out += ["## Parameter importance", "",
             "Share of the score's variance each parameter explains on its own (grouped by value, "
             "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "

@@ -85,6 +85,8 @@ class RunReport:
     """What each agent of the society proposed and how it did (None: no society log)."""
     sao: SAOReport | None = None
     """The self-judge's pairs, consistency and preference ratings (None: the run made no SAO pairs)."""
+    learner: list[dict[str, Any]] | None = None
+    """The society learner's decisions, one per generation (None: no ``society.learner``)."""
     selection: dict[str, Any] | None = None
     """How the best was chosen: estimates, confirmation, the top configurations' intervals, the
     best-vs-runner-up test (engine/confirm.py); None for runs that made no selection."""

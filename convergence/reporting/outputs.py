@@ -123,6 +123,7 @@ async def build_report(store: Store, run_id: int) -> RunReport:
                                        enabled=_society_enabled(run, cfg))
     report.sao = summarize_sao(await store.sao_pairs(run_id=run_id), await store.sao_ratings(run_id), trials)
     report.selection = await store.selection(run_id)
+    report.learner = await store.learner_log(run_id) or None
     return report
 
 

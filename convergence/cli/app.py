@@ -29,6 +29,7 @@ from convergence.cli.common import (
 )
 from convergence.cli.plugins import plugins as plugins_cmd
 from convergence.cli.sao import sao_app
+from convergence.cli.synergy import synergy_app
 from convergence.cli.traces import traces as traces_cmd
 
 app = typer.Typer(
@@ -455,6 +456,8 @@ async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, 
 
 app.command("traces")(traces_cmd)  # registered last: its place in --help
 app.command("plugins")(plugins_cmd)
+app.add_typer(synergy_app, name="synergy", help="The synergy learner's weights: show, export, import, train, reset, "
+                                                "history, serve.")
 app.add_typer(sao_app, name="sao", help="Self-alignment optimization: export, import and inspect preference pairs.")
 
 

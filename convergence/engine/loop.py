@@ -34,7 +34,14 @@ from convergence.engine.racing import CaseView, Racer
 from convergence.engine.selection import rank
 from convergence.errors import ConvergenceError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
-from convergence.society.learner import AgentResult, GenerationResult, Learner, LearnerContext, credit
+from convergence.society.learner import (
+    AgentResult,
+    GenerationResult,
+    Learner,
+    LearnerContext,
+    credit,
+    state_dir as learner_state_dir,
+)
 from convergence.society.society import AgentReport, Society
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.targets.base import Target
@@ -380,7 +387,7 @@ class Optimizer:
         shares = self.society.shares
         ctx = LearnerContext(
             agents=list(shares), shares=shares, options=cfg.options, seed=seed, study=study,
-            state_dir=self.loaded.db_path.parent / "learners" / _safe_name(study),
+            state_dir=learner_state_dir(self.loaded.db_path, study),
             min_improvement=self.opt.execution.early_stopping.min_improvement)
         learner = registry().load("learner", cfg.plugin)(ctx)
         if not isinstance(learner, Learner):
@@ -816,11 +823,6 @@ def _trial_cost(t: TrialRecord, unit: str) -> float:
     if unit == "seconds":
         return t.latency_ms * t.n_cases / 1000.0
     return float(t.n_cases + t.repeats)
-
-
-def _safe_name(name: str) -> str:
-    """A study name as one path component."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:100] or "study"
 
 
 class ResumeError(ConvergenceError):

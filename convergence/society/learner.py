@@ -97,6 +97,12 @@ class Learner(Protocol):
         ...
 
 
+def state_dir(db_path: Path, study: str) -> Path:
+    """Where a study's learner keeps its files: ``<database folder>/learners/<study>``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)[:100] or "study"
+    return db_path.parent / "learners" / safe
+
+
 def credit(trials: Sequence[TrialRecord], best_before: float | None, agents: Sequence[str]) -> dict[str, float]:
     """Per agent: how far its best usable trial of the generation rose above the run's best before it."""
     base = best_before if best_before is not None else min((t.score for t in trials if t.usable), default=0.0)

@@ -777,15 +777,22 @@ class Store:
         self._writer.add(_SQL_LEARNER, (run_id, generation, learner, _dump(shares), _dump(result), _dump(detail),
                                         time.time()))
 
-    async def learner_log(self, run_id: int | None = None) -> list[dict[str, Any]]:
-        """The learner's decisions, oldest first (every run when ``run_id`` is None)."""
-        sql = ("SELECT run_id, generation, learner, shares_json, result_json, detail_json, created_at "
-               "FROM learner_log")
-        args: tuple[Any, ...] = ()
+    async def learner_log(self, run_id: int | None = None, study: str | None = None) -> list[dict[str, Any]]:
+        """The learner's decisions, oldest first: of one run, of a study's runs, or of every run."""
+        sql = ("SELECT learner_log.run_id, generation, learner, shares_json, result_json, detail_json, "
+               "learner_log.created_at FROM learner_log JOIN runs ON runs.id = learner_log.run_id "
+               "JOIN studies ON studies.id = runs.study_id")
+        where: list[str] = []
+        args: list[Any] = []
         if run_id is not None:
-            sql += " WHERE run_id = ?"
-            args = (run_id,)
-        async with self._db.execute(sql + " ORDER BY run_id, generation", args) as cur:
+            where.append("learner_log.run_id = ?")
+            args.append(run_id)
+        if study is not None:
+            where.append("studies.name = ?")
+            args.append(study)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        async with self._db.execute(sql + " ORDER BY learner_log.run_id, generation", tuple(args)) as cur:
             rows = await cur.fetchall()
         return [{"run_id": r[0], "generation": r[1], "learner": r[2], "shares": json.loads(r[3]),
                  "result": json.loads(r[4]), "detail": json.loads(r[5] or "{}"), "created_at": r[6]} for r in rows]

@@ -116,6 +116,19 @@ def make_learner(ctx):
     return AllToGreedy(ctx)
 
 
+class Explodes(AllToGreedy):
+    name = "explodes"
+
+    def update(self, result):
+        if self.step < 0:
+            return {"greedy": float("nan")}
+        raise RuntimeError("the learner's network diverged")
+
+
+def make_explodes(ctx):
+    return Explodes(ctx)
+
+
 NOT_A_FACTORY = 42
 '''
 
@@ -137,10 +150,13 @@ py-modules = ["cvg_test_plugin"]
 "metric.closeness" = "cvg_test_plugin:closeness"
 "target.echo" = "cvg_test_plugin:make_echo"
 "learner.all_to_greedy" = "cvg_test_plugin:make_learner"
+"learner.explodes" = "cvg_test_plugin:make_explodes"
 "agent.broken" = "cvg_test_plugin_missing:make"
 "agent.not_callable" = "cvg_test_plugin:NOT_A_FACTORY"
 "agent.evolution" = "cvg_test_plugin:make_greedy"
 "gadget.thing" = "cvg_test_plugin:make_greedy"
+"metric.llm_judge" = "cvg_test_plugin:closeness"
+"sampler.greedy" = "cvg_test_plugin:make_qmc"
 '''
 
 
@@ -213,6 +229,34 @@ async def test_a_pip_installed_plugin_is_discovered_and_used_in_a_run(tmp_path: 
     assert "## Society learner: all_to_greedy" in md and "| 2 | 100% | 0% | 0% |" in md
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("installed")
+@pytest.mark.parametrize(("step", "match"), [(0.25, "failed after generation 1: RuntimeError: the learner's network"),
+                                             (-1, "share of 'greedy' must be a finite number")])
+async def test_a_failing_learner_fails_the_run_with_a_clear_error_and_the_run_can_resume(
+        tmp_path: Path, step: float, match: str) -> None:
+    text = _yaml(f"""
+        optimization:
+          evolution: {{population_size: 4, generations: 3, elite_size: 1}}
+        society:
+          enabled: true
+          agents: {{greedy: 0.5, random: 0.5}}
+          learner: {{plugin: explodes, step: {step}}}
+    """)
+    path = tmp_path / "optimization.yaml"
+    path.write_text(text)
+    loaded = parse_config(text, path)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        with pytest.raises(PluginError, match=match):
+            await Optimizer(loaded, store).run()
+        run = await store.get_run(1)
+        assert run is not None and run.status == "failed" and "explodes" in (run.stop_reason or "")
+        assert await store.trials(1), "the generation it finished is kept"
+    finally:
+        await store.close()
+
+
 @pytest.mark.usefixtures("installed")
 def test_the_listing_shows_plugins_with_their_distribution_and_problems() -> None:
     result = CliRunner().invoke(app, ["plugins", "--json", "--no-builtin"])
@@ -226,6 +270,8 @@ def test_the_listing_shows_plugins_with_their_distribution_and_problems() -> Non
     problems = "\n".join(doc["problems"])
     assert "cvg-test-plugin 1.2.3, entry point 'agent.evolution'" in problems and "already provided" in problems
     assert "'gadget.thing'" in problems and "<kind>.<name>" in problems
+    assert "'llm_judge' is a built-in metric function" in problems
+    assert "entry point 'sampler.greedy'" in problems and "'greedy' is already an agent" in problems
 
 
 @pytest.mark.usefixtures("installed")

@@ -122,6 +122,7 @@ async def _optimize(
 ) -> None:
     from convergence.cli.progress import RichEvents
     from convergence.engine.loop import Optimizer, ResumeError
+    from convergence.errors import ConvergenceError
     from convergence.evaluation.cases import TestCaseError
     from convergence.storage.store import StorageError, Store
     from convergence.storage.writer import WriterError
@@ -136,7 +137,7 @@ async def _optimize(
     try:
         try:
             optimizer = Optimizer(loaded, store, cases=cases)  # loaded once, by the preflight
-        except (TestCaseError, ValueError) as exc:
+        except (TestCaseError, ValueError, ConvergenceError) as exc:
             err.print(f"[red]error[/] {exc}")
             raise typer.Exit(2) from None
         t = cfg.resolved_target
@@ -171,6 +172,10 @@ async def _optimize(
             raise typer.Exit(2) from None
         except (StorageError, WriterError) as exc:
             err.print(f"[red]stopped:[/] {escape(str(exc))} (finished results are stored)", highlight=False)
+            raise typer.Exit(1) from None
+        except ConvergenceError as exc:  # e.g. a plugin that failed: one clear line, not a traceback
+            which = f" (run {state['run_id']}; finished results are stored)" if "run_id" in state else ""
+            err.print(f"[red]error:[/] {escape(str(exc))}{which}", highlight=False)
             raise typer.Exit(1) from None
         _print_outcome(outcome, optimizer)
         if not no_outputs and outcome.trials:

@@ -110,7 +110,10 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSON file written by `sy
 def reset(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT) -> None:
     """Forget what was learned; the next run starts from the roster's shares (the change log stays)."""
     plugin = _plugin()
-    removed = plugin.reset(_state_dir(state_dir, config))
+    try:
+        removed = plugin.reset(_state_dir(state_dir, config))
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
     console.print(f"removed {len(removed)} file(s)" if removed else "nothing to reset")
 
 
@@ -121,7 +124,10 @@ def history(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
     """Every change of the weights, oldest first (and a plot with --plot)."""
     plugin = _plugin()
     where = _state_dir(state_dir, config)
-    entries = plugin.history(where)
+    try:
+        entries = plugin.history(where)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
     if as_json:
         for e in entries:
             print(json.dumps(e, default=str))
@@ -144,16 +150,17 @@ def history(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
 
 
 @synergy_app.command()
-def train(config: Path = CFG_OPT,
+def train(config: Path | None = CFG_OPT,
           from_db: Path | None = typer.Option(None, "--from-db", help="Database to read the study's generations "
                                                                        "from (default: the config's)."),
           watch: bool = typer.Option(False, "--watch", help="Keep training as new generations are stored."),
           interval: float = typer.Option(10.0, "--interval", min=0.1, help="Seconds between checks (--watch)."),
           ) -> None:
     """Train the learner offline on the generations the study's runs stored (what each agent's proposals
-    brought per cost), as the learner of the config would have seen them."""
+    brought per cost), as the learner of the config would have seen them. Each call is one more pass over
+    that history, on top of what the runs already learned; --watch also learns from generations stored later."""
     _plugin()
-    loaded = _load(config)
+    loaded = _load(config or Path("optimization.yaml"))
     _run_async(_train, loaded, from_db or loaded.db_path, watch, interval)
 
 
@@ -204,7 +211,11 @@ def serve(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
     from convergence.tracing.prometheus import MetricsServer, SynergyCollector
 
     registry = SynergyCollector.registry(lambda: plugin.show(where), lambda: plugin.history(where))
-    server = MetricsServer(registry, port, host)
+    try:
+        server = MetricsServer(registry, port, host)
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot serve on {escape(host)}:{port}: {escape(str(exc))}")
+        raise typer.Exit(2) from None
     console.print(f"serving http://{host}:{server.port}/metrics (synergy weights of {escape(str(where))})")
     try:
         while True:

@@ -555,7 +555,8 @@ class SelectionConfig(Strict):
     """shrinkage: rank by an empirical-Bayes estimate of each configuration's true score (a mean over few
     cases is pulled toward the run's average, one over many keeps its value); mean: the highest mean wins."""
     confirm_top: Int = Field(3, ge=0, le=100)
-    """Configurations confirmed before the run finishes (0: no confirmation)."""
+    """Configurations confirmed before the run finishes (0: no confirmation; else at least 2: the best is
+    confirmed against its runners-up)."""
     confirm_share: Float = Field(0.1, ge=0, le=0.9)
     """Stochastic target: the share of max_calls the search leaves for confirmation (without max_calls,
     confirmation may spend this share of all calls). A deterministic target keeps nothing back."""
@@ -563,6 +564,14 @@ class SelectionConfig(Strict):
     """The target answers differently when asked again (temperature > 0, a sampled judge): confirmation
     repeats test cases with fresh draws. Otherwise it only asks the cases a top configuration skipped
     (racing or a stop cut it short), with the budget left."""
+
+    @field_validator("confirm_top")
+    @classmethod
+    def _not_one(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("must be 0 (no confirmation) or at least 2: the best is confirmed against its "
+                             "runners-up")
+        return v
 
 
 class ExecutionConfig(Strict):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 
 from convergence.config.models import SelectionConfig
 from convergence.core.types import CaseResult, TestCase, TrialRecord
@@ -53,6 +54,9 @@ class Confirmer:
                   ask: AskCase) -> Selection:
         """``results``: every stored case result by configuration (all draws); ``allowance``: calls to spend."""
         eligible = [t for t in trials if t.status in ("complete", "partial", "abandoned")]
+        for t in eligible:  # a resumed run's trials hold the search's draws only: count the stored repeats too
+            if any(r.repeat for r in results.get(t.config_hash, [])):
+                self._rescore(t, results[t.config_hash])
         scores = {t.config_hash: self._scores(results.get(t.config_hash, [])) for t in eligible}
         model = self._estimate(eligible, scores)
         confirmed: dict[str, TrialRecord] = {}
@@ -63,15 +67,15 @@ class Confirmer:
             pool = [t for t in selection.rank(eligible) if t.status != "abandoned" and t.config_hash not in settled]
             contenders = pool[: self.cfg.confirm_top]
             leader = contenders[0] if contenders else None
+            drawn = rounds or any(t.repeats for t in contenders)  # a resumed run tests before asking again
             for t in contenders[1:]:
-                p = selection.worse_p(scores[t.config_hash], scores[leader.config_hash]) if rounds and leader else None
+                p = selection.worse_p(scores[t.config_hash], scores[leader.config_hash]) if drawn and leader else None
                 if p is not None and p < self.alpha:
                     settled.add(t.config_hash)
             contenders = [t for t in contenders if t.config_hash not in settled]
-            if len(contenders) < 2 and not any(self._todo(t, scores[t.config_hash]) and t.status == "partial"
-                                                for t in contenders):
+            if len(contenders) < 2 and not any(t.status == "partial" for t in contenders):
                 break
-            work = [(t, case, k) for t in contenders for case, k in self._todo(t, scores[t.config_hash])]
+            work = [(t, case, k) for t in contenders for case, k in self._todo(scores[t.config_hash])]
             if not work:
                 break
             work = work[: allowance - spent]
@@ -87,7 +91,7 @@ class Confirmer:
                 self._rescore(t, results[t.config_hash])
                 scores[t.config_hash] = self._scores(results[t.config_hash])
             model = self._estimate(eligible, scores)
-        return Selection(trials, self._summary(eligible, scores, model, confirmed, spent, rounds))
+        return Selection(trials, self._summary(eligible, scores, model, confirmed, spent, rounds, allowance))
 
     def _scores(self, results: list[CaseResult]) -> dict[str, list[float]]:
         """case id -> one score per draw (repeat order), failed calls included (they score what they score)."""
@@ -96,7 +100,7 @@ class Confirmer:
             out.setdefault(r.case_id, []).append(self.evaluator.score_means(r.metrics).score)
         return out
 
-    def _todo(self, trial: TrialRecord, scores: dict[str, list[float]]) -> list[tuple[TestCase, int]]:
+    def _todo(self, scores: dict[str, list[float]]) -> list[tuple[TestCase, int]]:
         """The cases to ask next, with the draw number: skipped cases first; then, for a stochastic
         target, one more draw of every case (cases behind the others catch up first)."""
         missing = [(c, 0) for c in self.cases if c.id not in scores]
@@ -118,6 +122,7 @@ class Confirmer:
         trial.repeats = len(results) - len(seen)
         trial.n_errors = sum(1 for r in results if r.call.error)
         trial.cost_usd = sum(r.call.cost_usd for r in results)
+        trial.latency_ms = float(np.mean([r.call.wall_ms or r.call.latency_ms for r in results]))
         if trial.status == "partial" and len(seen) == len(self.cases):
             trial.status = "complete"
 
@@ -130,21 +135,23 @@ class Confirmer:
         return model
 
     def _summary(self, trials: list[TrialRecord], scores: dict[str, dict[str, list[float]]],
-                 model: selection.NoiseModel, confirmed: dict[str, TrialRecord], spent: int, rounds: int
-                 ) -> dict[str, Any]:
+                 model: selection.NoiseModel, confirmed: dict[str, TrialRecord], spent: int, rounds: int,
+                 allowance: int) -> dict[str, Any]:
         ranked = selection.rank([t for t in trials if t.usable])
         top = []
         for t in ranked[:5]:
-            ci = selection.interval(scores[t.config_hash])
+            half = selection.half_width(scores[t.config_hash])
             top.append({"config_hash": t.config_hash, "trial_id": t.trial_id, "mean": t.score,
                         "estimate": t.estimate, "n_cases": t.n_cases, "repeats": t.repeats,
-                        "ci95": list(ci) if ci else None, "confirmed": t.config_hash in confirmed})
+                        "ci95": [t.score - half, t.score + half] if half is not None else None,
+                        "confirmed": t.config_hash in confirmed})
         p = selection.paired_p(scores[ranked[0].config_hash], scores[ranked[1].config_hash]) \
             if len(ranked) > 1 else None
         return {
-            "estimate": self.cfg.estimate, "stochastic": self.cfg.stochastic,
-            "noise_sd": math.sqrt(model.sigma2), "spread_sd": math.sqrt(model.tau2),
-            "confirm_calls": spent, "confirm_rounds": rounds, "confirmed": len(confirmed),
+            "estimate": self.cfg.estimate, "stochastic": self.cfg.stochastic, "confirm_top": self.cfg.confirm_top,
+            "case_sd": math.sqrt(model.s_case), "draw_sd": math.sqrt(model.s_draw),
+            "spread_sd": math.sqrt(model.tau2), "confirm_calls": spent, "confirm_allowance": allowance,
+            "confirm_rounds": rounds, "confirmed": len(confirmed),
             "top": top, "runner_up_p": p, "distinguishable": p is not None and p < 0.05,
         }
 

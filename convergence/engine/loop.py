@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from convergence.engine.executor import Executor, LocalExecutor
 from convergence.engine.racing import CaseView, Racer
 from convergence.engine.selection import rank
 from convergence.errors import ConvergenceError
+from convergence.plugins.registry import PluginError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
 from convergence.society.learner import (
     AgentResult,
@@ -243,7 +244,7 @@ class Optimizer:
             self.events.message(self._redactor.text(problem))
         self.society.time_left = budget.remaining_seconds
         self.society.bind(TaskAccess(self.cases, self._agent_call))
-        self._learner = self._make_learner(study, seed)
+        self._learner: Learner | None = None
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -272,6 +273,7 @@ class Optimizer:
         next_gen = 0
         starting = True
         try:
+            self._learner = self._make_learner(study, seed)
             async with self.store.writing():
                 remaining = budget.remaining_seconds()
                 with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
@@ -346,23 +348,26 @@ class Optimizer:
         results = {h: list(by_case.values()) for h, by_case in (await self.store.case_results(self.run_id)).items()}
         for h, extra in (await self.store.repeat_results(self.run_id)).items():
             results.setdefault(h, []).extend(extra)
+        held = self.budget.held
         self.budget.release()
-        # max_calls bounds it; without it, the share of all calls (of a deterministic target's, at most
-        # the cases top configurations skipped)
-        allowance = math.ceil(sel.confirm_share / (1 - sel.confirm_share) * self.budget.calls)
-        if self.opt.budget.max_calls is not None:
-            allowance = self.opt.budget.max_calls
+        max_calls = self.opt.budget.max_calls
+        if max_calls is None:  # the share of all calls (a deterministic target: at most the skipped cases)
+            allowance = math.ceil(sel.confirm_share / (1 - sel.confirm_share) * self.budget.calls)
+        elif sel.stochastic:  # the calls the search left for it
+            allowance = min(held, max(0, max_calls - self.budget.calls))
+        else:  # only skipped cases, with whatever the search left
+            allowance = max(0, max_calls - self.budget.calls)
 
         async def ask(trial: TrialRecord, case: TestCase, repeat: int) -> CaseResult | None:
-            async with self._limiter:
+            async with self._limiter:  # max_seconds and max_cost_usd are checked by reserve_call
                 if self._all_failed.tripped or not self.budget.reserve_call():
                     return None
-                return await self._call(self.space.resolve(trial.config), case, trial.config_hash, repeat)
+                result = await self._call(self.space.resolve(trial.config), case, trial.config_hash, repeat)
+            self.events.case_finished(Proposal(trial.config, trial.config_hash, "confirmation"), result, False)
+            return result
 
         confirmer = Confirmer(sel, self.evaluator, self._ordered_cases, self.opt.racing.alpha)
-        remaining = self.budget.remaining_seconds()
-        with anyio.move_on_after(remaining if remaining is not None else math.inf):
-            outcome = await confirmer.run(trials, results, allowance if sel.confirm_top else 0, ask)
+        outcome = await confirmer.run(trials, results, allowance if sel.confirm_top else 0, ask)
         for t in outcome.trials:
             self.store.record_trial(self.run_id, t)
         self.store.save_selection(self.run_id, outcome.summary)
@@ -382,18 +387,25 @@ class Optimizer:
         cfg = self.cfg.society.learner
         if cfg is None:
             return None
-        from convergence.plugins.registry import PluginError, registry
+        from convergence.plugins.registry import registry
 
         shares = self.society.shares
         ctx = LearnerContext(
             agents=list(shares), shares=shares, options=cfg.options, seed=seed, study=study,
             state_dir=learner_state_dir(self.loaded.db_path, study),
             min_improvement=self.opt.execution.early_stopping.min_improvement)
-        learner = registry().load("learner", cfg.plugin)(ctx)
-        if not isinstance(learner, Learner):
-            raise PluginError(f"learner {cfg.plugin!r} ({registry().get('learner', cfg.plugin).origin}): its "
-                              f"factory returned a {type(learner).__name__}, not a Learner (docs/plugins.md)")
-        self.society.set_shares(dict(learner.initial_shares()))
+        origin = registry().get("learner", cfg.plugin).origin
+        factory = registry().load("learner", cfg.plugin)
+        try:
+            learner = factory(ctx)
+            if not isinstance(learner, Learner):
+                raise TypeError(f"its factory returned a {type(learner).__name__}, not a Learner (docs/plugins.md)")
+            self.society.set_shares(_valid_shares(learner.initial_shares(), shares))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"learner {cfg.plugin!r} ({origin}) failed to start: {type(exc).__name__}: {exc}"
+                              ) from exc
         return learner
 
     async def _learner_step(self, g: _Gen, new: list[TrialRecord], best_before: float | None, st: _Study) -> None:
@@ -417,8 +429,13 @@ class Optimizer:
             generation=g.number, progress=min(1.0, progress), best_score=best,
             improvement=max(0.0, best - best_before) if best is not None and best_before is not None else 0.0,
             cost_unit=unit, agents=agents)
-        shares = await anyio.to_thread.run_sync(self._learner.update, result)
-        self.society.set_shares(dict(shares))
+        try:
+            shares = _valid_shares(await anyio.to_thread.run_sync(self._learner.update, result), self.society.shares)
+        except Exception as exc:
+            name = self.cfg.society.learner.plugin if self.cfg.society.learner else self._learner.name
+            raise PluginError(f"learner {name!r} failed after generation {g.number + 1}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.society.set_shares(shares)
         show = getattr(self.events, "shares", None)
         if show is not None:
             show(dict(shares))
@@ -815,6 +832,24 @@ while the oldest one's slowest calls finish (long-tailed latencies, few calls pe
 at C = 256, lognormal sigma 0.8, 2 in flight reached 72 % of a bare pool (a quick run), 4 reached 71 %, 8 reached 97 %
 (benchmarks/throughput.py --only tails). New generations start only when slots would otherwise idle;
 the cap bounds how stale a proposal can be."""
+
+
+def _valid_shares(shares: Any, roster: dict[str, float]) -> dict[str, float]:
+    """A learner's shares, checked: a mapping of the roster's agents to finite values >= 0, not all 0."""
+    from convergence.plugins.registry import PluginError
+
+    if not isinstance(shares, Mapping):
+        raise PluginError(f"shares must be a mapping of agent -> share, got {type(shares).__name__}")
+    out = {}
+    for name, value in shares.items():
+        if name not in roster:
+            raise PluginError(f"shares name an agent not in the society: {name!r} (have: {', '.join(roster)})")
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise PluginError(f"share of {name!r} must be a finite number >= 0, got {value!r}")
+        out[name] = float(value)
+    if sum(out.values()) <= 0 and sum(roster.get(k, 0.0) for k in roster if k not in out) <= 0:
+        raise PluginError("shares must not all be 0")
+    return out
 
 
 def _trial_cost(t: TrialRecord, unit: str) -> float:

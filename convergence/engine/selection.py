@@ -17,15 +17,23 @@ case effects ``c`` are shared and cancel in comparisons):
 * the estimate shrinks each corrected mean toward the run's average
   (empirical Bayes, normal-normal):
 
-      est[i] = m0 + w[i] * (m[i] - m0),   w[i] = tau^2 / (tau^2 + sigma^2 / n[i])
+      est[i] = m0 + w[i] * (m[i] - m0),   w[i] = tau^2 / (tau^2 + v[i])
+      v[i]   = s_case / cases[i] + s_draw / draws[i]
 
   with ``tau^2`` the spread of the true scores (variance of the means less
-  the noise). A mean over many draws keeps its value; one over few is pulled
-  in. Confirmation draws (cases asked again) add to ``n[i]``.
+  the noise). ``sigma^2`` splits into the configuration x case interaction
+  ``s_case`` (only more cases average it out) and the draw-to-draw noise
+  ``s_draw`` of a stochastic target (the pooled variance of cases asked more
+  than once; more draws average it out). A mean over many cases keeps its
+  value; one over few is pulled in. With no detectable spread (``tau^2`` = 0)
+  every estimate is ``m0`` and the mean breaks the tie. With one case or one
+  configuration the residual has no degrees of freedom: only repeated draws
+  measure noise (a deterministic target then gets no shrinkage).
 
-The report shows, for the top configurations, a 95 % t-interval of the mean
-over test cases and a paired Wilcoxon signed-rank test of the best against
-the runner-up on the cases both ran: "distinguishable" when p < 0.05.
+The report shows, for the top configurations, a 95 % t-interval over test
+cases (the spread of per-case scores, centred on the configuration's score)
+and a paired Wilcoxon signed-rank test of the best against the runner-up on
+the cases both ran: "distinguishable" when p < 0.05.
 """
 
 from __future__ import annotations
@@ -46,8 +54,12 @@ CaseScores = Mapping[str, Sequence[float]]
 class NoiseModel:
     """What the run's case results say about noise (see the module docstring)."""
 
-    sigma2: float
-    """Variance of one case score around the configuration's true score."""
+    s_case: float
+    """Configuration x case interaction: how far one case's score strays from the configuration's true
+    score whatever the draw (what more cases, not more draws, average out)."""
+    s_draw: float
+    """Draw-to-draw variance of one case's score (0 for a deterministic target; known once a case is
+    drawn again)."""
     tau2: float
     """Variance of true scores across configurations."""
     m0: float
@@ -55,27 +67,38 @@ class NoiseModel:
     case_effect: dict[str, float]
     """How much easier than average each case is (score units)."""
 
-    def weight(self, n: int) -> float:
-        """How much of a mean over ``n`` draws the estimate keeps."""
-        if self.sigma2 <= 0 or n <= 0:
-            return 1.0 if n > 0 else 0.0
-        return self.tau2 / (self.tau2 + self.sigma2 / n)
+    def noise(self, n_cases: int, n_draws: int) -> float:
+        """Variance of a mean over ``n_cases`` cases and ``n_draws`` draws in all."""
+        if n_cases <= 0:
+            return math.inf
+        return self.s_case / n_cases + self.s_draw / max(n_draws, 1)
+
+    def weight(self, n_cases: int, n_draws: int | None = None) -> float:
+        """How much of a mean the estimate keeps (1: no noise; 0: no spread of true scores)."""
+        noise = self.noise(n_cases, n_cases if n_draws is None else n_draws)
+        if noise == 0:
+            return 1.0
+        if self.tau2 == 0 or math.isinf(noise):
+            return 0.0
+        return self.tau2 / (self.tau2 + noise)
 
     def estimate(self, trial: TrialRecord, scores: CaseScores) -> float:
-        """The trial's true score, corrected for the difficulty of the cases it ran and shrunk by its draws."""
+        """The trial's true score, corrected for the difficulty of the cases it ran and shrunk by its noise."""
         n = sum(len(v) for v in scores.values())
         if not scores or n == 0:
             return self.m0
         difficulty = sum(self.case_effect.get(c, 0.0) * len(v) for c, v in scores.items()) / n
-        return self.m0 + self.weight(n) * (trial.score - difficulty - self.m0)
+        return self.m0 + self.weight(len(scores), n) * (trial.score - difficulty - self.m0)
 
 
 def fit(trials: Sequence[TrialRecord], scores: Mapping[str, CaseScores], case_ids: Sequence[str]) -> NoiseModel:
-    """Fit the noise model on the trials that ran every case (first draws only)."""
+    """Fit the noise model on the trials that ran every case (first draws), with the draw-to-draw
+    variance from cases asked more than once."""
+    s_draw = _within_draws(scores)
     full = [t for t in trials if all(scores.get(t.config_hash, {}).get(c) for c in case_ids)]
     if not full:
         means = [t.score for t in trials]
-        return NoiseModel(0.0, 0.0, float(np.mean(means)) if means else 0.0, {})
+        return NoiseModel(0.0, s_draw, 0.0, float(np.mean(means)) if means else 0.0, {})
     x = np.array([[scores[t.config_hash][c][0] for c in case_ids] for t in full], dtype=float)
     grand = float(x.mean())
     col = x.mean(axis=0) - grand
@@ -83,18 +106,15 @@ def fit(trials: Sequence[TrialRecord], scores: Mapping[str, CaseScores], case_id
     effects = dict(zip(case_ids, (float(v) for v in col), strict=True))
     n_rows, n_cols = x.shape
     df = (n_rows - 1) * (n_cols - 1)
-    if df >= 2:
-        resid = x - row[:, None] - col[None, :] - grand
-        sigma2 = float((resid**2).sum() / df)
-    else:  # one case or one configuration: only repeated draws say how noisy a case score is
-        sigma2 = _within_draws(scores)
+    # the residual of first draws holds the interaction and one draw's noise; without enough of them
+    # (one case, or one configuration) only repeated draws say anything about noise
+    resid2 = float(((x - row[:, None] - col[None, :] - grand) ** 2).sum() / df) if df >= 2 else s_draw
+    s_case = max(resid2 - s_draw, 0.0)
+    model = NoiseModel(s_case, s_draw, 0.0, 0.0, effects)
     m = np.array([t.score for t in full], dtype=float)
-    m0 = float(m.mean())
-    noise = float(np.mean([sigma2 / max(1, _draws(scores[t.config_hash])) for t in full]))
+    noise = float(np.mean([model.noise(len(scores[t.config_hash]), _draws(scores[t.config_hash])) for t in full]))
     tau2 = max(float(m.var(ddof=1)) - noise, 0.0) if len(full) > 1 else 0.0
-    if sigma2 > 0 and tau2 == 0.0:
-        tau2 = 1e-12  # every difference is within noise: estimates collapse toward the average, ties by mean
-    return NoiseModel(sigma2, tau2, m0, effects)
+    return NoiseModel(s_case, s_draw, tau2, float(m.mean()), effects)
 
 
 def _draws(scores: CaseScores) -> int:
@@ -117,16 +137,14 @@ def case_means(scores: CaseScores) -> dict[str, float]:
     return {c: float(np.mean(v)) for c, v in scores.items() if len(v)}
 
 
-def interval(scores: CaseScores, level: float = 0.95) -> tuple[float, float] | None:
-    """A t-interval of the mean over test cases (None with fewer than two cases)."""
+def half_width(scores: CaseScores, level: float = 0.95) -> float | None:
+    """Half the width of a t-interval of the mean over test cases (None with fewer than two cases)."""
     values = list(case_means(scores).values())
     if len(values) < 2:
         return None
     from scipy.stats import t
 
-    mean = float(np.mean(values))
-    half = float(t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-    return mean - half, mean + half
+    return float(t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
 def paired_p(a: CaseScores, b: CaseScores) -> float | None:
@@ -152,5 +170,6 @@ def worse_p(a: CaseScores, leader: CaseScores) -> float | None:
 
 
 def rank(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Best first by merit (the estimate once the run has made one, else the mean); ties keep evaluation order."""
-    return sorted(trials, key=lambda t: -t.merit)
+    """Best first by merit (the estimate once the run has made one, else the mean); equal estimates (no
+    detectable spread of true scores) by mean; ties keep evaluation order."""
+    return sorted(trials, key=lambda t: (-t.merit, -t.score))

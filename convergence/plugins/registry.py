@@ -131,6 +131,10 @@ _BUILTINS: dict[str, dict[str, str]] = {
 }
 
 
+_RESERVED_METRICS = frozenset({"llm_judge", "custom", "sao_preference"})
+"""Metric functions the evaluator resolves itself (not registry entries)."""
+
+
 class Registry:
     """Every entry, built-in and plugged in; plugins are read from the installed distributions' metadata
     once (no plugin code is imported until an entry is loaded)."""
@@ -155,6 +159,17 @@ class Registry:
         where = f"distribution {dist_name} {version}, entry point {ep.name!r} = {ep.value!r}"
         if kind not in KINDS or not name:
             self.problems.append(f"{where}: the name must be <kind>.<name> with kind one of {', '.join(KINDS)}")
+            return
+        if kind == "metric" and name in _RESERVED_METRICS:
+            self.problems.append(f"{where}: {name!r} is a built-in metric function; this one is ignored "
+                                 f"(rename the entry point)")
+            return
+        other = {"agent": "sampler", "sampler": "agent"}.get(kind)
+        clash = self._entries.get((other, name)) if other else None
+        if clash is not None:  # a roster names agents and samplers alike: one name, one meaning
+            article = "an" if other == "agent" else "a"
+            self.problems.append(f"{where}: {name!r} is already {article} {other} (from {clash.distribution}); "
+                                 f"this one is ignored (rename the entry point)")
             return
         taken = self._entries.get((kind, name))
         if taken is not None:

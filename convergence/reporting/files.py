@@ -105,8 +105,8 @@ def csv_columns(report: RunReport) -> tuple[list[str], dict[str, str], dict[str,
     """Fixed columns, then one per metric and one per parameter, each named
     after it; a name that clashes with an earlier column gets a
     ``metric.``/``param.`` prefix. Returns (columns, metric->col, param->col)."""
-    columns = ["run_id", "trial_id", "generation", "proposer", "status", "score", "estimate",
-               "cost_usd", "latency_ms", "n_cases", "repeats", "n_errors"]
+    columns = ["run_id", "trial_id", "generation", "proposer", "status", "score",
+               "cost_usd", "latency_ms", "n_cases", "n_errors", "estimate", "repeats"]
     metrics = list(report.metric_directions)
     for t in report.trials:
         metrics += [m for m in t.metrics if m not in metrics]
@@ -316,16 +316,20 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
            "average, corrected for the difficulty of the cases run)" if sel.get("estimate") == "shrinkage"
            else "its mean score")
     out = ["## How the best was chosen", "", f"Configurations are ranked by {how}. "
-           f"Noise of one case score: sd {_num(sel.get('noise_sd'))}; spread of true scores: sd "
-           f"{_num(sel.get('spread_sd'))}.", ""]
+           f"Noise of one case score: sd {_num(sel.get('case_sd'))} across cases, sd {_num(sel.get('draw_sd'))} "
+           f"between draws of a case; spread of true scores: sd {_num(sel.get('spread_sd'))}.", ""]
     calls = sel.get("confirm_calls") or 0
     if calls:
         kind = "fresh draws of their cases (stochastic target)" if sel.get("stochastic") else "the cases they skipped"
         out += [f"Confirmation: {calls} call(s) in {sel.get('confirm_rounds')} round(s) on {sel.get('confirmed')} "
                 f"top configuration(s), asking {kind}.", ""]
+    elif not sel.get("confirm_top"):
+        out += ["Confirmation: off (`selection.confirm_top: 0`).", ""]
+    elif not sel.get("confirm_allowance"):
+        out += ["Confirmation: no calls (the budget had none left).", ""]
     else:
-        out += ["Confirmation: no calls (nothing to confirm: every top configuration ran every case"
-                + ("" if sel.get("stochastic") else ", and the target is not marked stochastic") + ").", ""]
+        out += ["Confirmation: no calls (every top configuration ran every case"
+                + ("" if sel.get("stochastic") else ", and the target is not marked `stochastic`") + ").", ""]
     rows = []
     for i, row in enumerate(sel.get("top") or [], 1):
         t = trials.get(row.get("config_hash", ""))

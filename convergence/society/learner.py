@@ -12,7 +12,7 @@ predictor stop the run early, with a reason the user sees.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -73,7 +73,6 @@ class LearnerContext:
     """Where the learner may keep files (learned weights and their change log), per study."""
     min_improvement: float
     """``early_stopping.min_improvement``: the improvement worth the rest of the budget."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -826,12 +826,13 @@ class _Study:
     best: TrialRecord | None = None
 
 
-MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT = 16
 """Async mode: generations evaluating at once. More than two lets the next generations fill the slots
-while the oldest one's slowest calls finish (long-tailed latencies, few calls per slot per generation):
-at C = 256, lognormal sigma 0.8, 2 in flight reached 72 % of a bare pool (a quick run), 4 reached 71 %, 8 reached 97 %
-(benchmarks/throughput.py --only tails). New generations start only when slots would otherwise idle;
-the cap bounds how stale a proposal can be."""
+while the oldest one's slowest calls finish (long-tailed latencies, few calls per slot per generation).
+benchmarks/throughput.py --only tails, C = 256, share of a bare pool: lognormal sigma 0.8 reached 72 % with
+2 in flight (a quick run), 97 % with 8; lognormal sigma 1.2 reached 67.5 % with 8 and 96.9 % with 16
+(2026-11-25, load average 3). New generations start only when slots would otherwise idle; the cap bounds
+how stale a proposal can be."""
 
 
 def _valid_shares(shares: Any, roster: dict[str, float]) -> dict[str, float]:

@@ -50,6 +50,17 @@ computed here with numpy).
     python benchmarks/search_quality.py --quick     # budget 60, 4 seeds (< 1 min)
     python benchmarks/search_quality.py --json      # the same numbers as one JSON document
     python benchmarks/search_quality.py --seeds 20 --budgets 30 60 120 --workers 2
+
+Noisy mode (``--noisy``): LLM-like problems from ``benchmarks/noisy_problems.py``, where a configuration's
+score is the mean of Bernoulli outcomes over 30 test cases. Every method gets B x 30 case calls
+(B = 50, 100, 200 configuration-equivalents, plus 60 for Convergence alone) and is judged by the true
+(noise-free) value of the configuration it returns: Optuna TPE's ``study.best_params`` (n_trials = B, a trial
+= 30 draws) against Convergence's ``RunOutcome.best`` (30 inline cases, ``budget.max_calls`` = B x 30,
+generational mode), with racing and ``optimization.selection`` on/off as ablation rows.
+
+    python benchmarks/search_quality.py --noisy           # 20 seeds, 1,320 runs (~11-15 min on 2 cores)
+    python benchmarks/search_quality.py --noisy --quick   # budgets 50, 100 (+60), 3 seeds (~1 min)
+    python benchmarks/search_quality.py --noisy --json-out noisy.json   # tables, and every run as JSON
 """
 
 from __future__ import annotations
@@ -550,57 +561,6 @@ def _bench_on_path() -> None:
         sys.path.insert(0, bench)
 
 
-# Racing (convergence/engine/racing.py) calls scipy.stats.wilcoxon(diffs, alternative="less",
-# zero_method="wilcox") at each look. Pass/fail outcomes make the paired differences -1/0/+1: ties and zeros,
-# so for 13 cases or fewer SciPy runs an exact permutation test over all 2**n sign flips, one Python-level
-# statistic per flip: about 0.2 s per look, 85 s of a 1 s run at 200 configuration-equivalents. The benchmark
-# swaps in the same exact test computed with numpy (the same p-value, checked against SciPy at start-up), so
-# racing decides exactly as it does unpatched. --scipy-wilcoxon keeps SciPy's own path.
-
-_SCIPY_WILCOXON: Any = None
-
-
-def _fast_wilcoxon(x: Any, y: Any = None, zero_method: str = "wilcox", correction: bool = False,
-                   alternative: str = "two-sided", method: Any = "auto", **kw: Any) -> Any:
-    d = np.asarray(x, dtype=float)
-    nz = d[d != 0]
-    exact_flips = (y is None and not kw and method == "auto" and zero_method == "wilcox" and alternative == "less"
-                   and d.ndim == 1 and len(nz) > 0 and d.size <= 13
-                   and (len(nz) < d.size or len(np.unique(np.abs(nz))) < len(nz)))
-    if not exact_flips:
-        return _SCIPY_WILCOXON(x, y, zero_method=zero_method, correction=correction, alternative=alternative,
-                               method=method, **kw)
-    from scipy.stats import rankdata
-    from scipy.stats._morestats import WilcoxonResult
-
-    ranks = rankdata(np.abs(nz))
-    observed = float(ranks[nz > 0].sum())
-    flips = (np.arange(2 ** len(nz))[:, None] >> np.arange(len(nz))) & 1  # every sign pattern of the non-zeros
-    null = flips @ ranks
-    p = float(np.count_nonzero(null <= observed + abs(np.finfo(float).eps * 100 * observed))) / len(null)
-    return WilcoxonResult(statistic=observed, pvalue=p)
-
-
-def use_fast_wilcoxon(check: bool = False) -> None:
-    """Route scipy.stats.wilcoxon through :func:`_fast_wilcoxon`; ``check``: assert it equals SciPy's p-values."""
-    global _SCIPY_WILCOXON
-    import scipy.stats
-
-    if _SCIPY_WILCOXON is None:
-        _SCIPY_WILCOXON = scipy.stats.wilcoxon
-    if check:
-        rng = np.random.default_rng(7)
-        for i in range(32):
-            n = [5, 7, 9, 12, 13, 15][i % 6]
-            d = rng.integers(-1, 2, n).astype(float) if i % 4 else np.round(rng.normal(size=n), 1)
-            if not d.any():
-                continue
-            mine = _fast_wilcoxon(d, alternative="less", zero_method="wilcox").pvalue
-            ref = _SCIPY_WILCOXON(d, alternative="less", zero_method="wilcox").pvalue
-            assert abs(mine - ref) < 1e-12, (list(d), mine, ref)
-    scipy.stats.wilcoxon = _fast_wilcoxon
-
-
 def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> dict[str, Any]:
     import anyio
 
@@ -625,18 +585,27 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
         finally:
             await store.close()
         evaluated = {t.config_hash: t.config for t in out.trials if t.n_cases > 0}
-        true_evaluated = [prob.true_value(c) for c in evaluated.values()]
+        true_of = {h: prob.true_value(c) for h, c in evaluated.items()}
+        true_evaluated = list(true_of.values())
         best = out.best
+        returned_true = prob.true_value(best.config) if best else float("nan")
+        abandoned = [t for t in out.trials if t.status == "abandoned"]
+        top = max(true_of, key=lambda h: true_of[h], default=None)
         return {
             "returned_config": best.config if best else None,
-            "returned_true": prob.true_value(best.config) if best else float("nan"),
+            "returned_true": returned_true,
             "returned_noisy": best.score if best else float("nan"),
+            "returned_status": best.status if best else None,
             "returned_cases": best.n_cases if best else 0,
             "returned_repeats": getattr(best, "repeats", 0) if best else 0,
             "best_evaluated_true": max(true_evaluated, default=float("nan")),
             "calls": out.total_calls,
             "n_distinct": len(evaluated),
-            "n_abandoned": sum(1 for t in out.trials if t.status == "abandoned"),
+            "n_abandoned": len(abandoned),
+            "abandoned_cases": float(np.mean([t.n_cases for t in abandoned])) if abandoned else None,
+            "best_evaluated_abandoned": any(t.config_hash == top for t in abandoned),
+            "abandoned_better_than_returned": sum(1 for t in abandoned if true_of[t.config_hash] > returned_true),
+            "returned_is_best_evaluated": abs(returned_true - max(true_evaluated, default=-1.0)) < 1e-12,
             "stop_reason": out.stop_reason,
         }
 
@@ -672,24 +641,28 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
         study.optimize(objective_fn, n_trials=budget)
     evaluated = {npb.config_key(t.params): t.params for t in study.trials}
     returned = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in study.best_params.items()}
+    best_evaluated = max(prob.true_value(c) for c in evaluated.values())
     return {
         "returned_config": returned,
         "returned_true": prob.true_value(returned),
         "returned_noisy": study.best_value,
+        "returned_status": "complete",
         "returned_cases": npb.N_CASES,
         "returned_repeats": 0,
-        "best_evaluated_true": max(prob.true_value(c) for c in evaluated.values()),
+        "best_evaluated_true": best_evaluated,
         "calls": budget * npb.N_CASES,
         "n_distinct": len(evaluated),
         "n_abandoned": 0,
+        "abandoned_cases": None,
+        "best_evaluated_abandoned": False,
+        "abandoned_better_than_returned": 0,
+        "returned_is_best_evaluated": abs(prob.true_value(returned) - best_evaluated) < 1e-12,
         "stop_reason": f"{budget} trials",
     }
 
 
-def run_noisy_job(job: tuple[str, str, int, int, bool]) -> dict[str, Any]:
-    problem, method, budget, seed, fast_wilcoxon = job
-    if fast_wilcoxon:
-        use_fast_wilcoxon()
+def run_noisy_job(job: tuple[str, str, int, int]) -> dict[str, Any]:
+    problem, method, budget, seed = job
     t0 = time.perf_counter()
     if method in OPTUNA_NOISY:
         res = run_optuna_noisy(problem, method, budget, seed)
@@ -721,6 +694,12 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
                 "distinct": float(np.mean([r["n_distinct"] for r in rs])),
                 "abandoned": float(np.mean([r["n_abandoned"] for r in rs])),
                 "returned_repeats": float(np.mean([r["returned_repeats"] for r in rs])),
+                "abandoned_cases": float(np.mean(ac)) if (ac := [r["abandoned_cases"] for r in rs
+                                                                 if r["abandoned_cases"] is not None]) else None,
+                "best_evaluated_abandoned": float(np.mean([r["best_evaluated_abandoned"] for r in rs])),
+                "abandoned_better_than_returned": float(np.mean([r["abandoned_better_than_returned"] for r in rs])),
+                "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rs])),
+                "returned_not_complete": sum(r["returned_status"] != "complete" for r in rs),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
             }
             if m != "tpe" and tpe:
@@ -765,7 +744,24 @@ def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) 
                       "tpe": float(np.mean(tpe)), "diff": float(np.mean(ours) - np.mean(tpe)),
                       "p_ours_greater": p_better, "p_tpe_greater": p_worse,
                       "call_share": float(np.mean(calls)) / (REACH_OF * 30)})
-    return {"per_budget": per_budget, "reach": reach}
+    cells = [(t["objective"], t["budget"]) for t in tables if t["budget"] != REACH_BUDGET]
+    methods = [m for m in [*OPTUNA_NOISY, *noisy_variants()] if any(r["method"] == m for r in results)]
+    overall = []
+    for m in methods:
+        rows = [r for t in tables if t["budget"] != REACH_BUDGET for r in t["rows"] if r["method"] == m]
+        item: dict[str, Any] = {
+            "method": m, "cells": len(rows), "mean_true": float(np.mean([r["mean_true"] for r in rows])),
+            "mean_best_evaluated": float(np.mean([r["mean_best_evaluated"] for r in rows])),
+            "mean_gap": float(np.mean([r["mean_gap"] for r in rows])),
+            "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rows])),
+        }
+        if m != "convergence" and "convergence" in methods:
+            diffs = [float(np.mean(cell(p, b, "convergence")) - np.mean(cell(p, b, m)))
+                     for p, b in cells if cell(p, b, m) and cell(p, b, "convergence")]
+            item["convergence_ahead"] = sum(d > 0 for d in diffs)
+            item["convergence_minus_this"] = float(np.mean(diffs))
+        overall.append(item)
+    return {"per_budget": per_budget, "reach": reach, "overall": overall}
 
 
 def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
@@ -790,6 +786,7 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
         for i in pb["items"]:
             print(f"| {pb['budget']} | {i['objective']} | {i['ours']:.4f} | {i['tpe']:.4f} | {i['diff']:+.4f} "
                   f"| {i['p_greater']:.3f} |")
+    print()
     for pb in verdicts["per_budget"]:
         print(f"* budget {pb['budget']}: convergence ahead on mean in {pb['wins']} of {pb['n']} problems "
               f"({pb['significant']} significant at p < 0.05)")
@@ -801,6 +798,51 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
         for i in verdicts["reach"]:
             print(f"| {i['objective']} | {i['ours']:.4f} | {i['tpe']:.4f} | {i['diff']:+.4f} | "
                   f"{100 * i['call_share']:.0f} % | {i['p_ours_greater']:.3f} | {i['p_tpe_greater']:.3f} |")
+    print(f"\n### Every method over the {verdicts['overall'][0]['cells'] if verdicts['overall'] else 0} "
+          "problem x budget cells (budget 60 left out)\n")
+    print("| method | mean true value of returned | mean best evaluated (true) | mean returned vs best evaluated "
+          "| returned = best evaluated | convergence ahead in (cells) | convergence minus this (mean) |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for i in verdicts["overall"]:
+        ahead = (f"{i['convergence_ahead']} of {i['cells']} | {i['convergence_minus_this']:+.4f}"
+                 if "convergence_ahead" in i else "- | -")
+        print(f"| {noisy_label(i['method'])} | {i['mean_true']:.4f} | {i['mean_best_evaluated']:.4f} "
+              f"| -{i['mean_gap']:.4f} | {100 * i['returned_is_best_evaluated']:.0f} % | {ahead} |")
+    print("\n### Selection and racing diagnostics (share of runs, or mean per run)\n")
+    print("| problem | budget | method | returned = best evaluated | returned not complete | abandoned per run "
+          "| cases used by an abandoned config | best evaluated was abandoned | abandoned configs truly better "
+          "than the returned |")
+    print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
+    for t in tables:
+        for r in t["rows"]:
+            racing = r["method"] not in OPTUNA_NOISY and noisy_variants()[r["method"]][1]
+            cases = f"{r['abandoned_cases']:.1f}" if r["abandoned_cases"] is not None else "-"
+            print(f"| {t['objective']} | {t['budget']} | {r['method']} | {100 * r['returned_is_best_evaluated']:.0f} % "
+                  f"| {r['returned_not_complete']} "
+                  + (f"| {r['abandoned']:.1f} | {cases} | {100 * r['best_evaluated_abandoned']:.0f} % "
+                     f"| {r['abandoned_better_than_returned']:.2f} |" if racing else "| - | - | - | - |"))
+
+
+def code_state() -> dict[str, Any]:
+    """Which Convergence code ran: git HEAD, whether convergence/ differs from it, a hash of its sources."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha1()
+    for f in sorted((root / "convergence").rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("diff", "--name-only", "HEAD", "--", "convergence")
+    untracked = git("ls-files", "--others", "--exclude-standard", "--", "convergence")
+    return {"head": git("rev-parse", "--short", "HEAD"), "sources_sha1": digest.hexdigest()[:12],
+            "uncommitted": [*changed.splitlines(), *untracked.splitlines()]}
 
 
 def noisy_main(args: argparse.Namespace) -> None:
@@ -817,12 +859,10 @@ def noisy_main(args: argparse.Namespace) -> None:
     seeds = args.seeds or (3 if args.quick else 20)
     budgets = args.budgets or ([50, 100] if args.quick else NOISY_BUDGETS)
     seed_range = range(args.first_seed, args.first_seed + seeds)
-    fast = not args.scipy_wilcoxon
-    if fast:
-        use_fast_wilcoxon(check=True)
-    jobs = [(p, m, b, s, fast) for p in problems for b in budgets for m in methods for s in seed_range]
+    code_before = code_state()
+    jobs = [(p, m, b, s) for p in problems for b in budgets for m in methods for s in seed_range]
     if "convergence" in methods and REACH_OF in budgets and REACH_BUDGET not in budgets:
-        jobs += [(p, "convergence", REACH_BUDGET, s, fast) for p in problems for s in seed_range]
+        jobs += [(p, "convergence", REACH_BUDGET, s) for p in problems for s in seed_range]
     jobs.sort(key=lambda j: (-j[2], j[1] not in OPTUNA_NOISY))  # longest first
     started = time.perf_counter()
     if args.workers > 1:
@@ -844,17 +884,26 @@ def noisy_main(args: argparse.Namespace) -> None:
         "n_cases": npb.N_CASES, "optima": optima,
         "optimum_configs": {p: npb.PROBLEMS[p].optimum_config for p in problems},
         "population": {b: population_for(b) for b in sorted({*budgets, REACH_BUDGET})},
-        "fast_wilcoxon": fast, "workers": args.workers, "wall_seconds": wall, "optuna": optuna.__version__,
+        "code": code_before, "code_changed_during_run": code_state()["sources_sha1"] != code_before["sources_sha1"],
+        "workers": args.workers, "wall_seconds": wall,
+        "optuna": optuna.__version__,
         "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
     }
+    document = {"meta": meta, "tables": tables, "verdicts": verdicts, "runs": results}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(document, indent=2, default=str))
     if args.json:
-        print(json.dumps({"meta": meta, "tables": tables, "verdicts": verdicts, "runs": results}, indent=2,
-                         default=str))
+        print(json.dumps(document, indent=2, default=str))
         return
     print(f"# Noisy search quality: true value of the returned configuration ({seeds} seeds "
           f"{seed_range.start}..{seed_range.stop - 1}, budgets {budgets} configuration-equivalents x "
           f"{npb.N_CASES} cases, {len(jobs)} runs in {wall:.0f} s on {args.workers} worker(s), "
           f"load avg {meta['load_avg'][0]:.1f})")
+    code = meta["code"]
+    print(f"\nConvergence code: git {code['head']}"
+          + (f" + {len(code['uncommitted'])} uncommitted file(s) in convergence/" if code["uncommitted"] else "")
+          + f", sources sha1 {code['sources_sha1']}"
+          + (" (CHANGED during the run: the runs may mix two versions)." if meta["code_changed_during_run"] else "."))
     if not meta["selection_available"]:
         print("\noptimization.selection is not in this Convergence: the selection on/off rows are left out, "
               "and the Convergence rows run the library's default selection of the returned best.")
@@ -901,8 +950,7 @@ def main() -> None:
     ap.add_argument("--noisy", action="store_true",
                     help="noisy LLM-like problems (Bernoulli outcomes over 30 cases), judged by the true value of "
                          "the returned configuration; budgets 50 100 200 (+60) x 30 calls, 20 seeds (quick: 50 100, 3)")
-    ap.add_argument("--scipy-wilcoxon", action="store_true",
-                    help="--noisy: let racing use SciPy's own (slow, same p-values) exact permutation Wilcoxon test")
+    ap.add_argument("--json-out", default=None, help="--noisy: also write the JSON document to this file")
     args = ap.parse_args()
     if args.noisy:
         noisy_main(args)

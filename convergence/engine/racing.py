@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from convergence.config.models import RacingConfig
 from convergence.core.types import CaseResult, TrialRecord
+from convergence.engine.signed_rank import signed_rank_p
 
 if TYPE_CHECKING:
     from convergence.evaluation.scorer import Evaluator
@@ -82,9 +83,7 @@ class Racer:
         diffs = [views[c].score - incumbent[c].score for c in paired]
         if not any(diffs):
             return None
-        from scipy.stats import wilcoxon
-
-        p = float(wilcoxon(diffs, alternative="less", zero_method="wilcox").pvalue)
+        p = signed_rank_p(diffs, "less")
         if not p < self.level:
             return None
         for m in self.metrics:  # dominated on every weighted objective, or kept (it may be on the Pareto front)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convergence.core.types import TrialRecord
+from convergence.engine.signed_rank import signed_rank_p
 
 CaseScores = Mapping[str, Sequence[float]]
 """case id -> the configuration's score on that case, one per draw (repeat 0 first)."""
@@ -151,11 +152,9 @@ def paired_p(a: CaseScores, b: CaseScores) -> float | None:
     """Two-sided Wilcoxon signed-rank p of a vs b on the cases both ran (None: no test possible)."""
     ma, mb = case_means(a), case_means(b)
     diffs = [ma[c] - mb[c] for c in ma if c in mb]
-    if len(diffs) < 2 or not any(diffs):
-        return None if len(diffs) < 2 else 1.0
-    from scipy.stats import wilcoxon
-
-    return float(wilcoxon(diffs, zero_method="wilcox").pvalue)
+    if len(diffs) < 2:
+        return None
+    return signed_rank_p(diffs, "two-sided")
 
 
 def worse_p(a: CaseScores, leader: CaseScores) -> float | None:
@@ -164,9 +163,7 @@ def worse_p(a: CaseScores, leader: CaseScores) -> float | None:
     diffs = [ma[c] - ml[c] for c in ma if c in ml]
     if len(diffs) < 5 or not any(diffs):
         return None
-    from scipy.stats import wilcoxon
-
-    return float(wilcoxon(diffs, alternative="less", zero_method="wilcox").pvalue)
+    return signed_rank_p(diffs, "less")
 
 
 def rank(trials: Sequence[TrialRecord]) -> list[TrialRecord]:

@@ -91,6 +91,7 @@ class AllToGreedy:
     def __init__(self, ctx):
         self.shares = dict(ctx.shares)
         self.step = float(ctx.options.get("step", 0.25))
+        self.stop_after = ctx.options.get("stop_after")
         self.seen = 0
 
     def initial_shares(self):
@@ -106,6 +107,8 @@ class AllToGreedy:
         return dict(self.shares)
 
     def stop_reason(self):
+        if self.stop_after is not None and self.seen >= self.stop_after:
+            return f"predicted improvement after {self.seen} updates is too small"
         return None
 
     def summary(self):
@@ -227,6 +230,29 @@ async def test_a_pip_installed_plugin_is_discovered_and_used_in_a_run(tmp_path: 
     assert {t.proposer for t in last} == {"greedy"}, "the learner's shares decide who proposes"
     md = next(p for p in files if p.name == "report.md").read_text()
     assert "## Society learner: all_to_greedy" in md and "| 2 | 100% | 0% | 0% |" in md
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("installed")
+async def test_a_learner_can_stop_the_run_early_and_says_why(tmp_path: Path) -> None:
+    text = _yaml("""
+        optimization:
+          evolution: {population_size: 4, generations: 6, elite_size: 1}
+          execution: {mode: generational}
+        society:
+          enabled: true
+          agents: {greedy: 0.5, random: 0.5}
+          learner: {plugin: all_to_greedy, stop_after: 2}
+    """)
+    path = tmp_path / "optimization.yaml"
+    path.write_text(text)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(parse_config(text, path), store).run()
+    finally:
+        await store.close()
+    assert out.status == "finished" and out.generations_run == 2
+    assert out.stop_reason == "early stopping: predicted improvement after 2 updates is too small"
 
 
 @pytest.mark.anyio

@@ -175,3 +175,34 @@ def _cli(cfg: str, last: dict[str, float], tmp_path: Path) -> None:
     assert trained.exit_code == 0 and "run 2 generation 16" in trained.output
     assert runner.invoke(app, ["synergy", "reset", "--config", cfg]).exit_code == 0
     assert json.loads(runner.invoke(app, ["synergy", "show", "--config", cfg, "--json"]).stdout)["exists"] is False
+
+
+async def test_synergy_serve_exposes_the_learned_weights_to_a_prometheus_scrape(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from convergence.society.learner import state_dir
+
+    loaded = _loaded(tmp_path, "learner: {plugin: synergy}")
+    _, log = await _run(loaded)
+    where = state_dir(loaded.db_path, loaded.config.study_name)
+    proc = subprocess.Popen([sys.executable, "-m", "convergence", "synergy", "serve", "--state-dir", str(where),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        url = line.split("serving ", 1)[1].split("/metrics", 1)[0]
+        assert url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient() as client:
+            health = await client.get(url + "/health", timeout=10)
+            metrics = (await client.get(url + "/metrics", timeout=10)).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert health.text == "ok\n"
+    for agent, share in log[-1]["shares"].items():
+        assert f'convergence_synergy_weight{{agent="{agent}"}} {share}' in metrics or \
+            f'convergence_synergy_weight{{agent="{agent}"}} {float(share)!r}' in metrics
+    assert "convergence_synergy_info{algorithm=\"actor_critic\"} 1.0" in metrics

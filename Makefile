@@ -12,7 +12,10 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PLUGINS := $(PLUGINS:/pyproject.toml=)
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(PLUGINS:=/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	# llama-cpp-python builds from source here (5-12 minutes, once per venv). Built for AVX2, not
@@ -21,6 +24,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install --quiet \
 		--no-cache-dir -c constraints.txt llama-cpp-python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# the plugins shipped in plugins/ are separate distributions (entry points in convergence.plugins)
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(foreach p,$(PLUGINS),-e $(p))
 	touch $@
 
 demo: install
@@ -30,7 +35,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check convergence tests benchmarks
+	$(BIN)/ruff check convergence tests benchmarks plugins
 	$(BIN)/mypy convergence
 
 bench: install

@@ -24,17 +24,15 @@ from convergence.cli.app import app
 from convergence.config.loader import parse_config
 from convergence.core.space import SearchSpace, config_hash
 from convergence.engine.loop import Optimizer
-from convergence.plugins.registry import registry
 from convergence.society.bandit import RandomProposer
 from convergence.society.base import ProposalContext
 from convergence.society.society import Society
 from convergence.storage.store import Store
 
-pytestmark = [pytest.mark.anyio, pytest.mark.skipif(registry().find("learner", "synergy") is None,
-                                                    reason="the synergy plugin is not installed")]
+pytestmark = pytest.mark.anyio  # the synergy plugin is installed by the README's set-up (make install)
 
 ALGORITHMS = ["actor_critic", "double_dqn", "sac", "td3"]
-GENERATIONS = 16
+GENERATIONS = 24
 LEVEL = 0.5
 """The climber's share must pass this within GENERATIONS generations."""
 
@@ -172,7 +170,7 @@ def _cli(cfg: str, last: dict[str, float], tmp_path: Path) -> None:
     hist = runner.invoke(app, ["synergy", "history", "--config", cfg, "--plot", str(plot)])
     assert hist.exit_code == 0 and plot.stat().st_size > 1000
     trained = runner.invoke(app, ["synergy", "train", "--config", cfg])
-    assert trained.exit_code == 0 and "run 2 generation 16" in trained.output
+    assert trained.exit_code == 0 and f"run 2 generation {GENERATIONS}" in trained.output
     assert runner.invoke(app, ["synergy", "reset", "--config", cfg]).exit_code == 0
     assert json.loads(runner.invoke(app, ["synergy", "show", "--config", cfg, "--json"]).stdout)["exists"] is False
 
@@ -202,7 +200,7 @@ async def test_synergy_serve_exposes_the_learned_weights_to_a_prometheus_scrape(
         proc.terminate()
         proc.wait(timeout=10)
     assert health.text == "ok\n"
-    for agent, share in log[-1]["shares"].items():
-        assert f'convergence_synergy_weight{{agent="{agent}"}} {share}' in metrics or \
-            f'convergence_synergy_weight{{agent="{agent}"}} {float(share)!r}' in metrics
+    scraped = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("convergence_synergy_weight{")}
+    assert scraped == pytest.approx(log[-1]["shares"], abs=1e-6)
     assert "convergence_synergy_info{algorithm=\"actor_critic\"} 1.0" in metrics

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # rigged.py
+torch.set_num_threads(1)  # tiny networks; the machine is shared
+
+
+@pytest.fixture(autouse=True)
+def _no_synergy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's CONVERGENCE_SYNERGY_* variables must not change what the tests see."""
+    for key in list(os.environ):
+        if key.startswith("CONVERGENCE_SYNERGY_"):
+            monkeypatch.delenv(key)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The rigged-environment table (generations until the good agent's share passed the level)."""
+    try:
+        from test_rigged import CONTROL_GENERATIONS, GENERATIONS, LEVEL, RESULTS
+    except ImportError:
+        return
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section(f"rigged society: good agent's share > {LEVEL} within {GENERATIONS} generations; "
+               f"shuffled rewards: not within {CONTROL_GENERATIONS}")
+    tr.write_line(f"{'algorithm':<13} {'seed':>4} {'gens to level':>13} {'final good':>10} {'final poor':>10} "
+                  f"{'final random':>12} {'shuffled: max good':>18} {'final good':>10}")
+    for r in RESULTS:
+        f, c = r["final"], r["control_final"]
+        tr.write_line(f"{r['algorithm']:<13} {r['seed']:>4} {r['generations_to_level'] or '-':>13} "
+                      f"{f['good']:>10.3f} {f['poor']:>10.3f} {f['random']:>12.3f} "
+                      f"{r['control_max_good']:>18.3f} {c['good']:>10.3f}")

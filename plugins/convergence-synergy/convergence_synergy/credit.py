@@ -156,5 +156,7 @@ class CreditNorm:
             return cls.empty()
         if "pooled" not in d:  # only overall statistics
             return cls(RunningNorm.from_dict(d), {})
-        agents = d.get("agents") if isinstance(d.get("agents"), dict) else {}
+        agents = d.get("agents")
+        if not isinstance(agents, dict):
+            agents = {}
         return cls(RunningNorm.from_dict(d["pooled"]), {str(k): RunningNorm.from_dict(v) for k, v in agents.items()})

@@ -7,8 +7,8 @@ Each generation (``update``, in a worker thread of the loop):
 2. encode the state: a fixed number of features per agent (``encoding``);
 3. learn from the transition (state, action, credits, next state) with the chosen algorithm
    (``algorithms/``: actor_critic, double_dqn, sac, td3);
-4. act: the algorithm adjusts the current allocation; every agent keeps ``floor`` of the slots
-   (``allocation``);
+4. act: the algorithm proposes the next allocation (Double DQN by adjusting the current one);
+   every agent keeps ``floor`` of the slots (``allocation``);
 5. predict the next generation's improvement (``predictor``) for ``stop_reason``;
 6. persist the shares, the networks and a line of the change log (``store``).
 

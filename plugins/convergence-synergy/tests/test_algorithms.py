@@ -75,6 +75,23 @@ def test_bounded_logits_reproduce_the_shares():
     assert softmax(logits) == pytest.approx(v)
 
 
+def test_credits_are_normalised_by_the_noise_within_agents():
+    from convergence_synergy.credit import CreditNorm
+
+    norm = CreditNorm.empty()
+    names = ["a", "b"]
+    for a, b in [(1.0, 0.0), (1.2, 0.2), (0.8, -0.2), (1.0, 0.0)]:  # a is 1 better, +-0.2 of noise
+        norm.update(names, np.array([a, b]), np.ones(2, dtype=bool))
+    within = math.sqrt((0.08 + 0.08) / 6)  # each agent: squared deviations 0 + 0.04 + 0.04 + 0, 3 dof
+    assert norm.noise == pytest.approx(within)
+    assert norm.pooled.std > 3 * within  # the overall spread counts the difference between a and b
+    # centred on the overall mean (0.5), in units of that noise, clipped to +-3
+    assert norm.normalize(np.array([0.6, 0.4])) == pytest.approx([0.1 / within, -0.1 / within], rel=1e-6)
+    assert norm.normalize(np.array([1.0, 0.0])) == pytest.approx([3.0, -3.0])  # 0.5 / within = 3.06
+    assert CreditNorm.from_dict(norm.to_dict()) == norm
+    assert CreditNorm.from_dict({"count": 4, "mean": 0.5, "m2": 1.0}).pooled.count == 4  # overall statistics only
+
+
 # --- actor-critic ----------------------------------------------------------------------------------
 
 def test_actor_critic_advantage_is_the_td_error():

@@ -80,6 +80,10 @@ class ActionValues(nn.Module):
     teaches carries over to the others. Otherwise a plain MLP with one output per action.
     """
 
+    steps: torch.Tensor
+    targets: torch.Tensor
+    reference: torch.Tensor
+
     def __init__(self, state_dim: int, n_agents: int, shifts: tuple[float, ...], hidden: int, floor: float,
                  structured: bool, generator: torch.Generator) -> None:
         super().__init__()

@@ -127,6 +127,8 @@ class QNetwork(nn.Module):
     form the reward has (``allocation.reward``), with every coefficient learned. Otherwise a plain
     MLP of ``[s, n * softmax(a)]``."""
 
+    reference: torch.Tensor
+
     def __init__(self, state_dim: int, n_actions: int, hidden: int, bound: float, generator: torch.Generator,
                  structured: bool = True, floor: float = 0.0):
         super().__init__()

@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt $(PLUGINS:=/pyproject.toml)
 	# --no-cache-dir so a native wheel in pip's cache is never reused.
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install --quiet \
 		--no-cache-dir -c constraints.txt llama-cpp-python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	# the plugins shipped in plugins/ are separate distributions (entry points in convergence.plugins)
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(foreach p,$(PLUGINS),-e $(p))
 	touch $@

@@ -38,6 +38,21 @@ Scenarios
   ``--json``). Rows: {fixed, sigma 0.8, sigma 1.2} x ``C`` in {64, 256};
   the ideal is ``C / mean(L)`` over the ``N`` latencies actually used.
 
+* ray (``--backend ray``, issue 12): the loop with ``execution.backend: ray``
+  on a one-machine Ray started in the worker process (``num_cpus=2``: the
+  actors share this machine's 2 CPUs with the driver), against the local
+  backend in the same process and run. Rows: the tails section's latencies
+  (fixed 50 ms, lognormal sigma 0.8 / 1.2) x ``C`` in {64, 256}, 16
+  configurations x 30 cases per generation, async mode, racing / early
+  stopping / society off, persistence on. The target is an async Python
+  function (so the Ray backend uses its actor pool: 2 actors, each
+  ``max_concurrency = C``) that sleeps a latency drawn from a hash of
+  (configuration, case), so both backends see the same distribution. Each
+  executor is built (actors started) before the timed ``Optimizer.run()``.
+  Rate = calls / run wall; Ray's share = its rate / the local rate. Plus
+  one ``L = 0``, ``C = 256`` row: the per-evaluation cost Ray adds (driver
+  CPU time per call, and wall per call with ``C`` calls in flight).
+
 Targets (from the issues): >= 95 % of ``C / L`` at ``C = 256``; < 500 MB
 for 100,000 evaluations; with long tails, the loop >= 95 % of the bare pool
 in every row. They are reported, never asserted.
@@ -46,6 +61,7 @@ in every row. They are reported, never asserted.
     python benchmarks/throughput.py --only tails    # long-tailed latencies only (~3-4 min)
     python benchmarks/throughput.py --quick         # smoke run (~1.5 min; tails alone ~50 s)
     python benchmarks/throughput.py --json          # machine-readable output
+    python benchmarks/throughput.py --backend ray   # Ray backend vs local (~3 min; needs the ray extra)
 """
 
 from __future__ import annotations
@@ -494,6 +510,141 @@ def _tail_report(row: TailRow, r: dict[str, Any]) -> dict[str, Any]:
 
 
 
+# --------------------------------------------------------------------------- Ray backend vs local (section "ray")
+
+RAY_ACTORS = 2
+
+
+def _ray_target_source(sigma: float, seed: int, zero: bool) -> str:
+    """An async target sleeping a latency drawn from a hash of (configuration, case): the same draws
+    whichever process (driver or actor) makes the call. ``zero``: no sleep at all."""
+    return textwrap.dedent(
+        f"""\
+        import asyncio, math, random
+
+        async def call(params, input):
+            if {zero!r}:
+                latency = 0.0
+            elif {sigma!r} == 0:
+                latency = {TAIL_MEDIAN_S!r}
+            else:
+                rng = random.Random(f"{seed}:{{params['x']}}:{{params['style']}}:{{input}}")
+                latency = rng.lognormvariate(math.log({TAIL_MEDIAN_S!r}), {sigma!r})
+            if latency > 0:
+                await asyncio.sleep(latency)
+            return "x"
+        """
+    )
+
+
+def _ray_module(row: TailRow, zero: bool) -> str:
+    """One module per row: the driver keeps imported modules, so a shared name would keep the first row's."""
+    return "ray_bench_zero" if zero else f"ray_bench_s{round(row.sigma * 10)}_c{row.concurrency}"
+
+
+def _ray_yaml(row: TailRow, backend: str, zero: bool) -> str:
+    base = _tail_yaml(row, "async").replace(f'"{__name__}:stream_call"', f'"{_ray_module(row, zero)}:call"')
+    base = base.replace("study: tails_async", f"study: ray_{backend}").replace("tails_async.db", f"{backend}.db")
+    ray = f", backend: ray, ray: {{num_actors: {RAY_ACTORS}, max_concurrency_per_actor: {row.concurrency}}}"
+    return base.replace("early_stopping: {enabled: false}}",
+                        "early_stopping: {enabled: false}" + (ray if backend == "ray" else "") + "}")
+
+
+async def _ray_run(row: TailRow, backend: str, folder: Path, zero: bool = False) -> dict[str, Any]:
+    """One timed ``Optimizer.run()`` with a prebuilt executor (Ray: actors up and their target built)."""
+    from convergence.config.loader import load_config, resolve_path
+    from convergence.engine.executor import build_executor
+    from convergence.engine.loop import Optimizer
+    from convergence.storage.store import Store
+
+    sub = folder / f"{backend}_{_ray_module(row, zero)}"
+    sub.mkdir(parents=True, exist_ok=True)
+    (sub / f"{_ray_module(row, zero)}.py").write_text(_ray_target_source(row.sigma, row.seed, zero),
+                                                      encoding="utf-8")
+    path = sub / "optimization.yaml"
+    path.write_text(_ray_yaml(row, backend, zero), encoding="utf-8")
+    loaded = load_config(path)
+    store = await Store.open(resolve_path(loaded.base_dir, loaded.config.storage.path))
+    executor = await build_executor(loaded)
+    try:
+        events = _ErrorCount()
+        optimizer = Optimizer(loaded, store, events=events, executor=executor)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        outcome = await optimizer.run()
+        wall = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0
+    finally:
+        await executor.aclose()
+        await store.close()
+    calls = outcome.total_calls
+    return {"calls": calls, "wall_s": wall, "per_s": calls / wall, "driver_cpu_us_per_call": cpu / calls * 1e6,
+            "status": outcome.status, "errors": events.errors,
+            "overhead_ms_per_call": (wall * row.concurrency / calls) * 1000.0}
+
+
+async def _ray_section(rows: list[TailRow], zero: TailRow, folder: Path) -> dict[str, Any]:
+    import logging
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    started = time.perf_counter() - t0
+    await anyio.sleep(5.0)  # let the fresh cluster's own start-up work (prestarted workers) settle
+    out: dict[str, Any] = {"ray_version": ray.__version__, "ray_init_s": started, "actors": RAY_ACTORS, "rows": []}
+    try:
+        for row in [*rows, zero]:
+            r: dict[str, Any] = {"latency": row.label if row is not zero else "zero", "sigma": row.sigma,
+                                 "concurrency": row.concurrency, "calls_planned": row.n_calls}
+            for backend in ("local", "ray"):
+                r[backend] = await _ray_run(row, backend, folder, zero=row is zero)
+            r["ray_share"] = r["ray"]["per_s"] / r["local"]["per_s"]
+            out["rows"].append(r)
+    finally:
+        ray.shutdown()
+    return out
+
+
+def _ray_worker(spec: str) -> None:
+    args = json.loads(spec)
+    rows = [TailRow(**r) for r in args["rows"]]
+    result = anyio.run(_ray_section, rows, TailRow(**args["zero"]), Path(args["folder"]))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _print_ray(rep: dict[str, Any]) -> None:
+    print(f"\nRay backend vs local (Ray {rep['ray_version']}, one-machine Ray with num_cpus=2 started in "
+          f"{rep['ray_init_s']:.1f} s, {rep['actors']} actors; the same process, one after the other)")
+    print("16 configurations x 30 cases per generation, async mode, persistence on; executors built before timing.")
+    hdr = (f"{'latency':<14} {'C':>4} {'calls':>6} {'local/s':>8} {'ray/s':>8} {'ray share':>9} "
+           f"{'local CPU us/call':>17} {'ray CPU us/call':>15} {'errors':>6}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rep["rows"]:
+        lo, ra = r["local"], r["ray"]
+        print(f"{r['latency']:<14} {r['concurrency']:>4} {ra['calls']:>6} {lo['per_s']:>8.0f} {ra['per_s']:>8.0f} "
+              f"{100 * r['ray_share']:>8.1f}% {lo['driver_cpu_us_per_call']:>17.0f} "
+              f"{ra['driver_cpu_us_per_call']:>15.0f} {lo['errors'] + ra['errors']:>6}")
+    print("rates: calls / Optimizer.run() wall. CPU: the driver process only (Ray's actors and raylet run in\n"
+          "other processes, on the same 2 CPUs here).")
+    for r in rep["rows"]:
+        if r["latency"] == "fixed":
+            lo, ra = r["local"], r["ray"]
+            added = (ra["overhead_ms_per_call"] - lo["overhead_ms_per_call"])
+            print(f"fixed 50 ms, C={r['concurrency']}: each call holds a concurrency slot {added:+.1f} ms longer on "
+                  f"Ray ({ra['overhead_ms_per_call'] - 50:.1f} ms vs {lo['overhead_ms_per_call'] - 50:.1f} ms "
+                  "over the 50 ms)")
+        if r["latency"] == "zero":
+            lo, ra = r["local"], r["ray"]
+            print(f"L=0, C={r['concurrency']}: {lo['per_s']:.0f} calls/s local vs {ra['per_s']:.0f} on Ray; driver "
+                  f"CPU {lo['driver_cpu_us_per_call']:.0f} vs {ra['driver_cpu_us_per_call']:.0f} us/call "
+                  f"(Ray adds {ra['driver_cpu_us_per_call'] - lo['driver_cpu_us_per_call']:.0f} us of driver CPU "
+                  "per call)")
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -574,7 +725,10 @@ def main() -> None:
     ap.add_argument("--profile", metavar="DIR", help="write a pyinstrument profile of each run into DIR")
     ap.add_argument("--tracing", action="store_true",
                     help="set tracing.weave.enabled in every scenario (inactive without W&B credentials)")
+    ap.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="ray: compare the Ray backend (a one-machine, 2-CPU Ray) with the local one (section ray)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--ray-worker", help=argparse.SUPPRESS)
     ap.add_argument("--tail-worker", help=argparse.SUPPRESS)
     ap.add_argument("--cli-probe", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -584,12 +738,17 @@ def main() -> None:
     if args.tail_worker:
         _tail_worker(args.tail_worker)
         return
+    if args.ray_worker:
+        _ray_worker(args.ray_worker)
+        return
     if args.cli_probe:
         spec = json.loads(args.cli_probe)
         _cli_probe(spec["argv"], spec["out"])
         return
 
     sections = set(args.only or ["throughput", "cpu", "memory", "cli", "tails"])
+    if args.backend == "ray":
+        sections = {"ray"}
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                                           "platform": sys.platform, "load_before": os.getloadavg()[0]},
                               "quick": args.quick, "tracing_enabled": args.tracing, "seed": args.seed}
@@ -661,6 +820,12 @@ def main() -> None:
                         "profile_dir": str(profile_dir) if profile_dir else None}
                 tails.append(_tail_report(row, _in_subprocess("--tail-worker", spec, root / name, name)))
             report["tails"] = tails
+        if "ray" in sections:
+            rows = [r for r in _tail_rows(args.quick, args.seed)]
+            zero = TailRow(0.0, 256, 2 if args.quick else 4, args.seed)
+            log(f"ray: {len(rows)} latency rows + L=0, each on the local backend then on Ray ...")
+            spec = {"rows": [asdict(r) for r in rows], "zero": asdict(zero), "folder": str(root / "ray")}
+            report["ray"] = _in_subprocess("--ray-worker", spec, root / "ray", "ray section")
 
     report["machine"]["load_after"] = os.getloadavg()[0]
     if args.json:
@@ -718,6 +883,8 @@ def _print_report(rep: dict[str, Any]) -> None:
                   f"{c['median_s'] * 1000:6.0f} ms  exit {c['exit']}  heavy imports: {heavy}")
     if "tails" in rep:
         _print_tails(rep["tails"], rep["seed"])
+    if "ray" in rep:
+        _print_ray(rep["ray"])
 
 
 def _print_tails(rows: list[dict[str, Any]], seed: int) -> None:

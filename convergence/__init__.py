@@ -55,6 +55,7 @@ _EXPORTS = {
     "TargetCallError": "convergence.society.base",
     "SAODatasetError": "convergence.sao_dataset",
     "PluginError": "convergence.plugins.registry",
+    "RayBackendError": "convergence.engine.ray_executor",  # does not import ray
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover
         RunOutcome as RunOutcome,
         optimize as optimize,
     )
+    from convergence.engine.ray_executor import RayBackendError as RayBackendError
     from convergence.errors import ConvergenceError as ConvergenceError
     from convergence.evaluation.cases import TestCaseError as TestCaseError
     from convergence.evaluation.judge import JudgeParseError as JudgeParseError

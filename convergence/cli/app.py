@@ -28,6 +28,7 @@ from convergence.cli.common import (
     err,
 )
 from convergence.cli.plugins import plugins as plugins_cmd
+from convergence.cli.ppo import ppo_app
 from convergence.cli.sao import sao_app
 from convergence.cli.synergy import synergy_app
 from convergence.cli.traces import traces as traces_cmd
@@ -64,9 +65,29 @@ def optimize(
         help="Serve live run metrics (evaluations, errors, best score, cost, agent shares) for Prometheus on "
              "http://127.0.0.1:PORT/metrics (and /health) while the run lasts.",
     ),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Run the target calls on Ray (execution.backend: ray) at ADDRESS: auto (the cluster this machine "
+             "belongs to, or RAY_ADDRESS), local (a one-machine Ray for this run), ray://HOST:PORT (Ray Client) "
+             "or HOST:PORT. Overrides the config's execution.backend and ray.address; needs the ray extra.",
+    ),
 ) -> None:
     """Run the optimization described by CONFIG."""
     loaded = _load(config)
+    if ray is not None:
+        from pydantic import ValidationError
+
+        from convergence.config.models import RayConfig
+
+        try:
+            address = RayConfig(address=ray).address
+        except ValidationError as exc:
+            why = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            err.print(f"[red]--ray:[/] {escape(why)}", highlight=False)
+            raise typer.Exit(2) from None
+        execution = loaded.config.optimization.execution
+        execution.backend = "ray"
+        execution.ray.address = address
     from convergence.targets.factory import missing_env_vars
 
     missing = missing_env_vars(loaded.config.resolved_target)
@@ -146,6 +167,8 @@ async def _optimize(
             f"{len(optimizer.space.names)} parameter(s), {len(optimizer.cases)} test case(s), "
             f"{cfg.optimization.evolution.generations} generation(s) x {cfg.optimization.evolution.population_size}, "
             f"concurrency {cfg.optimization.execution.concurrency}, {society_line(cfg)}"
+            + (f", calls on Ray at {escape(cfg.optimization.execution.ray.address)}"
+               if cfg.optimization.execution.backend == "ray" else "")
         )
         try:
             with RichEvents(console, quiet) as events:
@@ -463,6 +486,7 @@ app.command("traces")(traces_cmd)  # registered last: its place in --help
 app.command("plugins")(plugins_cmd)
 app.add_typer(synergy_app, name="synergy", help="The synergy learner's weights: show, export, import, train, reset, "
                                                 "history, serve.")
+app.add_typer(ppo_app, name="ppo", help="The PPO learner's policy: stats, reset, export.")
 app.add_typer(sao_app, name="sao", help="Self-alignment optimization: export, import and inspect preference pairs.")
 
 

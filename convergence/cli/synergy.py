@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from convergence.cli.common import CFG_OPT, _load, _run_async, console, err
+from convergence.cli.common import CFG_OPT, _load, _run_async, console, err, plugin_module
 
 synergy_app = typer.Typer(no_args_is_help=True, help="The synergy learner's weights: show, export, import, train, "
                                                      "reset, history, serve.")
@@ -28,20 +28,8 @@ PLUGIN = "synergy"
 
 def _plugin() -> ModuleType:
     """The synergy plugin's module, found through the registry like any plugin."""
-    import importlib
-
-    from convergence.plugins.registry import PluginError, registry
-
-    entry = registry().find("learner", PLUGIN)
-    if entry is None:
-        err.print("[red]error:[/] the synergy learner is not installed (pip install -e plugins/convergence-synergy)")
-        raise typer.Exit(2)
-    try:
-        entry.load()
-        return importlib.import_module(entry.spec.partition(":")[0])
-    except PluginError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    module: ModuleType = plugin_module("learner", PLUGIN, "pip install -e plugins/convergence-synergy")
+    return module
 
 
 def _state_dir(state_dir: Path | None, config: Path | None) -> Path:

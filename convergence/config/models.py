@@ -574,7 +574,69 @@ class SelectionConfig(Strict):
         return v
 
 
+RAY_RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory")
+"""Keys of ``ray.resources`` that are Ray's own options; any other key is a custom resource."""
+
+
+class RayConfig(Strict):
+    """Where and how the Ray backend runs target calls (``execution.backend: ray``; see docs/scaling.md).
+    The loop, the society, the store and the reports stay on this machine (the driver)."""
+
+    address: Text = "auto"
+    """auto: the cluster this machine belongs to (``ray start`` or ``RAY_ADDRESS``); local: start a one-machine
+    Ray for this run; ``ray://host:port``: a remote cluster through Ray Client; ``host:port``: a cluster's GCS."""
+    num_actors: Int = Field(2, ge=1, le=10_000)
+    """Actors in the pool for I/O-bound targets (LiteLLM, HTTP, async Python): each builds the target once."""
+    max_concurrency_per_actor: Int | None = Field(None, ge=1, le=100_000)
+    """Calls one actor runs at once (its asyncio ``max_concurrency``); default: the run's concurrency spread
+    over the actors, so the global limit, not the pool, is what caps calls."""
+    python: Literal["auto", "tasks", "actors"] = "auto"
+    """Python targets: tasks (one Ray task per call, for CPU-bound sync functions), actors (the pool), or auto
+    (sync function: tasks; async function: actors)."""
+    resources: dict[str, Float] = Field(default_factory=dict)
+    """Per actor or task: ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and custom resources by name.
+    Default: Ray's (an actor holds no CPU while it runs, a task one CPU)."""
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    """Ray runtime environment for the actors and tasks (``working_dir``, ``pip``, ...). The env vars the
+    config names (``*_env`` keys, ``${VAR}`` in the target, ``env_vars`` below) are added to its ``env_vars``."""
+    env_vars: list[Text] = Field(default_factory=list)
+    """More env var names the workers need (e.g. OPENAI_API_KEY, which LiteLLM reads without ``api_key_env``)."""
+    connect_timeout_seconds: Float = Field(30.0, gt=0, le=3600)
+    """How long connecting to the cluster (and building the actors) may take before the run fails."""
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("auto", "local") or (v.startswith("ray://") and len(v) > 6):
+            return v
+        host, sep, port = v.rpartition(":")
+        if sep and host and port.isdigit() and "/" not in v:
+            return v
+        raise ValueError(f"{v!r}: expected auto, local, ray://host:port or host:port")
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x < 0}
+        if bad:
+            raise ValueError(f"resource amounts must be >= 0: {bad}")
+        return v
+
+    @field_validator("runtime_env")
+    @classmethod
+    def _runtime_env(cls, v: dict[str, Any]) -> dict[str, Any]:
+        env = v.get("env_vars", {})
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in env.items()):
+            raise ValueError("runtime_env.env_vars must map names to strings")
+        return v
+
+
 class ExecutionConfig(Strict):
+    backend: Literal["local", "ray"] = "local"
+    """Where target calls run: local (this process) or ray (actors and tasks on a Ray cluster; see ``ray``)."""
+    ray: RayConfig = Field(default_factory=RayConfig)
+    """The Ray backend's settings (used with ``backend: ray``)."""
     mode: Literal["async", "generational"] = "async"
     """async: the next generation's calls start while the last one's stragglers finish (no slot idles);
     generational: each generation waits for its slowest call (repeats exactly under a seed)."""

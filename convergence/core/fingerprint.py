@@ -3,8 +3,8 @@
 A resumed run replays its stored proposals and reuses stored case results by
 configuration hash and test-case id. That is only correct while the target,
 the search space, the test cases, the metrics and the search settings are the
-ones the run started with; budgets, concurrency, timeouts, retries, outputs
-and tracing may change freely. Each part is hashed on its own so a refusal can
+ones the run started with; budgets, concurrency, timeouts, retries, the
+execution backend, outputs and tracing may change freely. Each part is hashed on its own so a refusal can
 say which part changed.
 """
 
@@ -18,7 +18,8 @@ from typing import Any
 from convergence.config.models import ConvergenceConfig
 from convergence.core.types import TestCase
 
-_FREE_EXECUTION_KEYS = ("concurrency", "max_retries", "retry_delay_seconds", "timeout_seconds")
+_FREE_EXECUTION_KEYS = ("concurrency", "max_retries", "retry_delay_seconds", "timeout_seconds", "backend", "ray")
+"""Where calls run (``backend``, ``ray``) may change too: a run started on Ray resumes locally and back."""
 _FREE_TARGET_KEYS = ("retry", "timeout_seconds", "rate_limit_per_second")
 
 SECTION_NAMES = {

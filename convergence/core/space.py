@@ -126,6 +126,17 @@ class Dimension:
             return self.snap(math.exp(x) if self.log else x)
         return arm
 
+    def unit(self, value: Any) -> float:
+        """Where ``value`` lies in the dimension, on [0, 1] (log scale for log ranges; a choice's index):
+        a space-independent coordinate for learners' statistics."""
+        if self.kind in ("categorical", "values"):
+            n = len(self.choices)
+            return self.choices.index(value) / (n - 1) if n > 1 and value in self.choices else 0.0
+        lo, hi, x = self.low, self.high, float(value)
+        if self.log:
+            lo, hi, x = math.log(lo), math.log(hi), math.log(max(x, self.low))
+        return min(max((x - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
+
     def contains(self, value: Any) -> bool:
         if self.kind in ("categorical", "values"):
             return value in self.choices

@@ -4,8 +4,10 @@ The engine decides *what* is called and *when*: the order of test cases, the
 global concurrency limit, racing, budgets and the kill-safe call counter. An
 :class:`Executor` only runs one call, with the target's own timeout, retries
 and rate limit, and returns its :class:`CallResult` (it never raises for a
-failed call). ``LocalExecutor`` runs calls in this process; a distributed
-backend (Ray) implements the same two methods.
+failed call). ``LocalExecutor`` runs calls in this process; ``RayExecutor``
+(engine/ray_executor.py, imported only for ``execution.backend: ray``) sends
+each attempt to a Ray cluster and implements the same two methods.
+:func:`build_executor` picks the one the config asks for.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from convergence.config.loader import LoadedConfig
 from convergence.core.types import CallResult, Config, TestCase
+from convergence.errors import ConvergenceError
 from convergence.targets.base import Target
 from convergence.targets.factory import AnyTargetConfig
 from convergence.targets.runner import CallRunner, Gate
@@ -53,3 +57,21 @@ class LocalExecutor:
     async def aclose(self) -> None:
         if self.owns_target:
             await self.target.aclose()
+
+
+async def build_executor(loaded: LoadedConfig, target: Target | None = None) -> Executor:
+    """The executor ``optimization.execution.backend`` asks for: local (the default), or Ray, which
+    connects to the cluster and starts its actors here, so a cluster that cannot be reached (or a
+    target that cannot be built on it) fails before any call."""
+    cfg = loaded.config
+    ex = cfg.optimization.execution
+    if ex.backend == "local":
+        return LocalExecutor.from_config(cfg.resolved_target, loaded.base_dir, ex.concurrency, target)
+    if target is not None:
+        raise ConvergenceError("a target object passed in runs in this process: use execution.backend: local "
+                               "with it, or let the Ray backend build the target from the config")
+    from convergence.engine.ray_executor import start_ray_executor
+    from convergence.tracing.redact import config_secret_names
+
+    return await start_ray_executor(cfg.resolved_target, ex.ray, loaded.base_dir, ex.concurrency,
+                                    config_secret_names(loaded.written))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
@@ -29,20 +29,12 @@ from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, ru
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
 from convergence.engine.confirm import Confirmer
-from convergence.engine.executor import Executor, LocalExecutor
+from convergence.engine.executor import Executor, build_executor
+from convergence.engine.learning import GenerationFacts, LearnerDriver, cost_unit, generation_result
 from convergence.engine.racing import CaseView, Racer
 from convergence.engine.selection import rank
 from convergence.errors import ConvergenceError
-from convergence.plugins.registry import PluginError
 from convergence.society.base import Proposal, ProposalContext, TaskAccess
-from convergence.society.learner import (
-    AgentResult,
-    GenerationResult,
-    Learner,
-    LearnerContext,
-    credit,
-    state_dir as learner_state_dir,
-)
 from convergence.society.society import AgentReport, Society
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.targets.base import Target
@@ -152,8 +144,7 @@ class Optimizer:
     # ------------------------------------------------------------------ public
 
     async def run(self, *, resume: bool = False) -> RunOutcome:
-        self.executor = self._executor or LocalExecutor.from_config(
-            self.cfg.resolved_target, self.loaded.base_dir, self.opt.execution.concurrency, self._target)
+        self.executor = self._executor or await build_executor(self.loaded, self._target)
         outcome: RunOutcome | None = None
         error: BaseException | None = None
         try:
@@ -244,7 +235,7 @@ class Optimizer:
             self.events.message(self._redactor.text(problem))
         self.society.time_left = budget.remaining_seconds
         self.society.bind(TaskAccess(self.cases, self._agent_call))
-        self._learner: Learner | None = None
+        self._learner: LearnerDriver | None = None
         warm = []
         if self.opt.warm_start and not stored_gens.get(0):
             warm = [c for c in await self.store.best_configs(study, self.opt.warm_start, exclude_run=run_id)
@@ -273,7 +264,10 @@ class Optimizer:
         next_gen = 0
         starting = True
         try:
-            self._learner = self._make_learner(study, seed)
+            if (lcfg := self.cfg.society.learner) is not None:
+                self._learner = await LearnerDriver.start(
+                    lcfg.plugin, lcfg.options, society=self.society, store=self.store, study=study, run_id=run_id,
+                    seed=seed, opt=self.opt, db_path=self.loaded.db_path)
             async with self.store.writing():
                 remaining = budget.remaining_seconds()
                 with anyio.move_on_after(remaining if remaining is not None else math.inf) as scope:
@@ -382,74 +376,11 @@ class Optimizer:
                 f"best vs runner-up: {'distinguishable' if summary['distinguishable'] else 'within noise'} "
                 f"(paired Wilcoxon p={summary['runner_up_p']:.2g})")
 
-    def _make_learner(self, study: str, seed: int) -> Learner | None:
-        """The ``society.learner`` plugin, started from what it learned in earlier runs of the study."""
-        cfg = self.cfg.society.learner
-        if cfg is None:
-            return None
-        from convergence.plugins.registry import registry
-
-        shares = self.society.shares
-        ctx = LearnerContext(
-            agents=list(shares), shares=shares, options=cfg.options, seed=seed, study=study,
-            state_dir=learner_state_dir(self.loaded.db_path, study),
-            min_improvement=self.opt.execution.early_stopping.min_improvement)
-        origin = registry().get("learner", cfg.plugin).origin
-        factory = registry().load("learner", cfg.plugin)
-        try:
-            learner = factory(ctx)
-            if not isinstance(learner, Learner):
-                raise TypeError(f"its factory returned a {type(learner).__name__}, not a Learner (docs/plugins.md)")
-            self.society.set_shares(_valid_shares(learner.initial_shares(), shares))
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"learner {cfg.plugin!r} ({origin}) failed to start: {type(exc).__name__}: {exc}"
-                              ) from exc
-        return learner
-
-    async def _learner_step(self, g: _Gen, new: list[TrialRecord], best_before: float | None, st: _Study) -> None:
-        """The learner reads how each agent did (in a worker thread) and sets the next shares."""
-        assert self._learner is not None
-        b, unit = self.opt.budget, self._cost_unit()
-        gains = credit(new, best_before, list(g.reports))
-        agents = {}
-        for name, r in g.reports.items():
-            mine = [t for t in new if t.proposer == name]
-            agents[name] = AgentResult(
-                share=r.share, proposed=len(mine), improvement=gains.get(name, 0.0), in_top=r.in_top,
-                cost=sum(_trial_cost(t, unit) for t in mine),
-                best_score=max((t.score for t in mine if t.usable), default=None))
-        progress = max((g.number + 1) / self.opt.evolution.generations,
-                       self.budget.calls / b.max_calls if b.max_calls else 0.0,
-                       self.budget.cost_usd / b.max_cost_usd if b.max_cost_usd else 0.0,
-                       self.budget.elapsed() / b.max_seconds if b.max_seconds else 0.0)
-        best = st.best.score if st.best is not None else None
-        result = GenerationResult(
-            generation=g.number, progress=min(1.0, progress), best_score=best,
-            improvement=max(0.0, best - best_before) if best is not None and best_before is not None else 0.0,
-            cost_unit=unit, agents=agents)
-        try:
-            shares = _valid_shares(await anyio.to_thread.run_sync(self._learner.update, result), self.society.shares)
-        except Exception as exc:
-            name = self.cfg.society.learner.plugin if self.cfg.society.learner else self._learner.name
-            raise PluginError(f"learner {name!r} failed after generation {g.number + 1}: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        self.society.set_shares(shares)
-        show = getattr(self.events, "shares", None)
-        if show is not None:
-            show(dict(shares))
-        self.store.record_learner(self.run_id, g.number, self._learner.name, dict(shares), asdict(result),
-                                  self._learner.summary())
-
-    def _cost_unit(self) -> str:
-        """What the run budgets: dollars, seconds or (the default) calls."""
-        b = self.opt.budget
-        if b.max_cost_usd is not None:
-            return "usd"
-        if b.max_seconds is not None and b.max_calls is None:
-            return "seconds"
-        return "calls"
+    def _replayed_reports(self, g: _Gen) -> dict[str, AgentReport]:
+        """What each agent proposed in a generation a resumed run replays (the society did not propose it)."""
+        return {name: AgentReport(name, share, asked=count, proposed=count, status="replayed")
+                for name, share in self.society.shares.items()
+                for count in [sum(p.proposer == name for p in g.proposals)]}
 
     async def _society_learns(self, gen: int, new: list[TrialRecord], history: list[TrialRecord]) -> None:
         """Agents learn from the generation's outcomes; what each did, and how many
@@ -550,6 +481,7 @@ class Optimizer:
         before any of their calls; None when the search space is exhausted."""
         evo = self.opt.evolution
         self.society.reports = {}
+        started_at = time.perf_counter()
         if gen in st.stored_gens:
             proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in st.stored_gens[gen]]
         else:
@@ -570,7 +502,9 @@ class Optimizer:
                                    for p in proposals])
         st.seen.update(p.config_hash for p in proposals)
         self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
-        return _Gen(gen, proposals, self.society.reports)
+        decided_at = self._learner.decided_at if self._learner is not None else -1
+        return _Gen(gen, proposals, self.society.reports, started=started_at, decided_at=decided_at,
+                    controls=self.society.control_values())
 
     def _running_low(self) -> bool:
         """True when the calls queued for a slot would run out before the society
@@ -643,13 +577,25 @@ class Optimizer:
             if self._rescore(st.history):  # a trial-level metric (sao_preference) moved
                 st.population.sort(key=lambda t: -t.score)
                 st.best = max(st.history, key=lambda t: t.score, default=st.best)
-            if self._learner is not None and not self.budget.exhausted:
-                await self._learner_step(g, new, best_before, st)
+        if self._learner is not None and not self.budget.exhausted:
+            # a resumed run's replayed generation has no society reports (nothing was proposed): the learner
+            # still sees it (it recognises what it already learned, and learns what the crash cut short)
+            facts = GenerationFacts(g.number, g.reports or self._replayed_reports(g), new,
+                                    [r for s in g.slots for r in s.results], g.started, g.decided_at, g.controls)
+            step = await self._learner.step(generation_result(
+                facts, best_before=best_before, best=st.best, population=st.population, history=st.history,
+                space=self.space, opt=self.opt, budget=self.budget, cost_unit=cost_unit(self.opt)))
+            if isinstance(note := step["summary"].get("message"), str):
+                self.events.message(note)
+            show = getattr(self.events, "shares", None)
+            if show is not None:
+                show(self.society.shares)
         if self._all_failed.tripped:
             return "failed", self._all_failed.reason()
         if self.budget.exhausted:
             return "stopped", self.budget.exhausted
-        if self._learner is not None and (why := self._learner.stop_reason()) and g.number < evo.generations - 1:
+        why = self._learner.learner.stop_reason() if self._learner is not None else None
+        if why and g.number < evo.generations - 1:
             return "finished", f"early stopping: {why}"
         if st.stopper.update(st.best.score if st.best else None) and g.number < evo.generations - 1:
             return "finished", (f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement}"
@@ -807,6 +753,12 @@ class _Gen:
     slots: list[_Slot] = field(default_factory=list)
     trials: list[TrialRecord] | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    started: float = 0.0
+    """``time.perf_counter()`` when its proposals were asked for."""
+    decided_at: int = -1
+    """After which generation the society learner made the decision it was proposed under."""
+    controls: dict[str, dict[str, str]] = field(default_factory=dict)
+    """The agents' controls it was proposed under."""
 
 
 @dataclass(slots=True, eq=False)
@@ -833,32 +785,6 @@ benchmarks/throughput.py --only tails, C = 256, share of a bare pool: lognormal 
 2 in flight (a quick run), 97 % with 8; lognormal sigma 1.2 reached 67.5 % with 8 and 96.9 % with 16
 (2026-11-25, load average 3). New generations start only when slots would otherwise idle; the cap bounds
 how stale a proposal can be."""
-
-
-def _valid_shares(shares: Any, roster: dict[str, float]) -> dict[str, float]:
-    """A learner's shares, checked: a mapping of the roster's agents to finite values >= 0, not all 0."""
-    from convergence.plugins.registry import PluginError
-
-    if not isinstance(shares, Mapping):
-        raise PluginError(f"shares must be a mapping of agent -> share, got {type(shares).__name__}")
-    out = {}
-    for name, value in shares.items():
-        if name not in roster:
-            raise PluginError(f"shares name an agent not in the society: {name!r} (have: {', '.join(roster)})")
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise PluginError(f"share of {name!r} must be a finite number >= 0, got {value!r}")
-        out[name] = float(value)
-    if sum(out.values()) <= 0 and sum(roster.get(k, 0.0) for k in roster if k not in out) <= 0:
-        raise PluginError("shares must not all be 0")
-    return out
-
-
-def _trial_cost(t: TrialRecord, unit: str) -> float:
-    if unit == "usd":
-        return t.cost_usd
-    if unit == "seconds":
-        return t.latency_ms * t.n_cases / 1000.0
-    return float(t.n_cases + t.repeats)
 
 
 class ResumeError(ConvergenceError):

@@ -307,6 +307,21 @@ def learner_markdown(log: list[dict[str, Any]]) -> list[str]:
                                  if g.get("improvement"))
                        or "—"])
     out += _table(["after generation", *[_md(a) for a in agents], "improvement credited"], rows) + [""]
+    decided = [row for row in log if (row.get("detail") or {}).get("action")]
+    if decided:
+        heads = list(dict.fromkeys(h for row in decided for h in row["detail"]["action"]))
+        out += ["Its decisions for the next generation, and the reward of the decision each generation ran "
+                "under:", ""]
+        out += _table(["after generation", *[_md(h) for h in heads], "reward"],
+                      [[str(row["generation"] + 1), *[_md(str(row["detail"]["action"].get(h, ""))) for h in heads],
+                        _num(row["detail"].get("reward"))] for row in decided]) + [""]
+    updates = [row for row in log if (row.get("detail") or {}).get("metrics")]
+    if updates:
+        keys = ["policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "mean_reward"]
+        out += ["Learning metrics of each update:", ""]
+        out += _table(["after generation", *[k.replace("_", " ") for k in keys]],
+                      [[str(row["generation"] + 1), *[_num(row["detail"]["metrics"].get(k)) for k in keys]]
+                       for row in updates]) + [""]
     return out
 
 

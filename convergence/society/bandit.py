@@ -14,7 +14,7 @@ take the best arm per parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,17 @@ class BanditProposer:
         self.beta: dict[str, np.ndarray] = {name: np.ones(len(a)) for name, a in self.arms.items()}
         self._arm_idx: dict[str, list[int]] = {name: [] for name in self.arms}
         self._scores: list[float] = []
+        self.exploration = "configured"
+
+    def controls(self) -> dict[str, tuple[str, ...]]:
+        return {"exploration": ("configured", "exploit", "explore")}
+
+    def set_controls(self, values: Mapping[str, str]) -> None:
+        self.exploration = values.get("exploration", self.exploration)
+
+    @property
+    def exploration_rate(self) -> float:
+        return {"exploit": 0.0, "explore": 0.5}.get(self.exploration, self.cfg.exploration_rate)
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
         """Thompson sampling, vectorised per parameter: one posterior draw per
@@ -48,7 +59,7 @@ class BanditProposer:
         for name, d in self.space.dims.items():
             arms = self.arms[name]
             choice = ctx.rng.beta(self.alpha[name], self.beta[name], size=(n, len(arms))).argmax(axis=1)
-            explore = ctx.rng.random(n) < self.cfg.exploration_rate
+            explore = ctx.rng.random(n) < self.exploration_rate
             if explore.any():
                 choice[explore] = ctx.rng.integers(len(arms), size=int(explore.sum()))
             columns[name] = [d.sample_in_arm(arms[int(i)], ctx.rng) for i in choice]

@@ -8,7 +8,7 @@ Later agents (RLP, SAO, learned schedulers) plug in through the same two calls.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +40,20 @@ class Proposer(Protocol):
         ...
 
     def observe(self, trials: Sequence[TrialRecord]) -> None:
+        ...
+
+
+@runtime_checkable
+class Tunable(Protocol):
+    """An agent whose behaviour a society learner can steer between generations
+    (PPO's actions): a few named controls, each with a small set of choices."""
+
+    def controls(self) -> dict[str, tuple[str, ...]]:
+        """Each control's choices; the first is the agent's configured behaviour."""
+        ...
+
+    def set_controls(self, values: Mapping[str, str]) -> None:
+        """Use these choices from the next proposal on (controls not named keep theirs)."""
         ...
 
 

@@ -12,7 +12,7 @@ generation by at most its timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from convergence.config.models import ConvergenceConfig, OptimizationConfig
 from convergence.config.society import ALGORITHM_AGENTS, SocietyConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
-from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess
+from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess, Tunable
 from convergence.tracing import traced
 
 
@@ -108,6 +108,29 @@ class Society:
     def set_shares(self, shares: dict[str, float]) -> None:
         """Learners (synergy, PPO) re-weight who proposes what through this."""
         self.members = [(p, shares.get(p.name, s)) for p, s in self.members]
+
+    def controls(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """What a learner may steer: agent -> control -> its choices (agents that are ``Tunable``)."""
+        return {p.name: p.controls() for p, _ in self.members if isinstance(p, Tunable) and p.controls()}
+
+    def control_values(self) -> dict[str, dict[str, str]]:
+        """The choice each tunable agent uses now."""
+        return {p.name: {c: str(getattr(p, c, choices[0])) for c, choices in p.controls().items()}
+                for p, _ in self.members if isinstance(p, Tunable) and p.controls()}
+
+    def set_controls(self, values: Mapping[str, Mapping[str, str]]) -> None:
+        """Apply a learner's choices; each is checked against the agent's own list first."""
+        known = self.controls()
+        for agent, chosen in values.items():
+            if agent not in known:
+                raise ValueError(f"controls name an agent that has none: {agent!r} (have: {', '.join(known)})")
+            for control, choice in chosen.items():
+                choices = known[agent].get(control)
+                if choices is None or choice not in choices:
+                    raise ValueError(f"{agent}.{control} = {choice!r} is not one of {list(choices or ())}")
+        for p, _ in self.members:
+            if p.name in values and isinstance(p, Tunable):
+                p.set_controls(values[p.name])
 
     @property
     def shares(self) -> dict[str, float]:

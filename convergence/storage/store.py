@@ -863,6 +863,14 @@ class Store:
             row = await cur.fetchone()
         return json.loads(row[0]) if row else None
 
+    async def forget_agent(self, study_id: int, agent: str) -> tuple[int, int]:
+        """Delete ``agent``'s state and experience in the study (``ppo reset``); (states, experiences) removed."""
+        await self.flush()
+        a = await self._db.execute("DELETE FROM agent_memory WHERE study_id = ? AND agent = ?", (study_id, agent))
+        b = await self._db.execute("DELETE FROM agent_experience WHERE study_id = ? AND agent = ?", (study_id, agent))
+        await self._db.commit()
+        return a.rowcount, b.rowcount
+
     async def society_log(self, run_id: int) -> list[SocietyRow]:
         """What each agent did in each generation of the run, by generation then agent."""
         async with self._db.execute(

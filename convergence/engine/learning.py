@@ -1,0 +1,218 @@
+"""The loop's side of a society learner (``society.learner``): start it from what it
+learned in earlier runs of the study, tell it how each generation went, apply its
+decision (shares, agents' controls) and persist what it saved, in order with the run.
+
+Kept out of ``loop.py`` so the loop only says *when* the learner acts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+
+from convergence import tracing
+from convergence.config.models import OptimizationConfig
+from convergence.core.budget import Budget
+from convergence.core.space import SearchSpace
+from convergence.core.types import CaseResult, TrialRecord
+from convergence.plugins.registry import PluginError
+from convergence.society.learner import (
+    AgentResult,
+    Decision,
+    GenerationResult,
+    Learner,
+    LearnerContext,
+    LearnerMemory,
+    credit,
+    parameter_stats,
+    state_dir,
+)
+from convergence.society.society import AgentReport, Society
+from convergence.storage.store import Store
+
+MEMORY_ROWS = 5000
+"""Experiences of earlier runs a learner is given at start (the newest)."""
+
+
+@dataclass(slots=True)
+class GenerationFacts:
+    """What the loop knows of a finished generation (its trials and calls)."""
+
+    number: int
+    reports: dict[str, AgentReport]
+    trials: list[TrialRecord]
+    results: list[CaseResult]
+    started: float
+    """``time.perf_counter()`` when its proposals were made."""
+    decided_at: int
+    controls: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class LearnerDriver:
+    """One run's learner, its memory in the store and the decision in force."""
+
+    def __init__(self, learner: Learner, plugin: str, memory: LearnerMemory, store: Store, study_id: int,
+                 run_id: int, society: Society) -> None:
+        self.learner = learner
+        self.run_id = run_id
+        self.plugin = plugin
+        self.memory = memory
+        self.store = store
+        self.study_id = study_id
+        self.society = society
+        self.key = memory_key(plugin)
+        self.decided_at = -1
+        """After which generation the decision in force was made (-1: the start)."""
+
+    @classmethod
+    async def start(cls, plugin: str, options: Mapping[str, Any], *, society: Society, store: Store, study: str,
+                    run_id: int, seed: int, opt: OptimizationConfig, db_path: Any) -> LearnerDriver:
+        """The ``society.learner`` plugin, started from what it learned in earlier runs of the study."""
+        from convergence.plugins.registry import registry
+
+        study_id = await store.study_id(study)
+        key = memory_key(plugin)
+        memory = LearnerMemory(await store.agent_memory(study_id, key),
+                               await store.experiences(study_id, key, MEMORY_ROWS))
+        shares = society.shares
+        ctx = LearnerContext(
+            agents=list(shares), shares=shares, options=options, seed=seed, study=study,
+            state_dir=state_dir(db_path, study), min_improvement=opt.execution.early_stopping.min_improvement,
+            run_id=run_id, generations=opt.evolution.generations, controls=society.controls(), memory=memory,
+            cost_budget=cost_budget(opt))
+        origin = registry().get("learner", plugin).origin
+        factory = registry().load("learner", plugin)
+        try:
+            learner = factory(ctx)
+            if not isinstance(learner, Learner):
+                raise TypeError(f"its factory returned a {type(learner).__name__}, not a Learner (docs/plugins.md)")
+            society.set_shares(valid_shares(learner.initial_shares(), shares))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"learner {plugin!r} ({origin}) failed to start: {type(exc).__name__}: {exc}"
+                              ) from exc
+        driver = cls(learner, plugin, memory, store, study_id, run_id, society)
+        driver.persist()
+        return driver
+
+    def persist(self) -> None:
+        """Hand what the learner saved and recorded to the store's writer (on the event loop's thread)."""
+        saved, records = self.memory.drain()
+        for generation, data, reward in records:
+            self.store.record_experience(self.study_id, self.key, self.run_id, generation, data, reward)
+        if saved is not None:
+            self.store.save_agent_memory(self.study_id, self.key, saved)
+
+    @tracing.traced("convergence.learner", inputs=lambda self, result: {
+        "learner": self.plugin, "generation": result.generation, "improvement": result.improvement,
+        "controls": result.controls}, output=lambda out: out)
+    async def step(self, result: GenerationResult) -> dict[str, Any]:
+        """The learner reads the generation (in a worker thread) and sets the next shares and controls."""
+        try:
+            out = await anyio.to_thread.run_sync(self.learner.update, result)
+            decision = out if isinstance(out, Decision) else Decision(shares=out)
+            shares = valid_shares(decision.shares, self.society.shares)
+            controls = {a: dict(c) for a, c in decision.controls.items()}
+            self.society.set_controls(controls)
+        except Exception as exc:
+            raise PluginError(f"learner {self.plugin!r} failed after generation {result.generation + 1}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.society.set_shares(shares)
+        self.decided_at = result.generation
+        self.persist()
+        summary = self.learner.summary()
+        detail = {**summary, "controls": self.society.control_values()} if controls else summary
+        self.store.record_learner(self.run_id, result.generation, self.learner.name, dict(shares), asdict(result),
+                                  detail)
+        return {"shares": dict(shares), "controls": controls, "summary": summary}
+
+
+def memory_key(plugin: str) -> str:
+    """The learner's name in ``agent_memory`` / ``agent_experience``."""
+    return f"learner:{plugin}"
+
+
+def generation_result(facts: GenerationFacts, *, best_before: float | None, best: TrialRecord | None,
+                      population: Sequence[TrialRecord], history: Sequence[TrialRecord], space: SearchSpace,
+                      opt: OptimizationConfig, budget: Budget, cost_unit: str) -> GenerationResult:
+    """How the generation went, as a learner reads it (``GenerationResult``)."""
+    new = facts.trials
+    gains = credit(new, best_before, list(facts.reports))
+    agents = {}
+    for name, r in facts.reports.items():
+        mine = [t for t in new if t.proposer == name]
+        agents[name] = AgentResult(
+            share=r.share, proposed=len(mine), improvement=gains.get(name, 0.0), in_top=r.in_top,
+            cost=sum(trial_cost(t, cost_unit) for t in mine),
+            best_score=max((t.score for t in mine if t.usable), default=None))
+    b = opt.budget
+    used = max(budget.calls / b.max_calls if b.max_calls else 0.0,
+               budget.cost_usd / b.max_cost_usd if b.max_cost_usd else 0.0,
+               budget.elapsed() / b.max_seconds if b.max_seconds else 0.0)
+    progress = max((facts.number + 1) / opt.evolution.generations, used)
+    usable = [t.score for t in new if t.usable]
+    params = parameter_stats(space, population, history, best)
+    calls = [r for r in facts.results if r.repeat == 0]
+    failed = [r for r in calls if r.call.error]
+    best_score = best.score if best is not None else None
+    return GenerationResult(
+        generation=facts.number, progress=min(1.0, progress), best_score=best_score,
+        improvement=max(0.0, best_score - best_before) if best_score is not None and best_before is not None else 0.0,
+        cost_unit=cost_unit, agents=agents,
+        mean_score=float(np.mean(usable)) if usable else None, score_std=float(np.std(usable)) if usable else 0.0,
+        population_mean=float(np.mean([t.score for t in population])) if population else None,
+        diversity=min(1.0, 2.0 * float(np.mean([p.spread for p in params.values()]))) if params else 0.0,
+        error_rate=len(failed) / len(calls) if calls else 0.0,
+        timeout_rate=sum((r.call.error or "").startswith("timeout") for r in failed) / len(calls) if calls else 0.0,
+        seconds=time.perf_counter() - facts.started, calls=len(calls),
+        survivors=len({t.config_hash for t in new} & {t.config_hash for t in population}),
+        budget_left=max(0.0, 1.0 - used),
+        params=params, decided_at=facts.decided_at, controls=facts.controls)
+
+
+def valid_shares(shares: Any, roster: dict[str, float]) -> dict[str, float]:
+    """A learner's shares, checked: a mapping of the roster's agents to finite values >= 0, not all 0."""
+    if not isinstance(shares, Mapping):
+        raise PluginError(f"shares must be a mapping of agent -> share, got {type(shares).__name__}")
+    out = {}
+    for name, value in shares.items():
+        if name not in roster:
+            raise PluginError(f"shares name an agent not in the society: {name!r} (have: {', '.join(roster)})")
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise PluginError(f"share of {name!r} must be a finite number >= 0, got {value!r}")
+        out[name] = float(value)
+    if sum(out.values()) <= 0 and sum(roster.get(k, 0.0) for k in roster if k not in out) <= 0:
+        raise PluginError("shares must not all be 0")
+    return out
+
+
+def cost_unit(opt: OptimizationConfig) -> str:
+    """What the run budgets: dollars, seconds or (the default) calls."""
+    b = opt.budget
+    if b.max_cost_usd is not None:
+        return "usd"
+    if b.max_seconds is not None and b.max_calls is None:
+        return "seconds"
+    return "calls"
+
+
+def cost_budget(opt: OptimizationConfig) -> float | None:
+    """The run's budget in its cost unit."""
+    b = opt.budget
+    return {"usd": b.max_cost_usd, "seconds": b.max_seconds, "calls": b.max_calls}[cost_unit(opt)]
+
+
+def trial_cost(t: TrialRecord, unit: str) -> float:
+    """What a trial cost in the unit the run budgets."""
+    if unit == "usd":
+        return t.cost_usd
+    if unit == "seconds":
+        return t.latency_ms * t.n_cases / 1000.0
+    return float(t.n_cases + t.repeats)

@@ -1,0 +1,75 @@
+"""The reward of a decision, from the generation that ran under it: a scalar in [-1, 1].
+
+    r = quality_weight    * min(1, improvement / gain_scale)      the run's best went up
+      + survival_weight   * survivors / trials                    its trials made the population
+      + efficiency_weight * clip(1 - cost / expected_cost, -1, 1) cheaper (or faster) than expected
+      - error_penalty     * error_rate                            calls that failed
+      - timeout_penalty   * timeout_rate                          calls that timed out
+
+``expected_cost`` is ``time_budget_seconds`` per generation when set (efficiency against time),
+else the run's budget per generation (``max_calls`` / ``max_cost_usd`` / ``max_seconds`` over
+``evolution.generations``); with neither the efficiency term is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from convergence.society.learner import GenerationResult
+
+
+@dataclass(slots=True)
+class RewardConfig:
+    quality_weight: float = 0.6
+    survival_weight: float = 0.3
+    efficiency_weight: float = 0.1
+    error_penalty: float = 0.5
+    timeout_penalty: float = 0.3
+    gain_scale: float = 0.02
+    """An improvement of the best score this large earns the whole quality term. Linear below it, so the
+    rewards of a run add up to its total improvement (a concave term would pay more for many small steps
+    than for one large one)."""
+    time_budget_seconds: float | None = None
+    """Expected wall time of a generation; None: use the run's budget per generation."""
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> RewardConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"reward: unknown key(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**{k: (None if v is None else float(v)) for k, v in options.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class RewardExtractor:
+    cfg: RewardConfig
+    expected_cost: float | None = None
+    """The run's budget per generation in its cost unit (set by the learner from the loop's result)."""
+
+    def parts(self, r: GenerationResult) -> dict[str, float]:
+        """Each term of the reward (weighted), for the report and the tests."""
+        c = self.cfg
+        trials = sum(a.proposed for a in r.agents.values())
+        scale = c.gain_scale if c.gain_scale > 0 else 1.0
+        if c.time_budget_seconds:
+            efficiency = 1.0 - r.seconds / c.time_budget_seconds
+        elif self.expected_cost:
+            efficiency = 1.0 - sum(a.cost for a in r.agents.values()) / self.expected_cost
+        else:
+            efficiency = 0.0
+        return {
+            "quality": c.quality_weight * min(1.0, max(0.0, r.improvement) / scale),
+            "survival": c.survival_weight * (r.survivors / trials if trials else 0.0),
+            "efficiency": c.efficiency_weight * max(-1.0, min(1.0, efficiency)),
+            "errors": -c.error_penalty * r.error_rate,
+            "timeouts": -c.timeout_penalty * r.timeout_rate,
+        }
+
+    def reward(self, r: GenerationResult) -> float:
+        return max(-1.0, min(1.0, sum(self.parts(r).values())))

@@ -1,0 +1,313 @@
+"""The PPO learner in real runs.
+
+Learning: the rigged society of tests/test_synergy_loop.py ("climber" walks up a ridge and keeps
+improving the score, "stray" proposes off it, "random" samples uniformly), the policy deciding
+only which agent gets extra slots. Over 30 runs of a study (the policy persists between runs)
+the probability of boosting the climber and the mean reward per decision must rise by a margin
+that the same loop with a policy that does not learn (learning rate ~0) does not reach.
+
+End to end: a Python target and the embedded model run with ``society.learner: ppo``; the policy
+persists in the study's database, a second run starts from it, a run killed with SIGKILL resumes
+without learning a generation twice, and ``convergence ppo stats | export | reset`` manage it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from test_synergy_loop import Climber, Stray
+from typer.testing import CliRunner
+
+from convergence.cli.app import app
+from convergence.config.loader import parse_config
+from convergence.core.space import SearchSpace
+from convergence.engine.loop import Optimizer
+from convergence.society.bandit import RandomProposer
+from convergence.society.society import Society
+from convergence.storage.store import Store
+
+RUNS = 30
+GENERATIONS = 24
+SEEDS = [0, 1, 2]
+CURVES: dict[str, list[tuple[float, float, float]]] = {}
+"""seed -> per run: (mean P(boost climber), mean reward, climber's mean share)."""
+
+
+def _rigged(tmp: Path, seed: int, lr: float) -> Any:
+    (tmp / "ridge.py").write_text(
+        "def f(params, input):\n"
+        "    x, y = params['x'], params['y']\n"
+        "    return str(x / 1000 * max(0.0, 1 - abs(y - x) / 10))\n"
+        "def value(output, case, call, args):\n    return float(output)\n")
+    text = textwrap.dedent(f"""
+        study: ppo-rigged
+        target: {{type: python, function: "ridge:f"}}
+        storage: {{path: db.sqlite}}
+        search_space:
+          parameters:
+            x: {{type: discrete, min: 0, max: 1000, step: 1}}
+            y: {{type: discrete, min: 0, max: 1000, step: 1}}
+        evaluation:
+          test_cases: {{inline: [{{input: "a"}}]}}
+          metrics:
+            score: {{function: "ridge:value"}}
+        optimization:
+          seed: {seed}
+          warm_start: 0
+          evolution: {{population_size: 9, generations: {GENERATIONS}, elite_size: 1}}
+          execution: {{mode: generational, early_stopping: {{enabled: false}}}}
+          racing: {{enabled: false}}
+        society:
+          enabled: true
+          agents: {{evolution: 0.34, bandit: 0.33, random: 0.33}}
+          learner: {{plugin: ppo, learning_rate: {lr}}}
+    """)
+    path = tmp / "optimization.yaml"
+    path.write_text(text)
+    return parse_config(text, path)
+
+
+async def _study(tmp: Path, seed: int, lr: float, runs: int) -> list[tuple[float, float, float]]:
+    curve = []
+    for r in range(runs):
+        loaded = _rigged(tmp, seed * 100 + r, lr)
+        store = await Store.open(loaded.db_path)
+        try:
+            society = Society([(Climber(), 1 / 3), (Stray(), 1 / 3), (RandomProposer(), 1 / 3)],
+                              SearchSpace.from_config(loaded.config.search_space))
+            out = await Optimizer(loaded, store, society=society).run()
+            log = await store.learner_log(out.run_id)
+        finally:
+            await store.close()
+        p = [row["detail"]["probabilities"]["boost"]["climber"] for row in log]
+        rewards = [row["detail"]["reward"] for row in log if row["detail"].get("reward") is not None]
+        shares = [row["shares"]["climber"] for row in log]
+        curve.append((sum(p) / len(p), sum(rewards) / len(rewards), sum(shares) / len(shares)))
+    return curve
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_policy_learns_to_boost_the_agent_that_helps_and_its_reward_rises(tmp_path: Path, seed: int,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    curve = anyio.run(_study, tmp_path, seed, 3e-3, RUNS)  # the default learning rate
+    CURVES[str(seed)] = curve
+    first, last = curve[:5], curve[-5:]
+    p0, p1 = _mean([c[0] for c in first]), _mean([c[0] for c in last])
+    r0, r1 = _mean([c[1] for c in first]), _mean([c[1] for c in last])
+    assert p1 - p0 >= 0.3, f"P(boost climber) {p0:.2f} -> {p1:.2f}"
+    assert r1 - r0 >= 0.05, f"mean reward {r0:.3f} -> {r1:.3f}"
+    # what it learned changes what the society proposes: the climber gets more of the slots
+    # (its share is 1/3 * 0.6 + 0.4 when boosted, 0.2 when not: 0.2 + 0.4 P)
+    s0, s1 = _mean([c[2] for c in first]), _mean([c[2] for c in last])
+    assert s1 - s0 >= 0.12, f"climber's share {s0:.2f} -> {s1:.2f}"
+
+
+@pytest.mark.slow
+def test_a_policy_that_does_not_learn_stays_where_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    curve = anyio.run(_study, tmp_path, 0, 1e-9, 10)
+    p0, p1 = _mean([c[0] for c in curve[:5]]), _mean([c[0] for c in curve[-5:]])
+    assert abs(p1 - p0) < 0.05 and abs(p0 - 0.25) < 0.05
+
+
+# ---------------------------------------------------------------------------- end to end
+
+def _bowl(tmp: Path, generations: int = 12, extra: str = "") -> Path:
+    """A Python target (a smooth bowl over four integers; each call may sleep and log itself) and a
+    society of evolution, bandit and random agents under the PPO learner."""
+    (tmp / "bowl.py").write_text(textwrap.dedent("""
+        import json, math, os, time
+        C = (730, 210, 480, 905)
+        def f(params, input):
+            if os.environ.get("CALL_SLEEP"):
+                time.sleep(float(os.environ["CALL_SLEEP"]))
+            if os.environ.get("CALL_LOG"):
+                with open(os.environ["CALL_LOG"], "a") as log:
+                    log.write(json.dumps([params, input]) + "\\n")
+            d = sum((params[k] - c) ** 2 for k, c in zip("abcd", C))
+            return str(round(math.exp(-d / (2 * 250.0 ** 2)), 6))
+        def value(output, case, call, args):
+            return float(output)
+    """))
+    path = tmp / "optimization.yaml"
+    path.write_text(textwrap.dedent(f"""
+        study: ppo-bowl
+        target: {{type: python, function: "bowl:f"}}
+        storage: {{path: db.sqlite}}
+        search_space:
+          parameters:
+            a: {{type: discrete, min: 0, max: 1000, step: 1}}
+            b: {{type: discrete, min: 0, max: 1000, step: 1}}
+            c: {{type: discrete, min: 0, max: 1000, step: 1}}
+            d: {{type: discrete, min: 0, max: 1000, step: 1}}
+        evaluation:
+          test_cases: {{inline: [{{input: "one"}}, {{input: "two"}}]}}
+          metrics:
+            score: {{function: "bowl:value"}}
+        optimization:
+          seed: 3
+          warm_start: 0
+          evolution: {{population_size: 6, generations: {generations}, elite_size: 1}}
+          execution: {{mode: generational, concurrency: 2, early_stopping: {{enabled: false}}}}
+          racing: {{enabled: false}}
+        society:
+          enabled: true
+          agents: {{evolution: 0.5, bandit: 0.25, random: 0.25}}
+          learner: {{plugin: ppo, rollout: 4}}
+        {extra}
+    """))
+    return path
+
+
+def _cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "convergence", *args], cwd=path.parent, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(path.parent)})
+
+
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as con:
+        return list(con.execute(sql))
+
+
+@pytest.mark.slow
+def test_the_policy_acts_persists_and_the_next_run_starts_from_it(tmp_path: Path) -> None:
+    path = _bowl(tmp_path)
+    first = _cli(path, "optimize", str(path), "--no-outputs")
+    assert first.returncode == 0, first.stderr
+    assert "ppo update" in first.stdout  # the learning metrics are in the run's output
+    db = tmp_path / "db.sqlite"
+    # one experience per generation; the controls it chose were in force (recorded with each generation)
+    assert _rows(db, "SELECT COUNT(*) FROM agent_experience WHERE agent = 'learner:ppo'") == [(12,)]
+    details = [json.loads(d) for (d,) in _rows(db, "SELECT detail_json FROM learner_log WHERE run_id = 1 "
+                                                   "ORDER BY generation")]
+    results = [json.loads(r) for (r,) in _rows(db, "SELECT result_json FROM learner_log WHERE run_id = 1 "
+                                                   "ORDER BY generation")]
+    for before, after in zip(details, results[1:], strict=False):
+        assert after["controls"]["evolution"]["operator"] == before["action"]["evolution.operator"]
+        assert after["controls"]["bandit"]["exploration"] == before["action"]["bandit.exploration"]
+    updates = [d["metrics"] for d in details if "metrics" in d]
+    assert len(updates) == 3 and all(m["entropy"] > 0 and m["samples"] >= 2 for m in updates)
+    state = json.loads(_rows(db, "SELECT state_json FROM agent_memory WHERE agent = 'learner:ppo'")[0][0])
+    assert state["updates"] == 3
+
+    second = _cli(path, "optimize", str(path), "--no-outputs")
+    assert second.returncode == 0, second.stderr
+    first_note = json.loads(_rows(db, "SELECT detail_json FROM learner_log WHERE run_id = 2 AND generation = 0")
+                            [0][0])["note"]
+    assert first_note == "policy of earlier runs: 3 update(s), 12 decision(s)"
+    state = json.loads(_rows(db, "SELECT state_json FROM agent_memory WHERE agent = 'learner:ppo'")[0][0])
+    assert state["updates"] == 6 and state["decisions"] == 24
+
+    # the CLI: stats (the curve per run), export (decisions + weights), reset
+    runner = CliRunner()
+    out = runner.invoke(app, ["ppo", "stats", "--config", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    stats = json.loads(out.output)
+    assert stats["updates"] == 6 and sorted(stats["runs"]) == ["1", "2"]
+    assert stats["runs"]["1"]["decisions"] == 11  # generation 0 ran under no decision of the policy
+    out = runner.invoke(app, ["ppo", "export", "--config", str(path), "-o", str(tmp_path / "d.jsonl"),
+                              "--policy", str(tmp_path / "p.pt")])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(x) for x in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(lines) == 22 and {"observation", "action", "reward", "done"} <= set(lines[0])
+    assert [x["done"] for x in lines].count(True) == 2  # each run ends an episode
+    import torch
+
+    assert "state_dict" in torch.load(tmp_path / "p.pt", weights_only=True)
+    out = runner.invoke(app, ["ppo", "reset", "--config", str(path), "--yes"])
+    assert out.exit_code == 0 and "removed 1 policy and 24 experience row(s)" in out.output
+    third = _cli(path, "optimize", str(path), "--no-outputs")
+    assert third.returncode == 0, third.stderr
+    note = json.loads(_rows(db, "SELECT detail_json FROM learner_log WHERE run_id = 3 AND generation = 0")[0][0])
+    assert note["note"] == "new policy"
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_paying_twice(tmp_path: Path) -> None:
+    path = _bowl(tmp_path, generations=10)
+    db = tmp_path / "db.sqlite"
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.03", "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "convergence", "optimize", str(path), "--quiet", "--no-outputs"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if _rows(db, "SELECT COUNT(*) FROM agent_experience")[0][0] >= 5:
+                break
+        except sqlite3.OperationalError:  # not created (or not migrated) yet
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    learned = _rows(db, "SELECT COUNT(*) FROM agent_experience")[0][0]
+    assert 5 <= learned < 10, "killed mid-run"
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(db, "SELECT status FROM runs") == [("finished",)]
+    # each generation learned from once: one experience per generation, none repeated
+    gens = [g for (g,) in _rows(db, "SELECT generation FROM agent_experience ORDER BY id")]
+    assert gens == list(range(10))
+    # the decisions replayed on resume are the ones made before the kill
+    logged = {g: json.loads(d)["action"] for g, d in _rows(db, "SELECT generation, detail_json FROM learner_log")}
+    chosen = {g: json.loads(d)["chosen"]["labels"] for g, d in _rows(db, "SELECT generation, data_json FROM "
+                                                                          "agent_experience")}
+    assert logged == chosen
+    # and no target call was paid twice
+    calls = [tuple(json.dumps(x, sort_keys=True) for x in json.loads(line)) for line in log.read_text().splitlines()]
+    assert len(calls) == len(set(calls))
+
+
+@pytest.mark.slow
+def test_the_ppo_learner_runs_on_the_embedded_model(tmp_path: Path) -> None:
+    """The default job's target (Gemma 3 270M in-process) with the PPO learner steering the society."""
+    questions = Path(__file__).parents[1] / "examples" / "qa" / "questions.jsonl"
+    path = tmp_path / "optimization.yaml"
+    path.write_text(textwrap.dedent(f"""
+        study: ppo-gemma
+        target: {{type: litellm, model: local/gemma-3-270m, prompt: "Q: {{{{ question }}}}\\nA:", timeout_seconds: 60}}
+        storage: {{path: db.sqlite}}
+        search_space:
+          parameters:
+            temperature: {{type: continuous, min: 0.0, max: 1.0, step: 0.1}}
+            max_tokens: {{type: discrete, values: [4, 8, 16]}}
+        evaluation:
+          test_cases: {{path: "{questions}", limit: 3}}
+          metrics:
+            accuracy: {{function: contains}}
+        optimization:
+          seed: 1
+          warm_start: 0
+          evolution: {{population_size: 3, generations: 3, elite_size: 1}}
+          execution: {{mode: generational, concurrency: 1, early_stopping: {{enabled: false}}}}
+        society:
+          enabled: true
+          agents: {{evolution: 0.5, bandit: 0.5}}
+          learner: {{plugin: ppo, rollout: 2}}
+    """))
+    done = _cli(path, "optimize", str(path), "--no-outputs")
+    assert done.returncode == 0, done.stderr
+    db = tmp_path / "db.sqlite"
+    assert _rows(db, "SELECT status FROM runs") == [("finished",)]
+    assert _rows(db, "SELECT COUNT(*) FROM agent_experience WHERE agent = 'learner:ppo'") == [(3,)]
+    state = json.loads(_rows(db, "SELECT state_json FROM agent_memory WHERE agent = 'learner:ppo'")[0][0])
+    assert state["updates"] == 1 and state["decisions"] == 3
+    assert "ppo update 1" in done.stdout

@@ -274,6 +274,32 @@ def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_pay
     # and no target call was paid twice
     calls = [tuple(json.dumps(x, sort_keys=True) for x in json.loads(line)) for line in log.read_text().splitlines()]
     assert len(calls) == len(set(calls))
+    # the resumed run decided exactly what an uninterrupted run of the same seed decides
+    other = tmp_path / "uninterrupted"
+    other.mkdir()
+    again = _bowl(other, generations=10)
+    done = subprocess.run([*cmd[:4], str(again), "--quiet", "--no-outputs"], cwd=other, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(other)})
+    assert done.returncode == 0, done.stderr
+    straight = {g: json.loads(d)["action"] for g, d in _rows(other / "db.sqlite", "SELECT generation, detail_json "
+                                                                                 "FROM learner_log")}
+    assert straight == logged
+
+
+@pytest.mark.slow
+def test_a_changed_action_set_starts_a_new_policy_that_never_trains_on_the_old_ones_rows(tmp_path: Path) -> None:
+    path = _bowl(tmp_path, generations=6)
+    assert _cli(path, "optimize", str(path), "--no-outputs").returncode == 0
+    path.write_text(path.read_text().replace("learner: {plugin: ppo, rollout: 4}",
+                                             "learner: {plugin: ppo, rollout: 2, actions: [boost]}"))
+    second = _cli(path, "optimize", str(path), "--no-outputs")
+    assert second.returncode == 0, second.stderr
+    db = tmp_path / "db.sqlite"
+    note = json.loads(_rows(db, "SELECT detail_json FROM learner_log WHERE run_id = 2 AND generation = 0")[0][0])
+    assert note["note"].startswith("the stored policy was for another roster")
+    state = json.loads(_rows(db, "SELECT state_json FROM agent_memory WHERE agent = 'learner:ppo'")[0][0])
+    assert state["updates"] == 2 and state["signature"]["heads"] == [["boost", ["none", "evolution", "bandit",
+                                                                                "random"]]]
 
 
 @pytest.mark.slow

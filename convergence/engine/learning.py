@@ -69,6 +69,8 @@ class LearnerDriver:
         self.key = memory_key(plugin)
         self.decided_at = -1
         """After which generation the decision in force was made (-1: the start)."""
+        self.replays = bool(getattr(learner, "replays", False))
+        """The learner wants the generations a resumed run replays (it recognises them)."""
 
     @classmethod
     async def start(cls, plugin: str, options: Mapping[str, Any], *, society: Society, store: Store, study: str,

@@ -376,9 +376,12 @@ class Optimizer:
                 f"best vs runner-up: {'distinguishable' if summary['distinguishable'] else 'within noise'} "
                 f"(paired Wilcoxon p={summary['runner_up_p']:.2g})")
 
-    def _replayed_reports(self, g: _Gen) -> dict[str, AgentReport]:
-        """What each agent proposed in a generation a resumed run replays (the society did not propose it)."""
-        return {name: AgentReport(name, share, asked=count, proposed=count, status="replayed")
+    def _replayed_reports(self, g: _Gen, history: list[TrialRecord]) -> dict[str, AgentReport]:
+        """What each agent proposed in a generation a resumed run replays (the society did not propose it),
+        with its place in the run's top k as ``_society_learns`` counts it."""
+        top = sorted(history, key=lambda t: -t.score)[: self.opt.evolution.population_size]
+        return {name: AgentReport(name, share, asked=count, proposed=count, status="replayed",
+                                  in_top=sum(t.proposer == name for t in top))
                 for name, share in self.society.shares.items()
                 for count in [sum(p.proposer == name for p in g.proposals)]}
 
@@ -577,10 +580,11 @@ class Optimizer:
             if self._rescore(st.history):  # a trial-level metric (sao_preference) moved
                 st.population.sort(key=lambda t: -t.score)
                 st.best = max(st.history, key=lambda t: t.score, default=st.best)
-        if self._learner is not None and not self.budget.exhausted:
-            # a resumed run's replayed generation has no society reports (nothing was proposed): the learner
-            # still sees it (it recognises what it already learned, and learns what the crash cut short)
-            facts = GenerationFacts(g.number, g.reports or self._replayed_reports(g), new,
+        if self._learner is not None and not self.budget.exhausted and (g.reports or self._learner.replays):
+            # a resumed run's replayed generation has no society reports (nothing was proposed): a learner that
+            # asks for them (``replays``) still sees it, recognises what it learned, and learns what the crash
+            # cut short
+            facts = GenerationFacts(g.number, g.reports or self._replayed_reports(g, st.history), new,
                                     [r for s in g.slots for r in s.results], g.started, g.decided_at, g.controls)
             step = await self._learner.step(generation_result(
                 facts, best_before=best_before, best=st.best, population=st.population, history=st.history,

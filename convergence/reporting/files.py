@@ -317,7 +317,8 @@ def learner_markdown(log: list[dict[str, Any]]) -> list[str]:
                         _num(row["detail"].get("reward"))] for row in decided]) + [""]
     updates = [row for row in log if (row.get("detail") or {}).get("metrics")]
     if updates:
-        keys = ["policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "mean_reward"]
+        keys = ["policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "epochs", "grad_norm",
+                "explained_variance", "mean_reward"]
         out += ["Learning metrics of each update:", ""]
         out += _table(["after generation", *[k.replace("_", " ") for k in keys]],
                       [[str(row["generation"] + 1), *[_num(row["detail"]["metrics"].get(k)) for k in keys]]

@@ -11,8 +11,10 @@ returns through ``Society.set_shares`` and the controls through each
 learner's predictor stop the run early, with a reason the user sees.
 
 Generations are numbered from 0. A resumed run replays its stored generations
-from 0, so ``update`` sees them again; a learner that keeps experience in its
-:class:`LearnerMemory` recognises them by ``(context.run_id, generation)``.
+from 0; a learner with a true ``replays`` attribute is given them again (it
+recognises them by ``(context.run_id, generation)`` in its
+:class:`LearnerMemory`, and learns the generation the crash cut short), others
+only see the generations proposed after the resume.
 """
 
 from __future__ import annotations

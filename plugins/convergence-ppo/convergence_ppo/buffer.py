@@ -43,17 +43,20 @@ class ReflectionBuffer:
         self.memory.record(generation, data, reward)
         return row
 
-    def transitions(self, update: int | None = None) -> list[Row]:
-        """Rows that carry a rewarded decision; with ``update``, only those recorded since that update."""
+    def transitions(self, update: int | None = None, policy: str | None = None) -> list[Row]:
+        """Rows that carry a rewarded decision; with ``update`` (and ``policy``), only those recorded since
+        that update of that policy."""
         return [r for r in self.rows if r.data.get("transition") is not None
-                and (update is None or r.data.get("update") == update)]
+                and (update is None or r.data.get("update") == update)
+                and (policy is None or r.data.get("policy") == policy)]
 
     def get_ppo_batch(self, batch_size: int | None = None, recent_only: bool = True,
-                      update: int | None = None) -> dict[str, list[Any]]:
+                      update: int | None = None, policy: str | None = None) -> dict[str, list[Any]]:
         """Experience for PPO, oldest first: observations, actions, log-probs and values at decision
         time, rewards, dones (a run's last decision, or the last one before another run's) and infos.
-        ``recent_only`` keeps the decisions since update ``update`` (on-policy); ``batch_size`` the newest."""
-        rows = self.transitions(update if recent_only else None)
+        ``recent_only`` keeps the decisions since update ``update`` of ``policy`` (on-policy);
+        ``batch_size`` the newest."""
+        rows = self.transitions(update, policy) if recent_only else self.transitions()
         if batch_size is not None:
             rows = rows[-batch_size:]
         out: dict[str, list[Any]] = {k: [] for k in ("observations", "actions", "log_probs", "values", "rewards",

@@ -1,8 +1,9 @@
 """What the policy sees and what it can do.
 
 Observation: a fixed-size vector whatever the search space or roster, normalised online
-(running mean and variance, clipped to +-5). Nothing in it is a wall-clock time, so a seeded
-generational run makes the same decisions again:
+(running mean and variance, clipped to +-5). Nothing in it is a wall-clock time unless the run's
+budget is (``max_seconds``: progress and budget left), so a seeded generational run makes the
+same decisions again:
 
 * run: progress through generations/budget, budget left, best score, the generation's
   improvement, mean and spread of its scores, the population's mean, diversity, error and

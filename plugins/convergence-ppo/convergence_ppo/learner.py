@@ -18,11 +18,11 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationError
 
 from convergence.society.learner import Decision, GenerationResult, LearnerContext
 from convergence_ppo.buffer import ReflectionBuffer
@@ -44,32 +44,31 @@ def _unb64(text: str) -> Any:
     return torch.load(io.BytesIO(base64.b64decode(text)), weights_only=True)
 
 
+class LearnerOptions(PPOConfig):
+    """``society.learner`` for ``plugin: ppo``: the PPOConfig fields plus these."""
+
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    actions: list[str] | None = Field(None, min_length=1)
+    """The decisions to learn (ActionSpace's head names); the others stay at their first choice."""
+    boost: float = Field(0.4, gt=0, lt=1)
+
+
 def parse_options(options: Mapping[str, Any]) -> tuple[PPOConfig, RewardConfig, list[str] | None, float]:
-    """``society.learner`` options -> (PPOConfig, RewardConfig, actions, boost); unknown keys are an error."""
-    opts = dict(options)
-    reward = RewardConfig.from_options(opts.pop("reward", None) or {})
-    actions = opts.pop("actions", None)
-    if actions is not None and (not isinstance(actions, list) or not all(isinstance(a, str) for a in actions)):
-        raise ValueError(f"actions must be a list of decision names, got {actions!r}")
-    boost = float(opts.pop("boost", 0.4))
-    if not 0.0 < boost < 1.0:
-        raise ValueError(f"boost must be in (0, 1), got {boost}")
-    types = {f.name: f.type for f in fields(PPOConfig)}
-    unknown = sorted(set(opts) - set(types))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; the ppo learner takes {sorted(types)}, reward, actions, "
-                         "boost")
-    cfg = PPOConfig()
-    for k, v in opts.items():
-        cur = getattr(cfg, k)
-        setattr(cfg, k, None if v is None else type(cur)(v) if cur is not None else float(v))
-    if cfg.rollout < 2 or cfg.epochs < 1 or cfg.minibatch_size < 1 or cfg.learning_rate <= 0:
-        raise ValueError("rollout must be >= 2, epochs and minibatch_size >= 1, learning_rate > 0")
-    return cfg, reward, actions, boost
+    """``society.learner`` options -> (PPOConfig, RewardConfig, actions, boost); an error names the option."""
+    try:
+        opts = LearnerOptions.model_validate(dict(options))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"society.learner (ppo): {problems}") from None
+    ppo = PPOConfig.model_validate(opts.model_dump(include=set(PPOConfig.model_fields)))
+    return ppo, opts.reward, opts.actions, opts.boost
 
 
 class PPOLearner:
     name = "ppo"
+    replays = True
+    """A resumed run passes its replayed generations: the buffer recognises them (same decisions, nothing
+    learned twice) and learns the one the crash cut short."""
 
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
@@ -89,16 +88,21 @@ class PPOLearner:
         self.updates = 0
         self.decisions = 0
         self.history: list[dict[str, Any]] = []
+        self.policy_id = f"run{ctx.run_id}"
+        """Which policy a row's decisions came from: a new policy never trains on another's rows."""
         self.note = "new policy"
         state = ctx.memory.state
         if state is not None and state.get("signature") == self.signature:
             self._load(state)
             self.note = f"policy of earlier runs: {self.updates} update(s), {self.decisions} decision(s)"
+            if state.get("run_id") == ctx.run_id and "generator" in state:  # resumed: continue the same stream
+                self.generator.set_state(_unb64(state["generator"]))
+                self.note = f"resumed: {self.updates} update(s), {self.decisions} decision(s)"
         elif state is not None:
-            self.note = "the stored policy was for another roster or action set: new policy"
+            self.note = "the stored policy was for another roster, action set or network size: new policy"
         self.buffer = ReflectionBuffer(ctx.memory, ctx.run_id)
-        self.consumed = {r.data["transition"]["decided_at"] for r in self.buffer.transitions()
-                         if r.run_id == ctx.run_id}
+        self.consumed = {r.data["transition"]["decided_at"] for r in self.buffer.rows
+                         if r.run_id == ctx.run_id and r.data.get("transition") is not None}
         self.improvements: list[float] = []
         self.stale = 0
         self.last_action: list[int] | None = None
@@ -130,34 +134,43 @@ class PPOLearner:
         x = self.encoder.encode(result, self.improvements, self.stale, self.last_action)
         self.norm.update(x)
         obs = self.norm(x)
-        with torch.no_grad():
-            obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        obs_t = torch.as_tensor(obs, dtype=torch.float32)
+        # the row is stored when the loop drains the memory after this returns: what is set in it below
+        # (the decision, the summary with the update's metrics) goes with it
+        data: dict[str, Any] = {"transition": transition, "update": self.updates, "policy": self.policy_id,
+                                "reward_parts": self.rewards.parts(result) if transition else None}
+        self.buffer.add(g, data, reward if transition is not None else None)
+        metrics = None
+        batch = self.buffer.transitions(self.updates, self.policy_id)
+        if len(batch) >= self.cfg.rollout or (terminal and len(batch) >= 2):
+            with torch.no_grad():  # bootstrap with the critic the rollout was collected under (as CleanRL)
+                next_value = 0.0 if terminal else float(self.policy.value(obs_t))
+            metrics = self._train(next_value)
+        with torch.no_grad():  # the next decision comes from the updated policy
             action_t, logp, _, value = self.policy.act(obs_t, generator=self.generator)
             probs = [d.probs.tolist() for d in self.policy.heads(obs_t)]
         action = [int(a) for a in action_t]
         labels = self.actions.labels(action)
-        chosen = {"obs": obs.tolist(), "action": action, "logp": float(logp), "value": float(value),
-                  "decided_at": g, "labels": labels}
-        data = {"transition": transition, "chosen": chosen, "update": self.updates,
-                "reward_parts": self.rewards.parts(result) if transition else None}
+        data["chosen"] = {"obs": obs.tolist(), "action": action, "logp": float(logp), "value": float(value),
+                          "decided_at": g, "labels": labels}
         self.decisions += 1
         self.last_action = action
-        self._summary = {"algorithm": "ppo", "note": self.note, "updates": self.updates,
-                         "reward": reward if transition is not None else None, "action": labels,
-                         "probabilities": {h.name: dict(zip(h.choices, p, strict=True))
-                                           for h, p in zip(self.actions.heads, probs, strict=True)}}
-        # the row is stored when the loop drains the memory after this returns: the summary set below
-        # (with the update's metrics) goes with it, and a resumed run that replays this generation shows it
-        self.buffer.add(g, data, reward if transition is not None else None)
-        data["summary"] = self._summary
-        batch = self.buffer.transitions(self.updates)
-        if len(batch) >= self.cfg.rollout or (terminal and len(batch) >= 2):
-            metrics = self._train(next_value=0.0 if terminal else float(value))
-            data["summary"] = {**self._summary, "metrics": metrics}
-            self._summary = {**data["summary"], "message": (
+        summary: dict[str, Any] = {
+            "algorithm": "ppo", "note": self.note, "updates": self.updates,
+            "reward": reward if transition is not None else None, "action": labels,
+            "probabilities": {h.name: dict(zip(h.choices, p, strict=True))
+                              for h, p in zip(self.actions.heads, probs, strict=True)}}
+        if metrics is not None:
+            summary["metrics"] = metrics
+        data["summary"] = summary  # a resumed run that replays this generation shows it as it was
+        self._summary = summary
+        if metrics is not None:
+            self._summary = {**summary, "message": (
                 f"ppo update {self.updates}: policy loss {metrics['policy_loss']:+.3f}, value loss "
-                f"{metrics['value_loss']:.3f}, entropy {metrics['entropy']:.2f}, approx KL {metrics['approx_kl']:.4f}, "
-                f"clip {metrics['clip_fraction']:.0%}, mean reward {metrics['mean_reward']:+.3f}")}
+                f"{metrics['value_loss']:.3f}, entropy {metrics['entropy']:.2f}, approx KL {metrics['approx_kl']:.4f}"
+                f", clip {metrics['clip_fraction']:.0%}, epochs {metrics['epochs']:.0f}, grad norm "
+                f"{metrics['grad_norm']:.2f}, explained variance {metrics['explained_variance']:+.2f}, "
+                f"mean reward {metrics['mean_reward']:+.3f}")}
         self.ctx.memory.save(self.state())
         return self._decision(action)
 
@@ -182,7 +195,7 @@ class PPOLearner:
                 "labels": c.get("labels"), "done": terminal}
 
     def _train(self, next_value: float) -> dict[str, float]:
-        b = self.buffer.get_ppo_batch(recent_only=True, update=self.updates)
+        b = self.buffer.get_ppo_batch(recent_only=True, update=self.updates, policy=self.policy_id)
         metrics = ppo_update(
             self.policy, self.optimizer, self.cfg,
             obs=torch.as_tensor(np.asarray(b["observations"]), dtype=torch.float32),
@@ -191,7 +204,7 @@ class PPOLearner:
             old_values=torch.as_tensor(b["values"], dtype=torch.float32),
             rewards=torch.as_tensor(b["rewards"], dtype=torch.float32),
             dones=torch.as_tensor(b["dones"], dtype=torch.float32),
-            next_value=0.0 if b["dones"][-1] else next_value, generator=self.generator)
+            next_value=next_value, generator=self.generator)
         self.updates += 1
         self.history = (self.history + [{"update": self.updates, "run_id": self.ctx.run_id, **metrics}])[-HISTORY:]
         return metrics
@@ -202,7 +215,8 @@ class PPOLearner:
 
     def state(self) -> dict[str, Any]:
         """What the study keeps (JSON): the signature it fits, the weights, the optimiser, the normaliser."""
-        return {"signature": self.signature, "policy": _b64(self.policy.state_dict()),
+        return {"signature": self.signature, "policy_id": self.policy_id, "run_id": self.ctx.run_id,
+                "generator": _b64(self.generator.get_state()), "policy": _b64(self.policy.state_dict()),
                 "optimizer": _b64(self.optimizer.state_dict()), "norm": self.norm.to_dict(),
                 "updates": self.updates, "decisions": self.decisions, "history": self.history,
                 "config": self.cfg.to_dict()}
@@ -213,6 +227,7 @@ class PPOLearner:
         for group in self.optimizer.param_groups:  # this run's learning_rate, not the stored one
             group["lr"] = self.cfg.learning_rate
         self.norm.load(state["norm"])
+        self.policy_id = str(state.get("policy_id", self.policy_id))
         self.updates = int(state["updates"])
         self.decisions = int(state["decisions"])
         self.history = list(state.get("history", []))

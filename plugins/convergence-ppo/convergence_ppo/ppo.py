@@ -15,41 +15,42 @@ up over heads, as in CleanRL's multi-discrete PPO).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 from torch.distributions import Categorical
 
 
-@dataclass(slots=True)
-class PPOConfig:
+class PPOConfig(BaseModel):
     """The trainer's settings (``society.learner`` options of the same names)."""
 
-    learning_rate: float = 3e-3
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(3e-3, gt=0, le=1)
     """Adam's step. Higher than the usual 3e-4: a study gives a few hundred decisions, not millions
     (tests/test_ppo_loop.py: 1e-2 oscillated, 3e-3 learned on 3 of 3 seeds within 30 runs)."""
-    clip_epsilon: float = 0.2
-    value_loss_coef: float = 0.5
-    entropy_coef: float = 0.01
-    max_grad_norm: float = 0.5
-    gamma: float = 0.5
+    clip_epsilon: float = Field(0.2, gt=0, lt=1)
+    value_loss_coef: float = Field(0.5, ge=0)
+    entropy_coef: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    gamma: float = Field(0.5, ge=0, le=1)
     """Discount per generation: a decision pays off mostly in the generation that runs under it. With 0.9
     the advantages carried the noise of many later decisions, and 2 of 3 rigged seeds drifted to a worse
     choice; with 0.5 all three learned."""
-    gae_lambda: float = 0.95
-    epochs: int = 4
-    minibatch_size: int = 16
-    target_kl: float | None = 0.05
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    epochs: StrictInt = Field(4, ge=1, le=100)
+    minibatch_size: StrictInt = Field(16, ge=1)
+    target_kl: float | None = Field(0.05, gt=0)
     """Stop the update's epochs once the approximate KL to the old policy passes this (None: never)."""
-    rollout: int = 8
+    rollout: StrictInt = Field(8, ge=2)
     """Decisions between updates (on-policy: each update learns from the decisions since the last)."""
-    hidden: int = 64
+    hidden: StrictInt = Field(64, ge=4, le=4096)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def layer_init(layer: nn.Linear, std: float = float(np.sqrt(2)), bias: float = 0.0) -> nn.Linear:
@@ -163,7 +164,7 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
     with torch.no_grad():
         y, pred = returns.numpy(), old_values.numpy()
         var_y = float(np.var(y))
-        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(y - pred)) / var_y
+        explained = 0.0 if var_y == 0 else 1.0 - float(np.var(y - pred)) / var_y
     out = {k: float(np.mean(v)) for k, v in stats.items()}
     out["grad_norm"] = float(np.max(stats["grad_norm"]))
     out["grad_norm_clipped"] = float(np.max(stats["grad_norm_clipped"]))

@@ -8,42 +8,39 @@
 
 ``expected_cost`` is ``time_budget_seconds`` per generation when set (efficiency against time),
 else the run's budget per generation (``max_calls`` / ``max_cost_usd`` / ``max_seconds`` over
-``evolution.generations``); with neither the efficiency term is 0.
+``evolution.generations``; against ``max_seconds`` the cost is the generation's wall time); with
+neither the efficiency term is 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from convergence.society.learner import GenerationResult
 
 
-@dataclass(slots=True)
-class RewardConfig:
-    quality_weight: float = 0.6
-    survival_weight: float = 0.3
-    efficiency_weight: float = 0.1
-    error_penalty: float = 0.5
-    timeout_penalty: float = 0.3
-    gain_scale: float = 0.02
+class RewardConfig(BaseModel):
+    """``reward:`` of the learner's options: the weights of the terms above."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quality_weight: float = Field(0.6, ge=0)
+    survival_weight: float = Field(0.3, ge=0)
+    efficiency_weight: float = Field(0.1, ge=0)
+    error_penalty: float = Field(0.5, ge=0)
+    timeout_penalty: float = Field(0.3, ge=0)
+    gain_scale: float = Field(0.02, gt=0)
     """An improvement of the best score this large earns the whole quality term. Linear below it, so the
     rewards of a run add up to its total improvement (a concave term would pay more for many small steps
     than for one large one)."""
-    time_budget_seconds: float | None = None
+    time_budget_seconds: float | None = Field(None, gt=0)
     """Expected wall time of a generation; None: use the run's budget per generation."""
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> RewardConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"reward: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**{k: (None if v is None else float(v)) for k, v in options.items()})
-
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 @dataclass(slots=True)
@@ -56,9 +53,11 @@ class RewardExtractor:
         """Each term of the reward (weighted), for the report and the tests."""
         c = self.cfg
         trials = sum(a.proposed for a in r.agents.values())
-        scale = c.gain_scale if c.gain_scale > 0 else 1.0
+        scale = c.gain_scale
         if c.time_budget_seconds:
             efficiency = 1.0 - r.seconds / c.time_budget_seconds
+        elif self.expected_cost and r.cost_unit == "seconds":  # a time budget: the generation's wall time
+            efficiency = 1.0 - r.seconds / self.expected_cost
         elif self.expected_cost:
             efficiency = 1.0 - sum(a.cost for a in r.agents.values()) / self.expected_cost
         else:

@@ -3,6 +3,8 @@ gradient clipping; and the reward, the options and the reflection buffer's batch
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -93,15 +95,28 @@ def test_the_reward_adds_its_weighted_terms_and_stays_in_minus_one_to_one() -> N
     assert timed["efficiency"] == pytest.approx(0.1 * -0.5)
 
 
-def test_bad_options_are_refused_with_the_names_it_takes() -> None:
-    with pytest.raises(ValueError, match=r"unknown option.*learning_rate"):
-        parse_options({"learnin_rate": 0.1})
-    with pytest.raises(ValueError, match="reward: unknown key"):
-        parse_options({"reward": {"quality": 1}})
-    cfg, reward, actions, _ = parse_options({"learning_rate": "0.01", "target_kl": None, "rollout": 4,
-                                                 "reward": {"error_penalty": 1}, "actions": ["boost"]})
-    assert (cfg.learning_rate, cfg.target_kl, cfg.rollout, reward.error_penalty, actions) == \
-        (0.01, None, 4, 1.0, ["boost"])
+@pytest.mark.parametrize(("options", "names"), [
+    ({"learnin_rate": 0.1}, "learnin_rate: Extra inputs are not permitted"),
+    ({"reward": {"quality": 1}}, "reward.quality: Extra inputs"),
+    ({"reward": 5}, "reward: Input should be a valid dictionary"),
+    ({"rollout": 2.9}, "rollout: Input should be a valid integer"),
+    ({"epochs": True}, "epochs: Input should be a valid integer"),
+    ({"gamma": 7}, "gamma: Input should be less than or equal to 1"),
+    ({"clip_epsilon": -1}, "clip_epsilon: Input should be greater than 0"),
+    ({"actions": []}, "actions: List should have at least 1 item"),
+    ({"boost": 1.5}, "boost: Input should be less than 1"),
+])
+def test_bad_options_are_refused_naming_the_option(options: dict[str, object], names: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(names)):
+        parse_options(options)
+
+
+def test_options_set_the_trainer_the_reward_and_the_decisions() -> None:
+    cfg, reward, actions, boost = parse_options({"learning_rate": "0.01", "target_kl": None, "rollout": 4,
+                                                 "reward": {"error_penalty": 1}, "actions": ["boost"],
+                                                 "boost": 0.25})
+    assert (cfg.learning_rate, cfg.target_kl, cfg.rollout, reward.error_penalty, actions, boost) == \
+        (0.01, None, 4, 1.0, ["boost"], 0.25)
 
 
 def test_a_batch_ends_an_episode_where_one_run_gives_way_to_the_next() -> None:

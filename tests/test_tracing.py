@@ -367,3 +367,29 @@ async def test_each_rlp_step_is_a_traced_op_with_thoughts_outcomes_and_rewards(
     assert proposes and proposes[0]["inputs"]["agent"] == "rlp"
     assert SECRET not in weave_server.everything()
     assert outcome.status == "finished"
+
+
+@pytest.mark.anyio
+async def test_each_learner_step_is_a_traced_op_with_its_decision_and_learning_metrics(
+    project: tuple[Path, str], weave_server: RecordingServer
+) -> None:
+    root, module = project
+    path = write_config(root, module, enabled=True)
+    text = (path.read_text().replace("  algorithm: genetic\n", "")
+            .replace("generations: 2,", "generations: 4,")
+            .replace("concurrency: 2}", "concurrency: 2, mode: generational}")
+            .replace("    style:", "    n: {type: discrete, min: 0, max: 50, step: 1}\n    style:"))
+    path.write_text(text + textwrap.dedent("""
+        society:
+          enabled: true
+          agents: {evolution: 0.5, random: 0.5}
+          learner: {plugin: ppo, rollout: 2}
+        """))
+    outcome, _ = await run_optimization(path)
+    steps = sorted((c for c in weave_server.calls().values() if op_name(c) == "convergence.learner"),
+                   key=lambda c: c["inputs"]["generation"])
+    assert [s["inputs"]["generation"] for s in steps] == list(range(outcome.generations_run))
+    assert all(s["inputs"]["learner"] == "ppo" for s in steps)
+    assert set(steps[-1]["output"]["summary"]["action"]) == {"boost", "evolution.operator", "evolution.strength"}
+    updates = [s["output"]["summary"]["metrics"] for s in steps if "metrics" in s["output"]["summary"]]
+    assert updates and {"policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"} <= set(updates[0])

@@ -337,3 +337,14 @@ def test_the_ppo_learner_runs_on_the_embedded_model(tmp_path: Path) -> None:
     state = json.loads(_rows(db, "SELECT state_json FROM agent_memory WHERE agent = 'learner:ppo'")[0][0])
     assert state["updates"] == 1 and state["decisions"] == 3
     assert "ppo update 1" in done.stdout
+
+
+def test_validate_reports_a_bad_learner_option_with_its_line(tmp_path: Path) -> None:
+    path = _bowl(tmp_path)
+    path.write_text(path.read_text().replace("learner: {plugin: ppo, rollout: 4}",
+                                             "learner: {plugin: ppo, rollout: 4, gamma: 3, learnin_rate: 0.1}"))
+    out = CliRunner().invoke(app, ["validate", str(path)])
+    assert out.exit_code == 2
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "learnin_rate" in text)
+    assert (f"optimization.yaml:{line}: society.learner: ppo options: gamma: Input should be less than or equal "
+            "to 1; learnin_rate: Extra inputs are not permitted") in " ".join(out.output.split())

@@ -6,8 +6,9 @@ function, metric functions, the custom evaluator), loads the test cases,
 compiles regexes, JSON schemas and every Jinja template, and renders each
 template once per test case (and per categorical template value) so a
 ``{{ typo }}`` is found now rather than as a failed call per case. It checks
-the URLs the target calls, that the storage and output paths are usable, and
-that the environment variables the target and judge need are set.
+the URLs the target calls, that the storage and output paths are usable, that
+the environment variables the target and judge need are set, and that a
+``society.learner`` plugin loads and accepts its options.
 
 Nothing here builds a LiteLLM target or imports LiteLLM, Weave or llama.cpp;
 nothing is called and nothing is written.
@@ -84,7 +85,7 @@ def check(loaded: LoadedConfig) -> Preflight:
 def preflight(loaded: LoadedConfig) -> Preflight:
     """Every problem ``optimize`` would hit before (or on every) call, without calling anything."""
     ctx = _Ctx(loaded)
-    for step in (_env_vars, _test_cases, _target, _metrics, _templates, _storage_and_output):
+    for step in (_env_vars, _test_cases, _target, _metrics, _templates, _storage_and_output, _learner):
         try:
             step(ctx)
         except ConfigError:
@@ -593,6 +594,29 @@ def _file_problem(p: Path, *, sqlite: bool) -> str | None:
 
 
 # --------------------------------------------------------------------------- imports
+
+
+def _learner(ctx: _Ctx) -> None:
+    """The ``society.learner`` plugin loads, and its options pass its own check (a factory's optional
+    ``check_options(options)``, raising ValueError), so a bad option fails ``validate``, not the run."""
+    cfg = ctx.cfg.society.learner
+    if cfg is None:
+        return
+    from convergence.plugins.registry import PluginError, registry
+
+    loc = ("society", "learner")
+    try:
+        factory = registry().load("learner", cfg.plugin)
+    except PluginError as exc:
+        ctx.add((*loc, "plugin"), str(exc)[:400])
+        return
+    check_options = getattr(factory, "check_options", None)
+    if check_options is None:
+        return
+    try:
+        check_options(cfg.options)
+    except ValueError as exc:
+        ctx.add(loc, f"{cfg.plugin} options: {str(exc)[:600]}")
 
 
 def _import(ctx: _Ctx, spec: str, loc: tuple[Any, ...]) -> Callable[..., Any] | None:

@@ -59,7 +59,7 @@ def parse_options(options: Mapping[str, Any]) -> tuple[PPOConfig, RewardConfig, 
         opts = LearnerOptions.model_validate(dict(options))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"society.learner (ppo): {problems}") from None
+        raise ValueError(problems) from None
     ppo = PPOConfig.model_validate(opts.model_dump(include=set(PPOConfig.model_fields)))
     return ppo, opts.reward, opts.actions, opts.boost
 
@@ -236,3 +236,11 @@ class PPOLearner:
 def make_learner(ctx: LearnerContext) -> PPOLearner:
     """Entry point ``learner.ppo``."""
     return PPOLearner(ctx)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """``convergence validate`` calls this (see docs/plugins.md): a bad option fails before the run."""
+    parse_options(options)
+
+
+make_learner.check_options = _check_options  # type: ignore[attr-defined]

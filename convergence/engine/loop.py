@@ -598,7 +598,9 @@ class Optimizer:
             return "failed", self._all_failed.reason()
         if self.budget.exhausted:
             return "stopped", self.budget.exhausted
-        why = self._learner.learner.stop_reason() if self._learner is not None else None
+        # a learner's prediction is an early-stopping rule: off with early stopping
+        why = (self._learner.learner.stop_reason()
+               if self._learner is not None and self.opt.execution.early_stopping.enabled else None)
         if why and g.number < evo.generations - 1:
             return "finished", f"early stopping: {why}"
         if st.stopper.update(st.best.score if st.best else None) and g.number < evo.generations - 1:

@@ -82,7 +82,7 @@ class PPOLearner:
                           "obs_dim": self.encoder.dim, "hidden": self.cfg.hidden}
         with torch.random.fork_rng():
             torch.manual_seed(ctx.seed)
-            self.policy = Policy(self.encoder.dim, self.actions.sizes, self.cfg.hidden)
+            self.policy = Policy(self.encoder.dim, self.actions.sizes, self.cfg.hidden, self.cfg.prior)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.learning_rate, eps=1e-5)
         self.generator = torch.Generator().manual_seed(ctx.seed * 1_000_003 + ctx.run_id)
         self.updates = 0

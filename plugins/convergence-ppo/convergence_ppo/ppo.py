@@ -48,6 +48,9 @@ class PPOConfig(BaseModel):
     rollout: StrictInt = Field(8, ge=2)
     """Decisions between updates (on-policy: each update learns from the decisions since the last)."""
     hidden: StrictInt = Field(64, ge=4, le=4096)
+    prior: float | None = Field(0.6, gt=0, lt=1)
+    """A new policy's probability of keeping each agent's configured behaviour (the first choice of every
+    decision): untrained, it mostly does what fixed shares would, and moves away as that pays. None: uniform."""
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -62,7 +65,9 @@ def layer_init(layer: nn.Linear, std: float = float(np.sqrt(2)), bias: float = 0
 class Policy(nn.Module):
     """Separate actor and critic MLPs (tanh); the actor has one logit head per decision."""
 
-    def __init__(self, obs_dim: int, head_sizes: Sequence[int], hidden: int = 64) -> None:
+    def __init__(self, obs_dim: int, head_sizes: Sequence[int], hidden: int = 64, prior: float | None = None) -> None:
+        """``prior``: the untrained policy's probability of each head's first choice (the agents' configured
+        behaviour), set through the output bias; None: uniform."""
         super().__init__()
         self.head_sizes = list(head_sizes)
         self.critic = nn.Sequential(
@@ -73,6 +78,14 @@ class Policy(nn.Module):
             layer_init(nn.Linear(obs_dim, hidden)), nn.Tanh(),
             layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
             layer_init(nn.Linear(hidden, sum(self.head_sizes)), std=0.01))
+        if prior is not None:
+            with torch.no_grad():
+                bias = self.actor[-1].bias
+                offset = 0
+                for n in self.head_sizes:  # softmax: p0 = e^b / (e^b + n - 1)
+                    if n > 1:
+                        bias[offset] = float(np.log(prior * (n - 1) / (1 - prior)))
+                    offset += n
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs).squeeze(-1)

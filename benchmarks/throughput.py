@@ -41,7 +41,10 @@ Scenarios
 * ray (``--backend ray``, issue 12): the loop with ``execution.backend: ray``
   on a one-machine Ray started in the worker process (``num_cpus=2``: the
   actors share this machine's 2 CPUs with the driver), against the local
-  backend in the same process and run. Rows: the tails section's latencies
+  backend in the same process, Ray running throughout. Each row runs four
+  times in the order local, ray, ray, local (so drift over the row, a cluster
+  warming up, hits both backends alike) and reports both values of each
+  backend and their mean. Rows: the tails section's latencies
   (fixed 50 ms, lognormal sigma 0.8 / 1.2) x ``C`` in {64, 256}, 16
   configurations x 30 cases per generation, async mode, racing / early
   stopping / society off, persistence on. The target is an async Python
@@ -49,9 +52,11 @@ Scenarios
   ``max_concurrency = C``) that sleeps a latency drawn from a hash of
   (configuration, case), so both backends see the same distribution. Each
   executor is built (actors started) before the timed ``Optimizer.run()``.
-  Rate = calls / run wall; Ray's share = its rate / the local rate. Plus
-  one ``L = 0``, ``C = 256`` row: the per-evaluation cost Ray adds (driver
-  CPU time per call, and wall per call with ``C`` calls in flight).
+  Rate = calls / run wall; Ray's share = its mean rate / the local mean rate.
+  Plus one ``L = 0``, ``C = 256`` row: the per-evaluation cost Ray adds
+  (driver CPU time per call, and wall per call with ``C`` calls in flight).
+  Driver CPU is ``time.process_time()`` of the driver process, which includes
+  the threads Ray's core worker runs in it (for the local runs too, idle).
 
 Targets (from the issues): >= 95 % of ``C / L`` at ``C = 256``; < 500 MB
 for 100,000 evaluations; with long tails, the loop >= 95 % of the bare pool
@@ -61,7 +66,7 @@ in every row. They are reported, never asserted.
     python benchmarks/throughput.py --only tails    # long-tailed latencies only (~3-4 min)
     python benchmarks/throughput.py --quick         # smoke run (~1.5 min; tails alone ~50 s)
     python benchmarks/throughput.py --json          # machine-readable output
-    python benchmarks/throughput.py --backend ray   # Ray backend vs local (~3 min; needs the ray extra)
+    python benchmarks/throughput.py --backend ray   # Ray backend vs local (~5 min; needs the ray extra)
 """
 
 from __future__ import annotations
@@ -513,6 +518,16 @@ def _tail_report(row: TailRow, r: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- Ray backend vs local (section "ray")
 
 RAY_ACTORS = 2
+RAY_ORDER = ("local", "ray", "ray", "local")
+"""Each row's runs, alternating so neither backend always runs first (or last) in the row."""
+
+
+def _mean_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs' mean of every rate and time, their errors summed, and the runs themselves."""
+    keys = ("wall_s", "per_s", "driver_cpu_us_per_call", "overhead_ms_per_call")
+    out: dict[str, Any] = {k: sum(r[k] for r in runs) / len(runs) for k in keys}
+    out.update(calls=runs[0]["calls"], status=runs[-1]["status"], errors=sum(r["errors"] for r in runs), runs=runs)
+    return out
 
 
 def _ray_target_source(sigma: float, seed: int, zero: bool) -> str:
@@ -550,14 +565,15 @@ def _ray_yaml(row: TailRow, backend: str, zero: bool) -> str:
                         "early_stopping: {enabled: false}" + (ray if backend == "ray" else "") + "}")
 
 
-async def _ray_run(row: TailRow, backend: str, folder: Path, zero: bool = False) -> dict[str, Any]:
-    """One timed ``Optimizer.run()`` with a prebuilt executor (Ray: actors up and their target built)."""
+async def _ray_run(row: TailRow, backend: str, folder: Path, zero: bool = False, rep: int = 0) -> dict[str, Any]:
+    """One timed ``Optimizer.run()`` with a prebuilt executor (Ray: actors up and their target built);
+    ``rep`` numbers the repetition (its own folder and database: no warm start from the last one)."""
     from convergence.config.loader import load_config, resolve_path
     from convergence.engine.executor import build_executor
     from convergence.engine.loop import Optimizer
     from convergence.storage.store import Store
 
-    sub = folder / f"{backend}_{_ray_module(row, zero)}"
+    sub = folder / f"{backend}_{_ray_module(row, zero)}_{rep}"
     sub.mkdir(parents=True, exist_ok=True)
     (sub / f"{_ray_module(row, zero)}.py").write_text(_ray_target_source(row.sigma, row.seed, zero),
                                                       encoding="utf-8")
@@ -599,8 +615,11 @@ async def _ray_section(rows: list[TailRow], zero: TailRow, folder: Path) -> dict
         for row in [*rows, zero]:
             r: dict[str, Any] = {"latency": row.label if row is not zero else "zero", "sigma": row.sigma,
                                  "concurrency": row.concurrency, "calls_planned": row.n_calls}
-            for backend in ("local", "ray"):
-                r[backend] = await _ray_run(row, backend, folder, zero=row is zero)
+            runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray": []}
+            for i, backend in enumerate(RAY_ORDER):
+                runs[backend].append(await _ray_run(row, backend, folder, zero=row is zero, rep=i))
+            for backend, done in runs.items():
+                r[backend] = _mean_run(done)
             r["ray_share"] = r["ray"]["per_s"] / r["local"]["per_s"]
             out["rows"].append(r)
     finally:
@@ -617,19 +636,26 @@ def _ray_worker(spec: str) -> None:
 
 def _print_ray(rep: dict[str, Any]) -> None:
     print(f"\nRay backend vs local (Ray {rep['ray_version']}, one-machine Ray with num_cpus=2 started in "
-          f"{rep['ray_init_s']:.1f} s, {rep['actors']} actors; the same process, one after the other)")
+          f"{rep['ray_init_s']:.1f} s, {rep['actors']} actors; the same process, runs in the order "
+          f"{', '.join(RAY_ORDER)} per row)")
     print("16 configurations x 30 cases per generation, async mode, persistence on; executors built before timing.")
-    hdr = (f"{'latency':<14} {'C':>4} {'calls':>6} {'local/s':>8} {'ray/s':>8} {'ray share':>9} "
+
+    def both(run: dict[str, Any], key: str) -> str:
+        return "/".join(f"{x[key]:.0f}" for x in run.get("runs", [run]))
+
+    hdr = (f"{'latency':<14} {'C':>4} {'calls':>6} {'local/s':>11} {'ray/s':>11} {'ray share':>9} "
            f"{'local CPU us/call':>17} {'ray CPU us/call':>15} {'errors':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rep["rows"]:
         lo, ra = r["local"], r["ray"]
-        print(f"{r['latency']:<14} {r['concurrency']:>4} {ra['calls']:>6} {lo['per_s']:>8.0f} {ra['per_s']:>8.0f} "
-              f"{100 * r['ray_share']:>8.1f}% {lo['driver_cpu_us_per_call']:>17.0f} "
-              f"{ra['driver_cpu_us_per_call']:>15.0f} {lo['errors'] + ra['errors']:>6}")
-    print("rates: calls / Optimizer.run() wall. CPU: the driver process only (Ray's actors and raylet run in\n"
-          "other processes, on the same 2 CPUs here).")
+        print(f"{r['latency']:<14} {r['concurrency']:>4} {ra['calls']:>6} {both(lo, 'per_s'):>11} "
+              f"{both(ra, 'per_s'):>11} {100 * r['ray_share']:>8.1f}% {both(lo, 'driver_cpu_us_per_call'):>17} "
+              f"{both(ra, 'driver_cpu_us_per_call'):>15} {lo['errors'] + ra['errors']:>6}")
+    print("each cell: the backend's two runs (local: 1st/4th of the row, ray: 2nd/3rd); the share and the lines\n"
+          "below use their means. Rates: calls / Optimizer.run() wall. CPU: time.process_time() of the driver\n"
+          "process (Ray's core-worker threads in it included; the actors and raylet are other processes, on the\n"
+          "same 2 CPUs here).")
     for r in rep["rows"]:
         if r["latency"] == "fixed":
             lo, ra = r["local"], r["ray"]
@@ -823,7 +849,7 @@ def main() -> None:
         if "ray" in sections:
             rows = [r for r in _tail_rows(args.quick, args.seed)]
             zero = TailRow(0.0, 256, 2 if args.quick else 4, args.seed)
-            log(f"ray: {len(rows)} latency rows + L=0, each on the local backend then on Ray ...")
+            log(f"ray: {len(rows)} latency rows + L=0, each run local, ray, ray, local ...")
             spec = {"rows": [asdict(r) for r in rows], "zero": asdict(zero), "folder": str(root / "ray")}
             report["ray"] = _in_subprocess("--ray-worker", spec, root / "ray", "ray section")
 

@@ -102,3 +102,19 @@ async def test_an_unknown_run_is_one_of_our_errors_and_still_a_key_error(tmp_pat
         with pytest.raises(ConvergenceError) as info:
             await build_report(store, 42)
     assert isinstance(info.value, (RunNotFoundError, KeyError)) and str(info.value).startswith("no run 42")
+
+
+def test_one_error_hit_by_several_calls_at_once_ends_the_run_as_that_error() -> None:
+    """Several calls that hit the same fatal error in one step (a Ray backend no call can get past) reach
+    the run's handler as a task group's nested ExceptionGroup; the user sees that one error, not a traceback.
+    Two different errors stay a group (neither hides the other)."""
+    from convergence.engine.loop import _leaf
+
+    fatal = ConvergenceError("Ray cannot run the python target: RuntimeEnvSetupError: pip failed")
+    group = BaseExceptionGroup("tg", [ExceptionGroup("inner", [fatal, fatal]), KeyError("cancelled peer")])
+    assert _leaf(group) is fatal
+    copies = ExceptionGroup("tg", [ConvergenceError(str(fatal)), ConvergenceError(str(fatal))])
+    assert str(_leaf(copies)) == str(fatal) and isinstance(_leaf(copies), ConvergenceError)
+    two = ExceptionGroup("tg", [fatal, ConvergenceError("something else")])
+    assert _leaf(two) is two
+    assert _leaf(ValueError("x")).args == ("x",)

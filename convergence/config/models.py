@@ -597,10 +597,12 @@ class RayConfig(Strict):
     """Per actor or task: ``num_cpus``, ``num_gpus``, ``memory`` (bytes) and custom resources by name.
     Default: Ray's (an actor holds no CPU while it runs, a task one CPU)."""
     runtime_env: dict[str, Any] = Field(default_factory=dict)
-    """Ray runtime environment for the actors and tasks (``working_dir``, ``pip``, ...). The env vars the
-    config names (``*_env`` keys, ``${VAR}`` in the target, ``env_vars`` below) are added to its ``env_vars``."""
+    """Ray runtime environment for the actors and tasks (``working_dir``, ``pip``, ...), passed to Ray as given.
+    Ray logs it, ``env_vars`` values included: put no secret in it. Secrets go through ``env_vars`` below."""
     env_vars: list[Text] = Field(default_factory=list)
-    """More env var names the workers need (e.g. OPENAI_API_KEY, which LiteLLM reads without ``api_key_env``)."""
+    """More env var names the workers need (e.g. OPENAI_API_KEY, which LiteLLM reads without ``api_key_env``).
+    With the ones the target's section names (``*_env`` keys, ``${VAR}``), their values are sent to the
+    workers as a task/actor argument and set in the worker's environment, never in the runtime env."""
     connect_timeout_seconds: Float = Field(30.0, gt=0, le=3600)
     """How long connecting to the cluster (and building the actors) may take before the run fails."""
 

@@ -866,15 +866,23 @@ class _Ticket:
 
 
 def _leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups (task
-    groups wrap what a worker raised), or the first of our own errors in a group."""
-    while isinstance(exc, BaseExceptionGroup):
-        ours = exc.subgroup(lambda e: isinstance(e, ConvergenceError))
-        group = ours if ours is not None else exc
-        if len(group.exceptions) != 1:
-            return exc
-        exc = group.exceptions[0]
+    """The one exception inside nested exception groups (task groups wrap what a worker raised): our own
+    error when the group holds only one, counting repeats of one error (several calls that hit the same
+    fatal backend error at once) as one; else the group itself."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    ours = exc.subgroup(lambda e: isinstance(e, ConvergenceError))
+    leaves = _leaves(ours if ours is not None else exc)
+    if len({(type(e), str(e)) for e in leaves}) == 1:
+        return leaves[0]
     return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 def _interruption(exc: BaseException) -> tuple[str, str]:

@@ -17,18 +17,28 @@ remote attempt awaited as an asyncio future (an ``ObjectRef`` is awaitable):
 * Sync Python functions (CPU-bound) run as Ray tasks (one per attempt), the
   callable imported once per worker process.
 
-Failures: an attempt whose actor, worker or node died raises a retryable
-:class:`TargetError` (the dead actor is replaced at once), so the runner retries
-it as a new attempt through the gate (counted and budgeted like any attempt).
-Such a lost attempt is retried up to :data:`LOST_RETRIES` more times even when
-``retry.max_retries`` is 0. A result that reached the driver is stored by the
-loop as usual, so ``--resume`` never pays for it again. A per-attempt timeout
-cancels the remote attempt (``ray.cancel``).
+Failures: an attempt lost with its actor, worker or node (``RayActorError``,
+``WorkerCrashedError``, ``NodeDiedError``, ``OutOfMemoryError``) is sent again
+as a new attempt through the gate (counted and budgeted like any attempt): up to
+:data:`LOST_RETRIES` times per call, on top of ``retry.max_retries`` and
+whatever its value. A dead actor is replaced (its handle killed, the new one's
+target checked before it takes calls), at most ``2 * num_actors + 3`` times a
+run; then the run stops with :class:`RayBackendError`, as it does at once for
+errors that would hit every call (runtime env setup, unschedulable, auth).
+Any other Ray error fails the call without a retry. A result that reached the
+driver is stored by the loop as usual, so ``--resume`` never pays for it
+again. A per-attempt timeout cancels the remote attempt (``ray.cancel``, sent
+from a background thread: with Ray Client it is a blocking round trip).
 
 Secrets: the target's config travels with every ``${VAR}`` value put back as
-the reference; the values reach the workers only as ``runtime_env.env_vars``,
-and only for the names the config gives (``*_env`` keys, ``${VAR}`` in the
-target, ``ray.env_vars``). Nothing here logs them.
+the reference. The values of the env vars the target's own section names
+(``*_env`` keys, ``${VAR}``) and of ``ray.env_vars`` go to the workers as one
+object (``ray.put`` once per run) passed to each actor's constructor or task,
+which sets them in its process's ``os.environ`` before it builds or calls the
+target. They are deliberately not put in ``runtime_env.env_vars``: Ray's
+runtime-env agent logs a runtime env, values included, on every node. The
+user's own ``ray.runtime_env`` still goes to Ray as given. Nothing here logs
+the values.
 
 Latency: ``latency_ms`` is measured on the driver, so it includes Ray's
 round trip (see docs/scaling.md for what it measured).
@@ -37,13 +47,18 @@ round trip (see docs/scaling.md for what it measured).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
+import copy
 import inspect
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +74,8 @@ from convergence.targets.base import Target, TargetError
 from convergence.targets.runner import CallRunner, Gate
 
 LOST_RETRIES = 3
-"""Extra attempts for a call whose actor, worker or node died, beyond ``retry.max_retries``."""
+"""Attempts of one call lost with their actor, worker or node that are sent again (on top of
+``retry.max_retries``, which lost attempts do not use up)."""
 LOST = "ray worker lost"
 """How an attempt lost with its actor, worker or node is described (the start of its error)."""
 INSTALL_HINT = 'pip install -c constraints.txt -e ".[ray]"  (make install does it)'
@@ -147,50 +163,66 @@ class RemoteError:
     type_name: str
     message: str
     retryable: bool | None
-    """None: not a TargetError (the runner decides by type: timeouts and connection errors retry)."""
+    """None: not a TargetError (``base`` says whether the runner retries it)."""
     status_code: int | None = None
     retry_after: float | None = None
+    base: str | None = None
+    """``TimeoutError`` or ``ConnectionError`` when the worker's exception is one (``isinstance``, the
+    local runner's rule for retrying), so the driver rebuilds it as a subclass of that built-in."""
 
     @classmethod
     def of(cls, exc: BaseException) -> RemoteError:
         if isinstance(exc, TargetError):
             return cls("TargetError", str(exc), exc.retryable, exc.status_code, exc.retry_after)
-        return cls(type(exc).__name__, str(exc), None)
+        base = next((b.__name__ for b in _RETRIED_BASES if isinstance(exc, b)), None)
+        return cls(type(exc).__name__, str(exc), None, base=base)
 
     def exception(self) -> Exception:
         if self.retryable is not None:
             return TargetError(self.message, retryable=self.retryable, status_code=self.status_code,
                                retry_after=self.retry_after)
-        if self.type_name == "TimeoutError":
-            return TimeoutError(self.message)
-        if self.type_name in _CONNECTION_ERRORS:
-            return _CONNECTION_ERRORS[self.type_name](self.message)
-        return _named_error(self.type_name)(self.message)
+        base: type[Exception] = next((b for b in _RETRIED_BASES if b.__name__ == self.base), Exception)
+        return _named_error(self.type_name, base)(self.message)
 
 
-_CONNECTION_ERRORS: dict[str, type[Exception]] = {
-    c.__name__: c for c in (ConnectionError, ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError,
-                            BrokenPipeError)
-}
-_NAMED: dict[str, type[Exception]] = {}
+_RETRIED_BASES: tuple[type[Exception], ...] = (TimeoutError, ConnectionError)
+"""What the runner retries besides a retryable TargetError (``convergence.targets.runner._retryable``)."""
+_NAMED: dict[tuple[str, type[Exception]], type[Exception]] = {}
 
 
-def _named_error(name: str) -> type[Exception]:
-    """An exception class named like the worker's (``CallRunner`` describes errors by type name)."""
-    if name not in _NAMED:
-        _NAMED[name] = type(name, (Exception,), {"__module__": __name__})
-    return _NAMED[name]
+def _named_error(name: str, base: type[Exception]) -> type[Exception]:
+    """An exception class named like the worker's (``CallRunner`` describes errors by type name) and
+    derived from ``base``: for a retried base, the built-in itself when the name is one of its subclasses."""
+    known = getattr(builtins, name, None) if base is not Exception else None
+    if isinstance(known, type) and issubclass(known, base):
+        return known
+    key = (name, base)
+    if key not in _NAMED:
+        _NAMED[key] = type(name, (base,), {"__module__": __name__})
+    return _NAMED[key]
+
+
+Secrets = dict[str, str]
+"""The named env vars' values (name -> value), shipped as an object argument, never in a runtime env."""
+
+
+def export_secrets(secrets: Secrets) -> None:
+    """Set the shipped values in this worker process's environment (only those names)."""
+    for name, value in secrets.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 class TargetActor:
     """One target instance, built once, serving ``max_concurrency`` attempts at a time (an async Ray actor)."""
 
-    def __init__(self, spec: TargetSpec) -> None:
+    def __init__(self, spec: TargetSpec, secrets: Secrets) -> None:
         self.target: Target | None = None
         self.error: str | None = None
         try:
             from convergence.targets.factory import build_target
 
+            export_secrets(secrets)
             self.target = build_target(spec.config(), spec.folder(), spec.concurrency)
         except Exception as exc:  # noqa: BLE001 - reported by ready(), before any call
             self.error = f"{type(exc).__name__}: {exc}"
@@ -227,31 +259,32 @@ def _callable(spec: TargetSpec) -> Callable[..., Any]:
     return fn
 
 
-def python_probe(spec: TargetSpec) -> str | None:
+def python_probe(job: tuple[TargetSpec, Secrets]) -> str | None:
     """None once a worker imported the Python target, else why it could not (checked before any call)."""
     try:
-        _callable(spec)
+        export_secrets(job[1])
+        _callable(job[0])
     except Exception as exc:  # noqa: BLE001 - reported before the run starts
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def python_task(spec: TargetSpec, params: Config, case: TestCase) -> CallResult | RemoteError:
-    """One attempt of a sync Python target as a Ray task (mapped like ``PythonTarget.call``)."""
-    from convergence.targets.python_target import _RETRYABLE, to_call_result
+def python_task(job: tuple[TargetSpec, Secrets], params: Config, case: TestCase) -> CallResult | RemoteError:
+    """One attempt of a sync Python target as a Ray task (mapped like ``PythonTarget.call``); ``job`` is
+    one object per run (the recipe and the secrets), resolved by Ray before the task runs."""
+    from convergence.targets.python_target import as_target_error, to_call_result
 
     try:
-        fn = _callable(spec)
+        export_secrets(job[1])
+        fn = _callable(job[0])
         try:
             value = fn(params, case.input)
             if inspect.isawaitable(value):
                 value = asyncio.run(_awaited(value))
         except TargetError:
             raise
-        except _RETRYABLE as exc:
-            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except Exception as exc:
-            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+            raise as_target_error(exc) from exc
         return to_call_result(value)
     except Exception as exc:  # noqa: BLE001 - sent back as a value
         return RemoteError.of(exc)
@@ -264,65 +297,141 @@ async def _awaited(value: Any) -> Any:
 # --------------------------------------------------------------------------- the driver's side
 
 
-class _ActorPool:
-    """The actors; a dead one is replaced by the first call that finds it dead."""
+class _Background:
+    """One thread for Ray calls the event loop must not wait on (``ray.cancel``, ``ray.kill``: blocking
+    round trips with Ray Client): fire and forget, failures ignored (the attempt finished, the actor is gone)."""
 
-    def __init__(self, actor_cls: Any, spec: TargetSpec, size: int) -> None:
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # close() runs in a worker thread while calls may still submit
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            if self._closed:  # the run is over (its actors are killed)
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="convergence-ray")
+            self._pool.submit(_quietly, fn, *args)
+
+    def close(self) -> None:
+        """Wait for what was sent (blocking: call it from a thread)."""
+        with self._lock:
+            self._closed = True
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
+class _ActorPool:
+    """The actors; a dead one is replaced by the first call that finds it dead, at most
+    ``2 * size + 3`` times a run (then the run stops: something kills every actor)."""
+
+    def __init__(self, ray: Any, actor_cls: Any, spec: TargetSpec, secrets_ref: Any, size: int,
+                 background: _Background) -> None:
+        self._ray = ray
         self._cls = actor_cls
         self._spec = spec
-        self.actors = [actor_cls.remote(spec) for _ in range(size)]
+        self._secrets = secrets_ref
+        self._background = background
+        self.actors = [actor_cls.remote(spec, secrets_ref) for _ in range(size)]
         self.busy = [0] * size
+        self.starting: list[Any] = [None] * size
+        """A replacement's pending ``ready()``: awaited by the calls it takes before they go out."""
         self.replaced = 0
+        self.max_replacements = 2 * size + 3
 
     def pick(self) -> int:
         busy = self.busy
         return min(range(len(busy)), key=busy.__getitem__)
 
-    def replace(self, i: int, dead: Any) -> None:
-        if self.actors[i] is dead:
-            self.actors[i] = self._cls.remote(self._spec)
-            self.replaced += 1
+    def replace(self, i: int, dead: Any, why: str) -> None:
+        """Put a new actor in ``dead``'s slot (unless a call already did) and kill ``dead`` off the loop."""
+        if i >= len(self.actors) or self.actors[i] is not dead:
+            return
+        if self.replaced >= self.max_replacements:
+            raise RayBackendError(f"Ray actors keep dying ({self.replaced} replaced this run, the limit): {why}")
+        new = self._cls.remote(self._spec, self._secrets)
+        self.actors[i] = new
+        self.starting[i] = new.ready.remote()
+        self.replaced += 1
+        self._background.submit(self._ray.kill, dead)
+
+
+@dataclass(slots=True)
+class _CallState:
+    lost: bool = False
+    """The runner's last attempt was lost with its actor, worker or node."""
+    transient: bool = False
+    """... and the actor is only unavailable for now (not replaced): wait before sending it again."""
+
+
+_CALL: ContextVar[_CallState | None] = ContextVar("convergence_ray_call", default=None)
+"""The call :meth:`RayExecutor.call` is running (its attempts run in the same task)."""
 
 
 class RayTarget:
     """A :class:`Target` whose ``call`` is one attempt on Ray (actors or tasks); retries stay with the runner."""
 
     def __init__(self, ray: Any, name: str, *, pool: _ActorPool | None = None, task: Any = None,
-                 spec_ref: Any = None) -> None:
+                 job_ref: Any = None, background: _Background | None = None) -> None:
         self.name = name
         self._ray = ray
         self.pool = pool
         self._task = task
-        self._spec_ref = spec_ref
+        self._job_ref = job_ref
+        self.background = background or _Background()
         self.lost = 0
         """Attempts lost with their actor, worker or node."""
+        self.fatal: RayBackendError | None = None
+        """Set once an error means no call can succeed (the executor raises it; the run stops)."""
+        ex = ray.exceptions
+        self._lost_errors = tuple(getattr(ex, n) for n in (
+            "RayActorError", "WorkerCrashedError", "NodeDiedError", "OutOfMemoryError", "ObjectLostError")
+            if hasattr(ex, n))
+        """ObjectLostError covers OwnerDiedError and a result lost with its node before it was fetched."""
+        self._transient = tuple(getattr(ex, n) for n in ("ActorUnavailableError",) if hasattr(ex, n))
+        self._setup_errors = tuple(getattr(ex, n) for n in (
+            "RuntimeEnvSetupError", "ActorUnschedulableError", "TaskUnschedulableError", "AuthenticationError",
+            "LocalRayletDiedError") if hasattr(ex, n))
 
     async def call(self, params: Config, case: TestCase) -> CallResult:
         ray = self._ray
         pool = self.pool
-        i, actor = -1, None
+        i: int = -1
+        actor: Any = None
+        ref: Any = None
         if pool is not None:
             i = pool.pick()
             actor = pool.actors[i]
             pool.busy[i] += 1
-            ref = actor.call.remote(params, case)
-        else:
-            ref = self._task.remote(self._spec_ref, params, case)
         try:
+            if pool is not None:
+                starting = pool.starting[i]
+                if starting is not None:  # a replacement: its target must build before it takes calls
+                    why = await starting
+                    if pool.starting[i] is starting:
+                        pool.starting[i] = None
+                    if why:
+                        raise self._fail(f"a replacement Ray actor cannot build the {self.name} target: {why}")
+                ref = actor.call.remote(params, case)
+            else:
+                ref = self._task.remote(self._job_ref, params, case)
             out = await ref
         except asyncio.CancelledError:  # the attempt's timeout or the run's end: stop the remote attempt
-            with contextlib.suppress(Exception):  # already finished, or its actor is gone
-                ray.cancel(ref)
+            if ref is not None:
+                self.background.submit(ray.cancel, ref)
             raise
         except ray.exceptions.RayTaskError as exc:  # our wrapper failed (e.g. a result Ray cannot pickle)
             raise TargetError(f"ray: {type(exc.cause).__name__ if exc.cause else 'task'} error: "
-                              f"{str(exc).splitlines()[0][:500]}", retryable=False) from None
-        except ray.exceptions.RayError as exc:  # actor, worker, node or object lost: a retryable attempt
-            self.lost += 1
-            if pool is not None:
-                pool.replace(i, actor)
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            raise TargetError(f"{LOST}: {type(exc).__name__}: {first}", retryable=True) from None
+                              f"{_first_line(exc, 500)}", retryable=False) from None
+        except ray.exceptions.RayError as exc:
+            raise self._ray_error(exc, i, actor) from None
         finally:
             if pool is not None:
                 pool.busy[i] -= 1
@@ -330,12 +439,46 @@ class RayTarget:
             raise out.exception()
         return out
 
+    def _ray_error(self, exc: Exception, i: int, actor: Any) -> TargetError:
+        """The attempt's failure for a Ray error: lost (sent again by the executor), or final."""
+        what = f"{type(exc).__name__}: {_first_line(exc, 300)}"
+        if isinstance(exc, self._setup_errors) or getattr(exc, "actor_init_failed", False):
+            return self._fail(f"Ray cannot run the {self.name} target: {what}")
+        if not isinstance(exc, self._lost_errors):
+            return TargetError(f"ray: {what}", retryable=False)
+        self.lost += 1
+        transient = isinstance(exc, self._transient)
+        if self.pool is not None and not transient:
+            try:
+                self.pool.replace(i, actor, what)
+            except RayBackendError as fatal:
+                return self._fail(str(fatal))
+        state = _CALL.get()
+        if state is not None:
+            state.lost = True
+            state.transient = transient
+        return TargetError(f"{LOST}: {what}", retryable=False)  # never the runner's retry: the executor's
+
+    def _fail(self, message: str) -> TargetError:
+        if self.fatal is None:
+            self.fatal = RayBackendError(message)
+        return TargetError(message, retryable=False)
+
     async def aclose(self) -> None:
+        actors: list[Any] = []
         if self.pool is not None:
             actors, self.pool.actors = self.pool.actors, []
-            for actor in actors:
-                with contextlib.suppress(Exception):  # already dead or the cluster is gone: nothing to free
-                    self._ray.kill(actor)
+        await anyio.to_thread.run_sync(self._close, actors)
+
+    def _close(self, actors: list[Any]) -> None:
+        for actor in actors:
+            _quietly(self._ray.kill, actor)  # already dead or the cluster is gone: nothing to free
+        self.background.close()
+
+
+def _first_line(exc: BaseException, limit: int) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 class RayExecutor:
@@ -349,6 +492,7 @@ class RayExecutor:
         """We called ``ray.init`` (and so call ``ray.shutdown``); False when the caller had connected."""
         self.kind = kind
         """``actors`` or ``tasks``."""
+        self._runners: dict[int, CallRunner] = {runner.retry.max_retries: runner}
 
     @property
     def actors(self) -> list[Any]:
@@ -356,15 +500,44 @@ class RayExecutor:
         return list(self.target.pool.actors) if self.target.pool is not None else []
 
     async def call(self, params: Config, case: TestCase, gate: Gate | None = None) -> CallResult:
-        result = await self.runner.run(params, case, gate)
-        attempts, wall, extra = result.attempts, result.wall_ms, 0
-        while result.error is not None and LOST in result.error and extra < LOST_RETRIES:
-            extra += 1  # the runner had no retry left for a lost attempt: one more, through the gate
+        """The runner's call; an attempt lost with its actor, worker or node ends the runner's call and is
+        sent again here, through the gate, up to :data:`LOST_RETRIES` times, with the ordinary retries the
+        call has left (so one call makes at most ``1 + max_retries + LOST_RETRIES`` attempts).
+
+        Raises :class:`RayBackendError` (the run stops) when the call failed because of an error no call
+        can get past (see :meth:`RayTarget._ray_error`); every other failure is the result's ``error``."""
+        state = _CallState()
+        token = _CALL.set(state)
+        try:
             result = await self.runner.run(params, case, gate)
-            attempts += result.attempts
-            wall += result.wall_ms
-            result.attempts, result.wall_ms = attempts, wall
+            attempts, wall, resent = result.attempts, result.wall_ms, 0
+            used = result.attempts - 1  # ordinary retries spent: all but the lost attempt that ended the run
+            while state.lost and resent < LOST_RETRIES and self.target.fatal is None:
+                resent += 1
+                if state.transient:  # the same actor may be picked again: give it the runner's backoff
+                    retry = self.runner.retry
+                    await anyio.sleep(min(retry.backoff_max_seconds, retry.backoff_initial_seconds * 2 ** resent))
+                state.lost = state.transient = False
+                result = await self._runner(self.runner.retry.max_retries - used).run(params, case, gate)
+                used += result.attempts - 1
+                attempts += result.attempts
+                wall += result.wall_ms
+                result.attempts, result.wall_ms = attempts, wall
+        finally:
+            _CALL.reset(token)
+        if result.error is not None and self.target.fatal is not None:
+            raise self.target.fatal  # the run stops (a result that did land is still returned and stored)
         return result
+
+    def _runner(self, retries: int) -> CallRunner:
+        """The runner with ``retries`` ordinary retries (the same target, timeout and rate limiter)."""
+        retries = max(0, retries)
+        runner = self._runners.get(retries)
+        if runner is None:
+            runner = copy.copy(self.runner)
+            runner.retry = self.runner.retry.model_copy(update={"max_retries": retries})
+            self._runners[retries] = runner
+        return runner
 
     async def aclose(self) -> None:
         await self.target.aclose()
@@ -372,14 +545,15 @@ class RayExecutor:
             await anyio.to_thread.run_sync(self.ray.shutdown)
 
 
-def runtime_env(rc: RayConfig, secret_names: set[str]) -> dict[str, Any]:
-    """The config's runtime env plus the env vars the config names (those set here), never others."""
-    env = dict(rc.runtime_env)
-    names = sorted(secret_names | set(rc.env_vars))
-    env_vars = {**env.get("env_vars", {}), **{n: os.environ[n] for n in names if n in os.environ}}
-    if env_vars:
-        env["env_vars"] = env_vars
-    return env
+def secret_values(names: set[str]) -> Secrets:
+    """The values of the named env vars that are set here (never any other)."""
+    return {n: os.environ[n] for n in sorted(names) if n in os.environ}
+
+
+def runtime_env(rc: RayConfig) -> dict[str, Any]:
+    """The user's own runtime env (``ray.runtime_env``), as given: no secret value is ever added to it
+    (Ray's runtime-env agent logs a runtime env, ``env_vars`` values included)."""
+    return dict(rc.runtime_env)
 
 
 def _options(rc: RayConfig) -> dict[str, Any]:
@@ -414,11 +588,19 @@ def _connect(ray: Any, rc: RayConfig, env: dict[str, Any]) -> None:
     kwargs: dict[str, Any] = {"runtime_env": env or None, "log_to_driver": False, "logging_level": logging.ERROR}
     if address == "local":
         kwargs["include_dashboard"] = False
+    if ray.is_initialized():  # someone connected meanwhile: never shut their session down
+        raise RayBackendError("Ray was connected by someone else while this run was connecting; run again")
     try:
         ray.init(address=address, **kwargs)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if address != "local" and "Failed to connect" in why:
+    except BaseException as exc:
+        _quietly(ray.shutdown)  # a failed ray.init may have started processes (address: local)
+        if not isinstance(exc, (ConnectionError, TimeoutError, RuntimeError, ValueError, ray.exceptions.RayError)):
+            raise
+        why = _first_line(exc, 1000)
+        if isinstance(exc, ray.exceptions.AuthenticationError):
+            why = (f"{type(exc).__name__}: {why} (the cluster's token goes in RAY_AUTH_TOKEN, "
+                   "~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)")
+        elif address != "local" and "Failed to connect" in why:
             why += " (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here)"
         raise RayBackendError(_unreachable(address, why)) from None
 
@@ -432,37 +614,38 @@ def _unreachable(address: str, why: str) -> str:
 async def start_ray_executor(cfg: AnyTargetConfig, rc: RayConfig, base_dir: Path, concurrency: int,
                              secret_names: set[str]) -> RayExecutor:
     """Connect (unless the caller already did), start the actors or the task, and check the target
-    builds on a worker: every failure here is a :class:`RayBackendError`, before any call."""
+    builds on a worker: every failure here is a :class:`RayBackendError`, before any call.
+
+    ``secret_names``: the env vars the target's section names; with ``ray.env_vars`` they are the only
+    ones whose values reach the workers (see :func:`export_secrets`)."""
     if not _on_asyncio():
         raise RayBackendError("the Ray backend runs on anyio's asyncio backend (Ray's object refs are asyncio "
                               "futures); run the loop with anyio.run(..., backend='asyncio')")
     ray = import_ray()
-    spec = target_spec(cfg, base_dir, concurrency, secret_names)
-    env = runtime_env(rc, secret_names)
+    names = set(secret_names) | set(rc.env_vars)
+    spec = target_spec(cfg, base_dir, concurrency, names)
+    env = runtime_env(rc)
     owns = not ray.is_initialized()
     if owns:
-        try:
-            with anyio.fail_after(rc.connect_timeout_seconds):
-                await anyio.to_thread.run_sync(_connect, ray, rc, env, abandon_on_cancel=True)
-        except TimeoutError:
-            raise RayBackendError(_unreachable(rc.address, f"no answer within {rc.connect_timeout_seconds:g} s "
-                                               "(ray.connect_timeout_seconds)")) from None
-    opts = _options(rc)
-    if not owns and env:
-        opts["runtime_env"] = env  # a caller's session: per actor/task instead of per job
-    kind = _kind(cfg, rc, base_dir)
+        await _connect_in_thread(ray, rc, env)
+    target: RayTarget | None = None
     try:
+        opts = _options(rc)
+        if not owns and env:
+            opts["runtime_env"] = env  # a caller's session: per actor/task instead of per job
+        kind = _kind(cfg, rc, base_dir)
+        background = _Background()
         if kind == "tasks":
             task = ray.remote(python_task).options(max_retries=0, retry_exceptions=False, **opts)
-            spec_ref = ray.put(spec)
-            target = RayTarget(ray, cfg.type, task=task, spec_ref=spec_ref)
-            check: list[Any] = [ray.remote(python_probe).options(max_retries=0, **opts).remote(spec_ref)]
+            job_ref = ray.put((spec, secret_values(names)))
+            target = RayTarget(ray, cfg.type, task=task, job_ref=job_ref, background=background)
+            check: list[Any] = [ray.remote(python_probe).options(max_retries=0, **opts).remote(job_ref)]
         else:
             per_actor = rc.max_concurrency_per_actor or max(1, -(-concurrency // rc.num_actors))
             actor_cls = ray.remote(TargetActor).options(max_concurrency=per_actor, max_restarts=0,
                                                         max_task_retries=0, **opts)
-            pool = _ActorPool(actor_cls, spec, rc.num_actors)
-            target = RayTarget(ray, cfg.type, pool=pool)
+            pool = _ActorPool(ray, actor_cls, spec, ray.put(secret_values(names)), rc.num_actors, background)
+            target = RayTarget(ray, cfg.type, pool=pool, background=background)
             check = [a.ready.remote() for a in pool.actors]
         executor = RayExecutor(ray, target, _runner(cfg, target), owns_ray=owns, kind=kind)
         try:
@@ -472,16 +655,53 @@ async def start_ray_executor(cfg: AnyTargetConfig, rc: RayConfig, base_dir: Path
             errors = [f"the actors did not start within {rc.connect_timeout_seconds + 30:g} s (not enough "
                       f"resources for {rc.num_actors} actor(s) with {rc.resources or 'the defaults'}? `ray status`)"]
         except ray.exceptions.RayError as exc:
-            errors = [str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__]
+            errors = [_first_line(exc, 1000)]
         if errors:
-            await executor.aclose()
+            with anyio.CancelScope(shield=True):
+                await executor.aclose()
             raise RayBackendError(f"the {cfg.type} target cannot be built on a Ray worker: {errors[0]}")
     except BaseException:
-        if owns and ray.is_initialized():
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(ray.shutdown)
+        # whatever we started goes with the failed start: the actors (in a caller's session too), and
+        # the local Ray or the connection we made
+        with anyio.CancelScope(shield=True):
+            if target is not None:
+                await target.aclose()
+            if owns:
+                await anyio.to_thread.run_sync(_quietly, ray.shutdown)
         raise
     return executor
+
+
+async def _connect_in_thread(ray: Any, rc: RayConfig, env: dict[str, Any]) -> None:
+    """:func:`_connect` in a thread, given up after ``connect_timeout_seconds``. A connect given up on
+    may still finish later (``ray.init`` cannot be interrupted): that thread then shuts down what it
+    started, so no local Ray or connection outlives the failed start."""
+    lock = threading.Lock()
+    gave_up = connected = False
+
+    def connect() -> None:
+        nonlocal connected
+        _connect(ray, rc, env)
+        with lock:
+            if not gave_up:
+                connected = True
+                return
+        _quietly(ray.shutdown)
+
+    try:
+        with anyio.fail_after(rc.connect_timeout_seconds):
+            await anyio.to_thread.run_sync(connect, abandon_on_cancel=True)
+    except BaseException as exc:
+        with lock:
+            gave_up = True
+            undo = connected
+        if undo:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_quietly, ray.shutdown)
+        if isinstance(exc, TimeoutError):
+            raise RayBackendError(_unreachable(rc.address, f"no answer within {rc.connect_timeout_seconds:g} s "
+                                               "(ray.connect_timeout_seconds)")) from None
+        raise
 
 
 def _kind(cfg: AnyTargetConfig, rc: RayConfig, base_dir: Path) -> str:
@@ -507,5 +727,5 @@ def _on_asyncio() -> bool:
         return False
 
 
-__all__ = ["LOST", "LOST_RETRIES", "RayBackendError", "RayExecutor", "RayTarget", "TargetSpec",
-           "import_ray", "runtime_env", "start_ray_executor", "target_spec"]
+__all__ = ["LOST", "LOST_RETRIES", "RayBackendError", "RayExecutor", "RayTarget", "RemoteError", "TargetSpec",
+           "export_secrets", "import_ray", "runtime_env", "secret_values", "start_ray_executor", "target_spec"]

@@ -61,6 +61,12 @@ def to_call_result(value: Any) -> CallResult:
     return CallResult(output=value)
 
 
+def as_target_error(exc: Exception) -> TargetError:
+    """The user function's exception as the attempt's failure: retryable for timeouts, connection and
+    OS errors (transient), final for anything else."""
+    return TargetError(f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, _RETRYABLE))
+
+
 class PythonTarget:
     """Calls ``fn(params, input)`` for each (configuration, test case)."""
 
@@ -93,10 +99,8 @@ class PythonTarget:
                     value = await value
         except TargetError:
             raise
-        except _RETRYABLE as exc:
-            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except Exception as exc:
-            raise TargetError(f"{type(exc).__name__}: {exc}", retryable=False) from exc
+            raise as_target_error(exc) from exc
         return to_call_result(value)
 
     async def aclose(self) -> None:

@@ -66,7 +66,7 @@ in every row. They are reported, never asserted.
     python benchmarks/throughput.py --only tails    # long-tailed latencies only (~3-4 min)
     python benchmarks/throughput.py --quick         # smoke run (~1.5 min; tails alone ~50 s)
     python benchmarks/throughput.py --json          # machine-readable output
-    python benchmarks/throughput.py --backend ray   # Ray backend vs local (~5 min; needs the ray extra)
+    python benchmarks/throughput.py --backend ray   # Ray backend vs local (~3.5 min; needs the ray extra)
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_a_policy_that_does_not_learn_stays_where_it_started(tmp_path: Path, mon
 
 # ---------------------------------------------------------------------------- end to end
 
-def _bowl(tmp: Path, generations: int = 12, extra: str = "") -> Path:
+def _bowl(tmp: Path, generations: int = 12, extra: str = "", mode: str = "generational") -> Path:
     """A Python target (a smooth bowl over four integers; each call may sleep and log itself) and a
     society of evolution, bandit and random agents under the PPO learner."""
     (tmp / "bowl.py").write_text(textwrap.dedent("""
@@ -166,7 +166,7 @@ def _bowl(tmp: Path, generations: int = 12, extra: str = "") -> Path:
           seed: 3
           warm_start: 0
           evolution: {{population_size: 6, generations: {generations}, elite_size: 1}}
-          execution: {{mode: generational, concurrency: 2, early_stopping: {{enabled: false}}}}
+          execution: {{mode: {mode}, concurrency: 2, early_stopping: {{enabled: false}}}}
           racing: {{enabled: false}}
         society:
           enabled: true
@@ -285,6 +285,50 @@ def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_pay
     straight = {g: json.loads(d)["action"] for g, d in _rows(other / "db.sqlite", "SELECT generation, detail_json "
                                                                                  "FROM learner_log")}
     assert straight == logged
+
+
+@pytest.mark.slow
+def test_async_mode_resumes_generations_in_flight_under_the_decision_they_ran_under(tmp_path: Path) -> None:
+    """Async mode: at the kill, generations are in flight under some decision; the resumed run restarts
+    them under that same decision (stored with the generation), so each decision a generation ran under
+    is rewarded exactly once, and nothing is learned or paid twice."""
+    path = _bowl(tmp_path, generations=10, mode="async")
+    db = tmp_path / "db.sqlite"
+    log = tmp_path / "calls.jsonl"
+    env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.03", "PYTHONPATH": str(tmp_path)}
+    cmd = [sys.executable, "-m", "convergence", "optimize", str(path), "--quiet", "--no-outputs"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    in_flight: list[int] = []
+    while time.monotonic() < deadline:
+        try:
+            learned = {g for (g,) in _rows(db, "SELECT generation FROM agent_experience")}
+            started = [(g, json.loads(c)) for g, c in _rows(
+                db, "SELECT number, context_json FROM generations WHERE context_json IS NOT NULL")]
+            in_flight = [g for g, c in started if g not in learned and c["decided_at"] >= 0]
+            if len(learned) >= 4 and in_flight:
+                break
+        except sqlite3.OperationalError:  # not created (or not migrated) yet
+            pass
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert in_flight, "a generation proposed under a learned decision was in flight at the kill"
+    before = dict(_rows(db, "SELECT number, context_json FROM generations"))
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(db, "SELECT status FROM runs") == [("finished",)]
+    gens = [g for (g,) in _rows(db, "SELECT generation FROM agent_experience ORDER BY id")]
+    assert sorted(gens) == list(range(10)) and len(gens) == len(set(gens))
+    contexts = {g: json.loads(c) for g, c in _rows(db, "SELECT number, context_json FROM generations")}
+    assert all(contexts[g] == json.loads(c) for g, c in before.items() if c)  # restarted, not re-decided
+    ran_under = {c["decided_at"] for c in contexts.values()} - {-1}
+    rewarded = [json.loads(d)["transition"]["decided_at"] for (d,) in _rows(
+        db, "SELECT data_json FROM agent_experience") if json.loads(d).get("transition")]
+    assert sorted(rewarded) == sorted(ran_under), (sorted(rewarded), sorted(ran_under))
+    calls = [tuple(json.dumps(x, sort_keys=True) for x in json.loads(line)) for line in log.read_text().splitlines()]
+    assert len(calls) == len(set(calls))
 
 
 @pytest.mark.slow

@@ -171,6 +171,8 @@ class Optimizer:
         case results, stored proposals per generation). Either way the run
         row, its lease and its test cases are committed before the first call."""
         budget = Budget(self.opt.budget)
+        self._stored_context: dict[int, dict[str, Any]] = {}
+        """Per stored generation, the learner's decision it was proposed under (a resumed run)."""
         fp = run_fingerprint(self.cfg, self._written, self.cases)
         prev = await self.store.latest_unfinished_run(study) if resume else None
         if resume and prev is None:
@@ -205,7 +207,9 @@ class Optimizer:
             outage = (prev.stop_reason or "")[len(_ALL_FAILED_PREFIX):]
             cached = {h: kept for h, by_case in cached.items()
                       if (kept := {c: r for c, r in by_case.items() if r.call.error != outage})}
-        stored_gens = {g.number: g.proposals for g in await self.store.generations(prev.id)}
+        gens = await self.store.generations(prev.id)
+        stored_gens = {g.number: g.proposals for g in gens}
+        self._stored_context = {g.number: g.context for g in gens if g.context is not None}
         # Every call the run ever started (re-paid ones included) and every second it ran.
         budget.prior_seconds = prev.elapsed_seconds
         stored = [r.call for by_case in cached.values() for r in by_case.values()]
@@ -485,9 +489,11 @@ class Optimizer:
         evo = self.opt.evolution
         self.society.reports = {}
         started_at = time.perf_counter()
+        context = self._stored_context.get(gen)
         if gen in st.stored_gens:
             proposals = [Proposal(p["config"], p["hash"], p["proposer"]) for p in st.stored_gens[gen]]
         else:
+            context = None
             # async: the trials of generations still in flight that are already complete count too
             done = [t for g in self._in_flight for slot in g.slots if (t := slot.record) is not None and t.usable]
             population = sorted(st.population + done, key=lambda t: -t.score)[: evo.population_size]
@@ -500,14 +506,19 @@ class Optimizer:
             self._propose_seconds = time.perf_counter() - started
             if not proposals:
                 return None
+            if self._learner is not None:
+                context = {"decided_at": self._learner.decided_at, "controls": self.society.control_values()}
             self.store.record_generation_start(
                 self.run_id, gen, [{"config": p.config, "hash": p.config_hash, "proposer": p.proposer}
-                                   for p in proposals])
+                                   for p in proposals], context)
+        # the learner's decision it was proposed under (a restarted one: the decision it first ran under)
+        decided_at = int(context["decided_at"]) if context else (
+            self._learner.decided_at if self._learner is not None else -1)
+        controls = context["controls"] if context else self.society.control_values()
         st.seen.update(p.config_hash for p in proposals)
         self.events.generation_started(gen, evo.generations, len(proposals), len(self.cases))
-        decided_at = self._learner.decided_at if self._learner is not None else -1
         return _Gen(gen, proposals, self.society.reports, started=started_at, decided_at=decided_at,
-                    controls=self.society.control_values())
+                    controls=controls)
 
     def _running_low(self) -> bool:
         """True when the calls queued for a slot would run out before the society

@@ -225,6 +225,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        7,
+        """
+        -- the society learner's decision a generation was proposed under ({decided_at, controls}), so a
+        -- resumed run that restarts a generation in flight credits the decision it really ran under
+        ALTER TABLE generations ADD COLUMN context_json TEXT;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -79,6 +79,8 @@ class GenerationRow:
     n_new: int | None
     started_at: float
     finished_at: float | None
+    context: dict[str, Any] | None = None
+    """The learner's decision it was proposed under: ``{decided_at, controls}`` (schema 7; None before)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,7 +125,8 @@ def _output_text(v: Any) -> str | None:
 
 
 _SQL_GEN_START = (
-    "INSERT OR REPLACE INTO generations(run_id, number, proposals_json, started_at) VALUES (?,?,?,?)"
+    "INSERT OR REPLACE INTO generations(run_id, number, proposals_json, started_at, context_json) "
+    "VALUES (?,?,?,?,?)"
 )
 _SQL_GEN_END = (
     "UPDATE generations SET best_score=?, mean_score=?, n_new=?, finished_at=? WHERE run_id=? AND number=?"
@@ -530,8 +533,12 @@ class Store:
     # Appended in order and committed in order, so a case result can never be
     # on disk without the generation row (with its proposals) that precedes it.
 
-    def record_generation_start(self, run_id: int, number: int, proposals: list[dict[str, Any]]) -> None:
-        self._writer.add(_SQL_GEN_START, (run_id, number, _dump(proposals), time.time()))
+    def record_generation_start(self, run_id: int, number: int, proposals: list[dict[str, Any]],
+                                context: dict[str, Any] | None = None) -> None:
+        """``context``: what a resumed run needs to restart the generation as it was (the learner's
+        decision it was proposed under)."""
+        self._writer.add(_SQL_GEN_START, (run_id, number, _dump(proposals), time.time(),
+                                          _dump(context) if context is not None else None))
 
     def record_generation_end(
         self, run_id: int, number: int, best_score: float | None, mean_score: float | None, n_new: int
@@ -712,12 +719,13 @@ class Store:
 
     async def generations(self, run_id: int) -> list[GenerationRow]:
         async with self._db.execute(
-            "SELECT number, proposals_json, best_score, mean_score, n_new, started_at, finished_at "
+            "SELECT number, proposals_json, best_score, mean_score, n_new, started_at, finished_at, context_json "
             "FROM generations WHERE run_id = ? ORDER BY number",
             (run_id,),
         ) as cur:
             rows = await cur.fetchall()
-        return [GenerationRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+        return [GenerationRow(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5], r[6],
+                              json.loads(r[7]) if r[7] else None) for r in rows]
 
     async def trials(self, run_id: int) -> list[TrialRecord]:
         async with self._db.execute(

@@ -2,7 +2,8 @@
 
 What it measures: on the same tasks, budgets and run seeds, the best score each arm reaches, and
 the learner's CPU time per generation (``time.thread_time()`` around the learner's ``update``,
-which runs in a worker thread; torch is limited to one thread so that figure is the whole cost).
+which runs in a worker thread; this script limits torch to one thread so that figure is the whole cost;
+a real run leaves torch's thread count as it is, and the same work may then spread over more threads).
 
 Arms:
 

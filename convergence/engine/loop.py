@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -597,9 +598,13 @@ class Optimizer:
             # cut short
             facts = GenerationFacts(g.number, g.reports or self._replayed_reports(g, st.history), new,
                                     [r for s in g.slots for r in s.results], g.started, g.decided_at, g.controls)
-            step = await self._learner.step(generation_result(
-                facts, best_before=best_before, best=st.best, population=st.population, history=st.history,
-                space=self.space, opt=self.opt, budget=self.budget, cost_unit=cost_unit(self.opt)))
+            # summarised in a worker thread (scipy's rank correlations per parameter), from snapshots of
+            # what generations still in flight (async) keep changing on the loop
+            result = await anyio.to_thread.run_sync(partial(
+                generation_result, facts, best_before=best_before, best=st.best, population=list(st.population),
+                history=list(st.history), space=self.space, opt=self.opt, budget=self.budget,
+                cost_unit=cost_unit(self.opt)))
+            step = await self._learner.step(result)
             if isinstance(note := step["summary"].get("message"), str):
                 self.events.message(note)
             show = getattr(self.events, "shares", None)

@@ -53,7 +53,8 @@ class ReflectionBuffer:
     def get_ppo_batch(self, batch_size: int | None = None, recent_only: bool = True,
                       update: int | None = None, policy: str | None = None) -> dict[str, list[Any]]:
         """Experience for PPO, oldest first: observations, actions, log-probs and values at decision
-        time, rewards, dones (a run's last decision, or the last one before another run's) and infos.
+        time, rewards, dones (a run's last decision, the last one before another run's, or the last one of
+        an earlier run when the batch ends there: never bootstrapped from another run's state) and infos.
         ``recent_only`` keeps the decisions since update ``update`` of ``policy`` (on-policy);
         ``batch_size`` the newest."""
         rows = self.transitions(update, policy) if recent_only else self.transitions()
@@ -63,7 +64,9 @@ class ReflectionBuffer:
                                                      "dones", "infos")}
         for i, r in enumerate(rows):
             t = r.data["transition"]
-            ends_run = i + 1 < len(rows) and rows[i + 1].run_id != r.run_id
+            # the run changes after it: with the next row, or (the batch's last) with the run learning now
+            following = rows[i + 1].run_id if i + 1 < len(rows) else self.run_id
+            ends_run = following != r.run_id
             out["observations"].append(t["obs"])
             out["actions"].append(t["action"])
             out["log_probs"].append(t["logp"])

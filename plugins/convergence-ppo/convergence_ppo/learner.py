@@ -10,7 +10,8 @@ Options (``society.learner: {plugin: ppo, ...}``): the :class:`PPOConfig` fields
 (``learning_rate``, ``clip_epsilon``, ``value_loss_coef``, ``entropy_coef``, ``max_grad_norm``,
 ``gamma``, ``gae_lambda``, ``epochs``, ``minibatch_size``, ``target_kl``, ``rollout``, ``hidden``),
 ``reward: {...}`` (:class:`RewardConfig`), ``actions: [...]`` (the decisions to learn; default
-all), ``boost`` (the extra share, default 0.4).
+all), ``boost`` (the extra share, default 0.4), ``prior`` (a new policy's probability of each agent's
+configured behaviour, default 0.6; None: uniform).
 """
 
 from __future__ import annotations

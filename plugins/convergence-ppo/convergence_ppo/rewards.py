@@ -33,9 +33,9 @@ class RewardConfig(BaseModel):
     error_penalty: float = Field(0.5, ge=0)
     timeout_penalty: float = Field(0.3, ge=0)
     gain_scale: float = Field(0.02, gt=0)
-    """An improvement of the best score this large earns the whole quality term. Linear below it, so the
-    rewards of a run add up to its total improvement (a concave term would pay more for many small steps
-    than for one large one)."""
+    """An improvement of the best score this large earns the whole quality term. Linear below it (steps
+    smaller than this add up to the run's total improvement), capped above it: one large jump earns no
+    more than a step of ``gain_scale`` (one lucky generation does not dominate a rollout)."""
     time_budget_seconds: float | None = Field(None, gt=0)
     """Expected wall time of a generation; None: use the run's budget per generation."""
 

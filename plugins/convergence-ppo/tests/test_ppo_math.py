@@ -128,3 +128,9 @@ def test_a_batch_ends_an_episode_where_one_run_gives_way_to_the_next() -> None:
                                                 row(2, 2, True)]), run_id=3)
     assert buf.get_ppo_batch(update=0)["dones"] == [False, True, False, True]
     assert buf.get_ppo_batch(batch_size=2, update=0)["dones"] == [False, True]
+    # an earlier run's rows that end the batch (they wait for a smaller rollout of the next run) end there
+    # too: the update never bootstraps them from the new run's first observation
+    left = ReflectionBuffer(LearnerMemory(None, [row(1, 1, False), row(1, 2, False)]), run_id=2)
+    assert left.get_ppo_batch(update=0)["dones"] == [False, True]
+    same = ReflectionBuffer(LearnerMemory(None, [row(2, 1, False), row(2, 2, False)]), run_id=2)
+    assert same.get_ppo_batch(update=0)["dones"] == [False, False]  # the run goes on: bootstrapped

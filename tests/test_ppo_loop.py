@@ -160,7 +160,7 @@ def _bowl(tmp: Path, generations: int = 12, extra: str = "", mode: str = "genera
             c: {{type: discrete, min: 0, max: 1000, step: 1}}
             d: {{type: discrete, min: 0, max: 1000, step: 1}}
         evaluation:
-          test_cases: {{inline: [{{input: "one"}}, {{input: "two"}}]}}
+          test_cases: {{inline: [{{id: one, input: "one"}}, {{id: two, input: "two"}}]}}
           metrics:
             score: {{function: "bowl:value"}}
         optimization:
@@ -186,6 +186,24 @@ def _cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(db) as con:
         return list(con.execute(sql))
+
+
+def _stored_calls(db: Path) -> set[tuple[str, str]]:
+    return {(h, c) for h, c in _rows(db, "SELECT config_hash, case_id FROM case_results")}
+
+
+def _assert_nothing_stored_was_paid_again(log: Path, stored: set[tuple[str, str]], calls_before: int) -> None:
+    """The resumed run called the target for no (configuration, case) whose result was stored before the
+    kill. A call the kill cut short (done at the target, its result not yet committed) is made again:
+    at most one per concurrency slot."""
+    from convergence.core.space import config_hash
+
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    after = {(config_hash(params), case) for params, case in calls[calls_before:]}
+    assert after, "the resumed run called the target"
+    assert after & stored == set(), f"stored results paid again: {sorted(after & stored)[:5]}"
+    keys = [json.dumps(c, sort_keys=True) for c in calls]
+    assert len(keys) - len(set(keys)) <= 2  # concurrency 2
 
 
 @pytest.mark.slow
@@ -262,6 +280,7 @@ def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_pay
     proc.wait()
     learned = _rows(db, "SELECT COUNT(*) FROM agent_experience")[0][0]
     assert 5 <= learned < 10, "killed mid-run"
+    stored, calls_before = _stored_calls(db), len(log.read_text().splitlines())
     resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert _rows(db, "SELECT status FROM runs") == [("finished",)]
@@ -273,9 +292,7 @@ def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_pay
     chosen = {g: json.loads(d)["chosen"]["labels"] for g, d in _rows(db, "SELECT generation, data_json FROM "
                                                                           "agent_experience")}
     assert logged == chosen
-    # and no target call was paid twice
-    calls = [tuple(json.dumps(x, sort_keys=True) for x in json.loads(line)) for line in log.read_text().splitlines()]
-    assert len(calls) == len(set(calls))
+    _assert_nothing_stored_was_paid_again(log, stored, calls_before)
     # the resumed run decided exactly what an uninterrupted run of the same seed decides
     other = tmp_path / "uninterrupted"
     other.mkdir()
@@ -317,6 +334,7 @@ def test_async_mode_resumes_generations_in_flight_under_the_decision_they_ran_un
     proc.wait()
     assert in_flight, "a generation proposed under a learned decision was in flight at the kill"
     before = dict(_rows(db, "SELECT number, context_json FROM generations"))
+    stored, calls_before = _stored_calls(db), len(log.read_text().splitlines())
     resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert _rows(db, "SELECT status FROM runs") == [("finished",)]
@@ -328,8 +346,7 @@ def test_async_mode_resumes_generations_in_flight_under_the_decision_they_ran_un
     rewarded = [json.loads(d)["transition"]["decided_at"] for (d,) in _rows(
         db, "SELECT data_json FROM agent_experience") if json.loads(d).get("transition")]
     assert sorted(rewarded) == sorted(ran_under), (sorted(rewarded), sorted(ran_under))
-    calls = [tuple(json.dumps(x, sort_keys=True) for x in json.loads(line)) for line in log.read_text().splitlines()]
-    assert len(calls) == len(set(calls))
+    _assert_nothing_stored_was_paid_again(log, stored, calls_before)
 
 
 @pytest.mark.slow

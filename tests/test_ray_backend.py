@@ -688,8 +688,9 @@ async def test_a_per_attempt_timeout_cancels_the_remote_attempt_and_the_run_goes
     tmp_path: Path, ray_cluster: Any, monkeypatch: pytest.MonkeyPatch, function: str, python: str,
     concurrency: int
 ) -> None:
-    """Case 'two' sleeps 30 s, past timeout_seconds 8 (ample for a fresh Ray worker on a busy machine): the call fails with a timeout (no retry: a timeout
-    is retryable but max_retries is 0), ray.cancel stops the remote attempt, and every other call lands.
+    """Case 'two' sleeps 30 s, past timeout_seconds 8 (ample for a fresh Ray worker on a busy machine): the
+    call fails with a timeout (no retry: a timeout is retryable but max_retries is 0), ray.cancel stops the
+    remote attempt, and every other call lands.
     Tasks run one at a time: each takes one of the cluster's 2 CPUs, and a cancelled sleeper may hold its
     CPU a while on a busy machine; a task queued in Ray behind two of them would spend its own timeout
     waiting for a CPU (the per-attempt timeout starts when the attempt is sent)."""

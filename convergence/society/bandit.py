@@ -15,7 +15,7 @@ take the best arm per parameter.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,15 +40,20 @@ class BanditProposer:
         self._scores: list[float] = []
         self.exploration = "configured"
 
+    RATES: ClassVar[Mapping[str, float]] = {"exploit": 0.0, "explore": 0.5}
+    """The exploration choices besides ``configured`` (the config's ``exploration_rate``)."""
+
     def controls(self) -> dict[str, tuple[str, ...]]:
-        return {"exploration": ("configured", "exploit", "explore")}
+        """``configured`` and the other rates; a rate equal to the configured one is not offered (two
+        choices that propose alike)."""
+        return {"exploration": ("configured", *(c for c, r in self.RATES.items() if r != self.cfg.exploration_rate))}
 
     def set_controls(self, values: Mapping[str, str]) -> None:
         self.exploration = values.get("exploration", self.exploration)
 
     @property
     def exploration_rate(self) -> float:
-        return {"exploit": 0.0, "explore": 0.5}.get(self.exploration, self.cfg.exploration_rate)
+        return self.RATES.get(self.exploration, self.cfg.exploration_rate)
 
     async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
         """Thompson sampling, vectorised per parameter: one posterior draw per

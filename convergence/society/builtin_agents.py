@@ -40,7 +40,8 @@ class AgentContext:
 def evolution(ctx: AgentContext) -> Proposer:
     from convergence.society.evolutionary import EvolutionaryProposer
 
-    return EvolutionaryProposer(ctx.optimization.evolution)
+    return EvolutionaryProposer(ctx.optimization.evolution,
+                                numeric=any(d.is_numeric_range for d in ctx.space.dims.values()))
 
 
 def bandit(ctx: AgentContext) -> Proposer:

@@ -13,7 +13,8 @@ Two controls let a society learner (PPO) steer it between generations:
   one gene).
 * ``strength``: the numeric mutation's standard deviation as a share of the
   parameter's range: ``medium`` 0.15 (the configured default), ``small`` 0.05,
-  ``large`` 0.4.
+  ``large`` 0.4. Offered only when the space has a numeric range (categorical
+  and value-list mutations have no scale: the choice would change nothing).
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ STRENGTHS = {"medium": 0.15, "small": 0.05, "large": 0.4}
 class EvolutionaryProposer:
     name = "evolution"
 
-    def __init__(self, cfg: EvolutionConfig):
+    def __init__(self, cfg: EvolutionConfig, *, numeric: bool = True):
         self.cfg = cfg
         self.operator = OPERATORS[0]
         self.strength = next(iter(STRENGTHS))
+        self.numeric = numeric
+        """The space has a numeric range (else ``strength`` changes nothing and is not offered)."""
 
     def controls(self) -> dict[str, tuple[str, ...]]:
+        if not self.numeric:
+            return {"operator": OPERATORS}
         return {"operator": OPERATORS, "strength": tuple(STRENGTHS)}
 
     def set_controls(self, values: Mapping[str, str]) -> None:

@@ -7,7 +7,8 @@ up over heads, as in CleanRL's multi-discrete PPO).
     A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}          (GAE)
     R_t     = A_t + V(s_t)                                                (value target)
     ratio   = exp(log pi(a|s) - log pi_old(a|s))
-    L_pi    = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))   (A normalised per minibatch)
+    L_pi    = mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))   (A normalised over the rollout,
+                                                                   when it holds MIN_NORMALISE or more)
     L       = L_pi - c_ent * entropy + c_v * 0.5 * mean((V(s) - R)^2)
     approx KL = mean((ratio - 1) - log ratio)   (Schulman's k3 estimator; stops the epochs above target_kl)
 """
@@ -22,6 +23,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 from torch.distributions import Categorical
+
+MIN_NORMALISE = 4
+"""Fewest decisions in a rollout whose advantages are normalised (a run's last, short rollout keeps its
+own scale: rewards are in [-1, 1] already)."""
 
 
 class PPOConfig(BaseModel):
@@ -136,6 +141,10 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
     with torch.no_grad():
         advantages, returns = compute_gae(rewards, old_values, dones, next_value, cfg.gamma, cfg.gae_lambda)
     n = obs.shape[0]
+    # normalised once over the rollout (every minibatch on one scale), and only when there are enough
+    # decisions to estimate a spread: two would always become +-0.71, however close they were
+    if n >= MIN_NORMALISE:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     mb = max(1, min(cfg.minibatch_size, n))
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl",
                                                      "clip_fraction", "grad_norm", "grad_norm_clipped")}
@@ -153,10 +162,7 @@ def ppo_update(policy: Policy, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean()
                 clipfrac = ((ratio - 1.0).abs() > cfg.clip_epsilon).float().mean()
-            adv = advantages[idx]
-            if len(idx) > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            pg_loss = clipped_surrogate(ratio, adv, cfg.clip_epsilon)
+            pg_loss = clipped_surrogate(ratio, advantages[idx], cfg.clip_epsilon)
             v_loss = 0.5 * ((value - returns[idx]) ** 2).mean()
             ent = entropy.mean()
             loss = pg_loss - cfg.entropy_coef * ent + cfg.value_loss_coef * v_loss

@@ -80,3 +80,23 @@ def test_the_society_refuses_a_control_an_agent_does_not_have() -> None:
         soc.set_controls({"random": {"operator": "local"}})
     with pytest.raises(ValueError, match="unknown decision"):
         ActionSpace(list(soc.shares), soc.controls(), only=["evolution.speed"])
+
+
+def test_a_choice_that_would_change_nothing_is_not_offered() -> None:
+    """No mutation strength for a space without a numeric range (categorical mutation has no scale), and no
+    bandit rate equal to the configured one (``configured`` already proposes that way)."""
+    from convergence.config.models import OptimizationConfig
+    from convergence.society.builtin_agents import AgentContext, evolution
+
+    categorical = SearchSpace.from_config(SearchSpaceConfig.model_validate({"parameters": {
+        "model": {"type": "categorical", "values": ["a", "b", "c"]}, "n": {"type": "categorical", "values": [1, 5]}}}))
+    opt = OptimizationConfig()
+    assert evolution(AgentContext("evolution", opt, categorical)).controls() == {  # type: ignore[attr-defined]
+        "operator": ("blend", "local", "reset", "crossover")}
+    assert "strength" in evolution(AgentContext("evolution", opt, SPACE)).controls()  # type: ignore[attr-defined]
+    assert BanditProposer(MABConfig(exploration_rate=0.0), SPACE).controls() == {
+        "exploration": ("configured", "explore")}
+    assert BanditProposer(MABConfig(exploration_rate=0.5), SPACE).controls() == {
+        "exploration": ("configured", "exploit")}
+    assert BanditProposer(MABConfig(exploration_rate=0.1), SPACE).controls() == {
+        "exploration": ("configured", "exploit", "explore")}

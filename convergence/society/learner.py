@@ -19,6 +19,7 @@ only see the generations proposed after the resume.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,20 +135,24 @@ class LearnerMemory:
         self.experiences: list[ExperienceRow] = list(experiences)
         """Oldest first: earlier runs' and, on resume, this run's before the crash."""
         self._lock = threading.Lock()
-        self._saved: dict[str, Any] | None = None
+        self._saved: str | None = None
+        """The last saved state, as JSON: encoded by ``save`` in the learner's thread (a checkpoint of
+        weights can be megabytes; the loop only hands the text to the store)."""
         self._records: list[tuple[int, dict[str, Any], float | None]] = []
 
     def save(self, state: dict[str, Any]) -> None:
-        """Replace the stored state (JSON-safe; bytes must be encoded by the learner)."""
+        """Replace the stored state (JSON-safe; bytes must be encoded by the learner). Encoded here, in
+        the caller's thread, so later changes to the learner's own objects do not reach what is stored."""
+        text = json.dumps(state, separators=(",", ":"), default=str)
         with self._lock:
-            self.state = self._saved = state
+            self.state, self._saved = state, text
 
     def record(self, generation: int, data: dict[str, Any], reward: float | None) -> None:
         """Append one experience of this run."""
         with self._lock:
             self._records.append((generation, data, reward))
 
-    def drain(self) -> tuple[dict[str, Any] | None, list[tuple[int, dict[str, Any], float | None]]]:
+    def drain(self) -> tuple[str | None, list[tuple[int, dict[str, Any], float | None]]]:
         """What was saved and recorded since the last drain (the loop persists it)."""
         with self._lock:
             saved, records = self._saved, self._records

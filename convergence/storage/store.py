@@ -582,9 +582,11 @@ class Store:
             raise ValueError(f"keep must be >= 0, not {keep}")  # SQLite reads a negative OFFSET as 0
         self._writer.add(_SQL_PRUNE_EXPERIENCE, (study_id, agent, study_id, agent, keep))
 
-    def save_agent_memory(self, study_id: int, agent: str, state: dict[str, Any]) -> None:
-        """Replace ``agent``'s learned state for the study (policy, normaliser)."""
-        self._writer.add(_SQL_AGENT_MEMORY, (study_id, agent, _dump(state), time.time()))
+    def save_agent_memory(self, study_id: int, agent: str, state: dict[str, Any] | str) -> None:
+        """Replace ``agent``'s learned state for the study (policy, normaliser); a ``str`` is the state
+        already encoded as JSON (a learner's checkpoint, encoded in its worker thread, off the event loop)."""
+        self._writer.add(_SQL_AGENT_MEMORY, (study_id, agent, state if isinstance(state, str) else _dump(state),
+                                             time.time()))
 
     def record_society(
         self, run_id: int, generation: int, agent: str, *, share: float, asked: int, proposed: int, status: str,

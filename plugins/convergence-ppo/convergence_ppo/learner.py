@@ -219,7 +219,7 @@ class PPOLearner:
         return {"signature": self.signature, "policy_id": self.policy_id, "run_id": self.ctx.run_id,
                 "generator": _b64(self.generator.get_state()), "policy": _b64(self.policy.state_dict()),
                 "optimizer": _b64(self.optimizer.state_dict()), "norm": self.norm.to_dict(),
-                "updates": self.updates, "decisions": self.decisions, "history": self.history,
+                "updates": self.updates, "decisions": self.decisions, "history": list(self.history),
                 "config": self.cfg.to_dict()}
 
     def _load(self, state: Mapping[str, Any]) -> None:

@@ -889,7 +889,8 @@ def cmd_two_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
             v.check(f"pair {r}: the refused --resume says why (stderr not empty, no traceback)",
                     bool(loser.stderr.strip()) and not has_traceback(loser.stderr))
         v.check(f"pair {r}: calls received <= one run's worth + concurrency ({received} vs {expected} + "
-                f"{concurrency})", excess <= concurrency)
+                f"{concurrency}" + (f" + {REPAID_SLACK}" if REPAID_SLACK else "") + ")",
+                excess <= concurrency + REPAID_SLACK)
         v.check(f"pair {r}: run finished with no rows lost ({facts.status}, {facts.rows_lost} lost)",
                 facts.status == "finished" and facts.rows_lost == 0 and facts.trials_lost == 0)
     print(table(["pair", "first killed", "calls at kill", "resume exits", "proceeded", "winner wall s",
@@ -1164,8 +1165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="kill-resume (c): allow runs.total_calls to exceed the calls received by N per kill "
                          "(an attempt counted and committed, then killed before the target saw it); default 0")
     ap.add_argument("--repaid-slack", type=int, default=0, metavar="N",
-                    help="kill-resume (b): allow N re-paid calls per kill beyond the concurrency (results "
-                         "finished within the commit under way at the kill); default 0")
+                    help="kill-resume (b) and two-resume: allow N re-paid calls per kill beyond the concurrency "
+                         "(results finished within the commit under way at the kill); default 0")
     args = ap.parse_args(argv)
     ap_repaid = args.repaid_slack
     global TOTALS_SLACK, REPAID_SLACK

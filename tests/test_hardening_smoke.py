@@ -26,7 +26,11 @@ def test_hardening_quick(command: str, tmp_path: Path) -> None:
         # and a result finished within the commit under way at the kill is re-paid (each seen in
         # 1-3 of 20 kills of the full run, see benchmarks/README.md); never an under-count
         [sys.executable, str(SCRIPT), command, "--quick",
-         *(["--totals-slack", "1", "--repaid-slack", "1"] if command == "kill-resume" else [])],
+         *(["--totals-slack", "1", "--repaid-slack", "1"] if command == "kill-resume" else []),
+         # two-resume: results finished during the commit under way at the kill (about one per slot at
+         # these latencies) are called again; seen: 9 and 11 re-paid at concurrency 8, in one of three
+         # clean CI runs on 2026-12-06
+         *(["--repaid-slack", "8"] if command == "two-resume" else [])],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     out = proc.stdout + proc.stderr

@@ -188,6 +188,15 @@ def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return list(con.execute(sql))
 
 
+def _start_killable(path: Path, log: Path) -> tuple[list[str], dict[str, str], subprocess.Popen[bytes]]:
+    """``convergence optimize`` in its own process group (to SIGKILL), its calls logged to ``log``."""
+    env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.03", "PYTHONPATH": str(path.parent)}
+    cmd = [sys.executable, "-m", "convergence", "optimize", str(path), "--quiet", "--no-outputs"]
+    proc = subprocess.Popen(cmd, cwd=path.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    return cmd, env, proc
+
+
 def _stored_calls(db: Path) -> set[tuple[str, str]]:
     return {(h, c) for h, c in _rows(db, "SELECT config_hash, case_id FROM case_results")}
 
@@ -262,12 +271,8 @@ def test_the_policy_acts_persists_and_the_next_run_starts_from_it(tmp_path: Path
 @pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_without_learning_a_generation_twice_or_paying_twice(tmp_path: Path) -> None:
     path = _bowl(tmp_path, generations=10)
-    db = tmp_path / "db.sqlite"
-    log = tmp_path / "calls.jsonl"
-    env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.03", "PYTHONPATH": str(tmp_path)}
-    cmd = [sys.executable, "-m", "convergence", "optimize", str(path), "--quiet", "--no-outputs"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    db, log = tmp_path / "db.sqlite", tmp_path / "calls.jsonl"
+    cmd, env, proc = _start_killable(path, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -311,12 +316,8 @@ def test_async_mode_resumes_generations_in_flight_under_the_decision_they_ran_un
     them under that same decision (stored with the generation), so each decision a generation ran under
     is rewarded exactly once, and nothing is learned or paid twice."""
     path = _bowl(tmp_path, generations=10, mode="async")
-    db = tmp_path / "db.sqlite"
-    log = tmp_path / "calls.jsonl"
-    env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.03", "PYTHONPATH": str(tmp_path)}
-    cmd = [sys.executable, "-m", "convergence", "optimize", str(path), "--quiet", "--no-outputs"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    db, log = tmp_path / "db.sqlite", tmp_path / "calls.jsonl"
+    cmd, env, proc = _start_killable(path, log)
     deadline = time.monotonic() + 120
     in_flight: list[int] = []
     while time.monotonic() < deadline:

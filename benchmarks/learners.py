@@ -176,7 +176,7 @@ _CPU: list[float] = []
 
 def _time_learners() -> None:
     """Wrap each run's learner ``update`` with a thread-time timer (whatever the plugin)."""
-    from convergence.engine.learning import LearnerDriver
+    from convergence.engine.learner_driver import LearnerDriver
 
     if getattr(LearnerDriver, "_bench_timed", False):
         return

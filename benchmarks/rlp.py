@@ -235,8 +235,8 @@ elite_size: {scale.elite}}}
 
 
 def empty_thought_class() -> type:
-    from convergence.plugins.learning.rlp import Thought
-    from convergence.society.rlp_agent import RLPAgent
+    from convergence.society.rlp.agent import RLPAgent
+    from convergence.society.rlp.mixin import Thought
 
     class EmptyThoughtRLP(RLPAgent):
         """RLP with the thought's words removed: same strategy, cue, schema, reward, learning."""
@@ -343,7 +343,7 @@ async def run_once(task: str, arm: str, seed: int, text: str, workdir: Path) -> 
     from convergence.config.loader import parse_config
     from convergence.core.space import SearchSpace
     from convergence.engine.loop import Optimizer
-    from convergence.society.rlp_agent import parse_rate
+    from convergence.society.rlp.agent import parse_rate
     from convergence.society.society import Society
     from convergence.storage.store import Store
 

@@ -72,9 +72,9 @@ async def measure(per_pairing: int, seed: int) -> None:
     from convergence.engine.loop import Optimizer
     from convergence.llm.agent_client import LLMClient
     from convergence.society.base import TaskAccess
-    from convergence.society.ratings import Duel, ratings
-    from convergence.society.sao_agent import SAOAgent
-    from convergence.society.verdict import consistency_rate
+    from convergence.society.sao.agent import SAOAgent
+    from convergence.society.sao.ratings import Duel, ratings
+    from convergence.society.sao.verdict import consistency_rate
     from convergence.storage.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="sao-bench-"))

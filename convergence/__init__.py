@@ -17,13 +17,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from convergence._version import __version__
 
 _EXPORTS = {
-    "optimize": "convergence.engine.loop",
+    "optimize": "convergence.api",
     "Optimizer": "convergence.engine.loop",
     "RunOutcome": "convergence.engine.loop",
-    "ResumeError": "convergence.engine.loop",
+    "ResumeError": "convergence.engine.session",
+    "StoreOpenError": "convergence.api",
     "load_config": "convergence.config.loader",
     "parse_config": "convergence.config.loader",
     "ConfigError": "convergence.config.loader",
@@ -53,8 +54,8 @@ _EXPORTS = {
     "AgentLLMError": "convergence.llm.agent_client",
     "AnswerError": "convergence.society.answer",
     "TargetCallError": "convergence.society.base",
-    "SAODatasetError": "convergence.sao_dataset",
-    "PluginError": "convergence.plugins.registry",
+    "SAODatasetError": "convergence.society.sao.dataset",
+    "PluginError": "convergence.registry",
     "RayBackendError": "convergence.engine.ray_executor",  # does not import ray
 }
 
@@ -62,6 +63,7 @@ __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     # ``X as X``: re-exported (``__all__`` is built from _EXPORTS, which linters cannot read)
+    from convergence.api import StoreOpenError as StoreOpenError, optimize as optimize
     from convergence.config.loader import (
         ConfigError as ConfigError,
         load_config as load_config,
@@ -70,27 +72,23 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.config.models import ConvergenceConfig as ConvergenceConfig
     from convergence.core.space import SearchSpace as SearchSpace
     from convergence.core.types import CallResult as CallResult, TestCase as TestCase, TrialRecord as TrialRecord
-    from convergence.engine.loop import (
-        Optimizer as Optimizer,
-        ResumeError as ResumeError,
-        RunOutcome as RunOutcome,
-        optimize as optimize,
-    )
+    from convergence.engine.loop import Optimizer as Optimizer, RunOutcome as RunOutcome
     from convergence.engine.ray_executor import RayBackendError as RayBackendError
+    from convergence.engine.session import ResumeError as ResumeError
     from convergence.errors import ConvergenceError as ConvergenceError
     from convergence.evaluation.cases import TestCaseError as TestCaseError
     from convergence.evaluation.judge import JudgeParseError as JudgeParseError
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
     from convergence.llm.agent_client import AgentLLMError as AgentLLMError
-    from convergence.plugins.registry import PluginError as PluginError
+    from convergence.registry import PluginError as PluginError
     from convergence.reporting.outputs import build_report as build_report, write_outputs as write_outputs
-    from convergence.sao_dataset import SAODatasetError as SAODatasetError
     from convergence.society.answer import AnswerError as AnswerError
     from convergence.society.base import (
         ProposalContext as ProposalContext,
         Proposer as Proposer,
         TargetCallError as TargetCallError,
     )
+    from convergence.society.sao.dataset import SAODatasetError as SAODatasetError
     from convergence.storage.store import (
         LeaseLostError as LeaseLostError,
         RunInUseError as RunInUseError,

@@ -15,18 +15,19 @@ them; each subclass lives next to the code that raises it::
      |    +-- RunNotFoundError  no run with that id (also a KeyError)
      |    +-- RunInUseError   another live process owns the run
      |    +-- LeaseLostError  another process took the run over
+     |    +-- StoreOpenError  api.py: the project database cannot be opened (nothing ran)
      +-- WriterError          storage/writer.py    the group-commit writer keeps failing
-     +-- ResumeError          engine/loop.py         nothing to resume, the config changed, or the run is in use
- +-- RayBackendError      engine/ray_executor.py  Ray missing, the cluster unreachable, the target not built on it
+     +-- ResumeError          engine/session.py    nothing to resume, the config changed, or the run is in use
+     +-- RayBackendError      engine/ray_executor.py  Ray missing, the cluster unreachable, the target not built on it
      +-- AgentLLMError        llm/agent_client.py  the society LLM could not be reached or refused every attempt
      +-- AnswerError          society/answer.py    an agent's answer is not a valid configuration (also a ValueError)
      +-- TargetCallError      society/base.py      an agent's own target call failed or found the budget spent
-     +-- SAODatasetError      sao_dataset.py       a preference dataset that cannot be read or written
+     +-- SAODatasetError      society/sao/dataset.py  a preference dataset that cannot be read or written
 
 Four exception classes are internal and never reach the caller: ``At``
-(config/models.py, a validator's error that the loader reports as a
+(config/fields.py, a validator's error that the loader reports as a
 ``ConfigError``), ``PathError`` (targets/http_target.py, a missing JSON path,
-turned into a ``TargetError``), ``_Bad`` (sao_dataset.py, a record's problem,
+turned into a ``TargetError``), ``_Bad`` (society/sao/dataset.py, a record's problem,
 raised again as an ``SAODatasetError`` with the file and line) and
 ``TraceFailure`` (tracing/session.py, a redacted stand-in recorded in a trace,
 never raised).

@@ -473,7 +473,7 @@ def test_api_options_the_target_kind_would_ignore_are_refused() -> None:
 
 
 def preflight_problems(tmp_path: Path, text: str, files: dict[str, str] | None = None) -> list[str]:
-    from convergence.config.preflight import preflight
+    from convergence.engine.preflight import preflight
 
     for name, content in (files or {}).items():
         (tmp_path / name).write_text(content)

@@ -108,7 +108,7 @@ def test_one_error_hit_by_several_calls_at_once_ends_the_run_as_that_error() -> 
     """Several calls that hit the same fatal error in one step (a Ray backend no call can get past) reach
     the run's handler as a task group's nested ExceptionGroup; the user sees that one error, not a traceback.
     Two different errors stay a group (neither hides the other)."""
-    from convergence.engine.loop import _leaf
+    from convergence.engine.session import _leaf
 
     fatal = ConvergenceError("Ray cannot run the python target: RuntimeEnvSetupError: pip failed")
     group = BaseExceptionGroup("tg", [ExceptionGroup("inner", [fatal, fatal]), KeyError("cancelled peer")])

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from convergence.cli.app import app
 from convergence.config.loader import LoadedConfig, load_config
-from convergence.config.preflight import check
 from convergence.core.types import TestCase
-from convergence.estimate import History, estimate, load_history, read_history
+from convergence.engine.dry_run import History, estimate, load_history, read_history
+from convergence.engine.preflight import check
 from convergence.storage.store import Store
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

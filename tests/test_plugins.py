@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from convergence.cli.app import app
 from convergence.config.loader import parse_config
 from convergence.engine.loop import Optimizer
-from convergence.plugins.registry import PluginError, Registry, load_spec, registry
+from convergence.registry import PluginError, Registry, load_spec, registry
 from convergence.storage.store import Store
 
 PLUGIN = '''

@@ -391,7 +391,7 @@ class FakeRay:
 def fake_executor(fake: FakeRay, max_retries: int, *, actors: int = 0) -> Any:
     from types import SimpleNamespace
 
-    from convergence.config.models import RetryConfig
+    from convergence.config.targets import RetryConfig
     from convergence.engine.ray_executor import RayExecutor, RayTarget, _ActorPool, _Background
     from convergence.targets.runner import CallRunner
 

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from convergence.cli.app import app
 from convergence.config.loader import load_config, resolve_path
 from convergence.engine.loop import Optimizer
-from convergence.reporting.atomic import TMP_MARK
 from convergence.reporting.outputs import write_run_outputs
+from convergence.storage.atomic import TMP_MARK
 from convergence.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ KILLER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
 
-    import convergence.reporting.atomic as atomic
+    import convergence.storage.atomic as atomic
 
     marker, victim = Path(sys.argv[1]), sys.argv[2]
     real_fsync = atomic._fsync_file

@@ -390,7 +390,7 @@ def test_a_write_that_dies_before_the_rename_leaves_the_previous_files_whole(
     """Dying at any file: each final path holds the old complete file or the new one, never a part."""
     import os
 
-    from convergence.reporting import atomic
+    from convergence.storage import atomic
 
     cfg = OutputConfig(visualizations=ALL_PLOTS)
     old_report = make_report(seed=1)
@@ -426,7 +426,7 @@ def test_a_write_that_dies_before_the_rename_leaves_the_previous_files_whole(
 
 
 def test_a_writer_dying_half_way_never_touches_the_final_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from convergence.reporting import atomic, files
+    from convergence.storage import atomic, files
 
     report = make_report()
     cfg = OutputConfig(formats=["json", "markdown"], visualizations=["score_over_time"])
@@ -453,7 +453,7 @@ def test_a_writer_dying_half_way_never_touches_the_final_path(tmp_path: Path, mo
 
 
 def test_temp_files_of_a_killed_write_are_cleared_and_keep_the_extension(tmp_path: Path) -> None:
-    from convergence.reporting import atomic
+    from convergence.storage import atomic
 
     tmp = atomic.temp_path_for(tmp_path / "score_over_time.png")
     assert tmp.parent == tmp_path and tmp.suffix == ".png" and tmp.name.startswith(".")

@@ -17,9 +17,9 @@ from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import TrialRecord
 from convergence.engine.loop import Optimizer
 from convergence.llm.agent_client import LLMClient
-from convergence.plugins.learning.rlp import InformationGain, RLPMixin, Thought
 from convergence.society.base import ProposalContext
-from convergence.society.rlp_agent import OUTCOME_LEGEND, RLPAgent, parse_rate
+from convergence.society.rlp.agent import OUTCOME_LEGEND, RLPAgent, parse_rate
+from convergence.society.rlp.mixin import InformationGain, RLPMixin, Thought
 from convergence.storage.store import Store
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

@@ -13,7 +13,7 @@ from itertools import pairwise
 import anyio
 import pytest
 
-from convergence.config.models import RetryConfig
+from convergence.config.targets import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase as Case
 from convergence.targets.base import Target, TargetError
 from convergence.targets.runner import CallRunner, RateLimiter

@@ -16,7 +16,7 @@ from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 
 from convergence.config.loader import parse_config
 from convergence.engine.loop import Optimizer
-from convergence.society.sao_agent import SAOAgent
+from convergence.society.sao.agent import SAOAgent
 from convergence.storage.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +93,7 @@ async def test_sao_off_costs_nothing(tmp_path: Path) -> None:
 
 async def test_a_preference_metric_without_sao_is_refused_before_any_call(tmp_path: Path) -> None:
     from convergence.config.loader import ConfigError
-    from convergence.config.preflight import check
+    from convergence.engine.preflight import check
 
     loaded = config(tmp_path, "", metrics="pref: {function: sao_preference}")
     with pytest.raises(ConfigError, match=r"evaluation\.metrics\.pref\.function.*sao_enabled"):
@@ -186,7 +186,7 @@ def _trial(config: dict[str, Any], score: float) -> Any:
 
 
 def _favouring(winner: dict[str, Any], others: list[dict[str, Any]]) -> SAOAgent:
-    from convergence.society.ratings import Duel
+    from convergence.society.sao.ratings import Duel
 
     agent = _agent()
     trials = [_trial(winner, 0.5)] + [_trial(c, 0.5) for c in others]
@@ -226,10 +226,10 @@ async def test_rigged_what_the_judge_prefers_changes_what_sao_proposes() -> None
 
 
 async def test_a_resumed_run_reuses_its_stored_duels_and_pays_no_target_call_again(tmp_path: Path) -> None:
+    from convergence.core.sao_pair import SAOPair
     from convergence.core.types import TestCase
     from convergence.society.base import TaskAccess
     from convergence.society.memory import AgentMemory
-    from convergence.society.sao_pairs import SAOPair
 
     correct, nonsense = _trial({"style": "correct", "x": 1}, 0.9), _trial({"style": "nonsense", "x": 1}, 0.1)
     store = await Store.open(tmp_path / "db.sqlite")
@@ -283,7 +283,7 @@ async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdi
     pairs that stay out of the dataset, with the consistency rate in the stats."""
     from convergence.config.society import SAOConfig
     from convergence.llm.agent_client import LLMClient
-    from convergence.plugins.learning.sao import SAOMixin
+    from convergence.society.sao.mixin import SAOMixin
 
     monkeypatch.setenv("SAO_SERVER_KEY", "sk-local-dummy")
     client = LLMClient(f"openai/{llama_server.model_alias}", api_base=llama_server.api_base,
@@ -309,7 +309,7 @@ async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdi
 
 
 def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -> None:
-    from convergence.plugins.learning.sao import _parse_fields
+    from convergence.society.sao.mixin import _parse_fields
 
     keys = ["question"]
     assert _parse_fields('{"question": "Why is the sky blue?"}', keys) == {"question": "Why is the sky blue?"}

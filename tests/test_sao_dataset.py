@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from convergence.cli.app import app
+from convergence.core.sao_pair import FILTERS, SAOPair
 from convergence.errors import ConvergenceError
-from convergence.sao_dataset import SAODatasetError, dataset_stats, export_pairs, import_pairs, to_record
-from convergence.society.sao_pairs import FILTERS, SAOPair
+from convergence.society.sao.dataset import SAODatasetError, dataset_stats, export_pairs, import_pairs, to_record
 from convergence.storage.migrations import LATEST, MIGRATIONS
 from convergence.storage.store import Store
 

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from convergence.society.personas import (
+from convergence.core.sao_pair import Outcome
+from convergence.society.sao.personas import (
     ATTRIBUTES,
     EXACT_THRESHOLD,
     NEIGHBOURHOOD,
@@ -20,16 +21,15 @@ from convergence.society.personas import (
     combinations_count,
     persona_set_stats,
 )
-from convergence.society.ratings import Duel, fit_bradley_terry, ratings, win_probability
-from convergence.society.sao_pairs import Outcome
-from convergence.society.similarity import (
+from convergence.society.sao.ratings import Duel, fit_bradley_terry, ratings, win_probability
+from convergence.society.sao.similarity import (
     distinct_ngrams,
     diversity_score,
     is_near_duplicate,
     near_duplicates,
     similarity,
 )
-from convergence.society.verdict import (
+from convergence.society.sao.verdict import (
     JUDGE_INSTRUCTIONS,
     VERDICT_SCHEMA,
     combine,
@@ -98,7 +98,7 @@ def test_distinct_ngrams_counts_repeated_phrasing() -> None:
 
 def _max_pair_similarity(texts: list[str]) -> float:
     """Exact max Jaccard over all pairs, vectorised (shingle incidence matrix)."""
-    from convergence.society.similarity import shingles
+    from convergence.society.sao.similarity import shingles
 
     sets = [shingles(t) for t in texts]
     vocab = {s: i for i, s in enumerate(sorted(set().union(*sets)))}
@@ -171,7 +171,7 @@ def test_larger_sets_and_stricter_thresholds_hold_no_near_duplicates() -> None:
 
 def test_near_duplicate_personas_are_removed_when_the_lists_are_small(monkeypatch: pytest.MonkeyPatch) -> None:
     # with 3 values per attribute most draws are close neighbours, so removal must do real work
-    import convergence.society.personas as personas_module
+    import convergence.society.sao.personas as personas_module
 
     small = {name: values[:3] for name, values in ATTRIBUTES.items()}
     monkeypatch.setattr(personas_module, "ATTRIBUTES", small)

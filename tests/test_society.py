@@ -15,8 +15,8 @@ from test_loop import SPACE, make_config
 from convergence.cli.traces import build_tree
 from convergence.core.types import Config, TrialRecord
 from convergence.engine.loop import Optimizer
-from convergence.plugins.learning.gae import RunningNorm, gae, group_advantages
 from convergence.society.base import ProposalContext
+from convergence.society.rlp.gae import RunningNorm, gae, group_advantages
 from convergence.society.society import Society, build_agent
 from convergence.storage.store import Store
 
@@ -133,7 +133,7 @@ def test_running_norm_is_welford_and_round_trips() -> None:
 def test_validate_and_optimize_refuse_a_society_llm_without_its_key_or_an_unknown_local_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from convergence.config.preflight import preflight
+    from convergence.engine.preflight import preflight
 
     monkeypatch.delenv("SOCIETY_KEY_FOR_TEST", raising=False)
     loaded = make_config(tmp_path, SPACE + """

@@ -26,7 +26,7 @@ import anyio
 import pytest
 from local_server import serve
 
-from convergence.config.models import HTTPTargetConfig, RetryConfig
+from convergence.config.targets import HTTPTargetConfig, RetryConfig
 from convergence.core.types import TestCase as Case
 from convergence.targets.factory import build_runner, build_target, missing_env_vars
 from convergence.targets.http_target import HTTPTarget, missing_env

@@ -15,7 +15,7 @@ import pytest
 from llm_fixtures import LlamaServer, free_port, gguf_path, llama_server  # noqa: F401
 from local_server import serve
 
-from convergence.config.models import LiteLLMTargetConfig, RetryConfig
+from convergence.config.targets import LiteLLMTargetConfig, RetryConfig
 from convergence.core.types import TestCase as Case
 from convergence.llm.local_provider import LOCAL_MODEL
 from convergence.targets.base import Target, TargetError

@@ -13,7 +13,7 @@ from types import ModuleType
 import anyio
 import pytest
 
-from convergence.config.models import PythonTargetConfig, RetryConfig
+from convergence.config.targets import PythonTargetConfig, RetryConfig
 from convergence.core.types import CallResult, TestCase as Case
 from convergence.targets.base import TargetError
 from convergence.targets.factory import build_target, missing_env_vars

@@ -7,7 +7,6 @@ commands that need them so ``--help`` and ``validate`` start in a blink.
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,7 @@ def optimize(
         err.print(f"[red]missing environment variable(s):[/] {', '.join(missing)} (needed by the target in {config})")
         raise typer.Exit(2)
     from convergence.config.loader import ConfigError
-    from convergence.config.preflight import check as _preflight_check
+    from convergence.engine.preflight import check as _preflight_check
 
     try:  # the same deep checks as `validate` (imports, test cases, templates, URLs, paths), before any call
         cases = _preflight_check(loaded).cases
@@ -122,7 +121,7 @@ def optimize(
 
 def _dry_run(loaded: Any, cases: list[Any]) -> None:
     """The pre-run estimate: no target call, no LLM, no database created (read only when it exists)."""
-    from convergence.estimate import estimate, load_history
+    from convergence.engine.dry_run import estimate, load_history
 
     est = estimate(loaded, cases, history=_run_async(load_history, loaded))
     table = Table(title=f"Dry run of study {escape(est.study)}: nothing was called")
@@ -141,26 +140,20 @@ async def _optimize(
     loaded: Any, cases: list[Any], resume: bool, quiet: bool, no_outputs: bool, state: dict[str, Any],
     metrics_port: int | None = None,
 ) -> None:
+    """``convergence optimize``: the same :func:`convergence.api.optimize` as Python users, with the
+    console's progress, a header once the optimizer is built, and an exit code per kind of failure."""
+    from convergence.api import StoreOpenError, optimize
     from convergence.cli.progress import RichEvents
-    from convergence.engine.loop import Optimizer, ResumeError
+    from convergence.engine.session import ResumeError
     from convergence.errors import ConvergenceError
     from convergence.evaluation.cases import TestCaseError
-    from convergence.storage.store import StorageError, Store
+    from convergence.storage.store import StorageError
     from convergence.storage.writer import WriterError
 
     cfg = loaded.config
-    db_path = loaded.db_path
-    try:
-        store = await Store.open(db_path)
-    except (StorageError, sqlite3.Error, OSError) as exc:
-        err.print(f"[red]cannot open the project database {db_path}:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    try:
-        try:
-            optimizer = Optimizer(loaded, store, cases=cases)  # loaded once, by the preflight
-        except (TestCaseError, ValueError, ConvergenceError) as exc:
-            err.print(f"[red]error[/] {exc}")
-            raise typer.Exit(2) from None
+
+    def ready(optimizer: Any) -> None:
+        state["optimizer"] = optimizer
         t = cfg.resolved_target
         console.print(
             f"[bold]Convergence[/] study [cyan]{escape(cfg.study_name)}[/]: {t.type} target, "
@@ -170,52 +163,56 @@ async def _optimize(
             + (f", calls on Ray at {escape(cfg.optimization.execution.ray.address)}"
                if cfg.optimization.execution.backend == "ray" else "")
         )
-        try:
-            with RichEvents(console, quiet) as events:
-                optimizer.events = events
-                live = None
-                if metrics_port is not None:
-                    from convergence.tracing.prometheus import RunMetrics
 
-                    try:
-                        live = RunMetrics(events, metrics_port)
-                    except OSError as exc:
-                        err.print(f"[red]cannot serve metrics on 127.0.0.1:{metrics_port}:[/] {exc}")
-                        raise typer.Exit(2) from None
-                    optimizer.events = live
-                    console.print(f"metrics: http://127.0.0.1:{live.server.port}/metrics")
-                optimizer.on_run_started = lambda run_id: state.__setitem__("run_id", run_id)
+    try:
+        with RichEvents(console, quiet) as events:
+            live = None
+            if metrics_port is not None:
+                from convergence.tracing.prometheus import RunMetrics
+
                 try:
-                    outcome = await optimizer.run(resume=resume)
-                finally:
-                    if live is not None:
-                        live.close()
-        except ResumeError as exc:
+                    live = RunMetrics(events, metrics_port)
+                except OSError as exc:
+                    err.print(f"[red]cannot serve metrics on 127.0.0.1:{metrics_port}:[/] {exc}")
+                    raise typer.Exit(2) from None
+                console.print(f"metrics: http://127.0.0.1:{live.server.port}/metrics")
+            try:
+                outcome = await optimize(
+                    loaded, cases=cases, resume=resume, events=live or events, write_outputs=not no_outputs,
+                    on_ready=ready, on_run_started=lambda run_id: state.__setitem__("run_id", run_id))
+            finally:
+                if live is not None:
+                    live.close()
+    except StoreOpenError as exc:
+        err.print(f"[red]{escape(str(exc))}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    except (TestCaseError, ValueError, ConvergenceError) as exc:
+        if "optimizer" not in state:  # the optimizer could not be built: nothing ran
+            err.print(f"[red]error[/] {exc}")
+            raise typer.Exit(2) from None
+        if isinstance(exc, ResumeError):
             err.print(f"[red]cannot resume:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
-        except (StorageError, WriterError) as exc:
+        if isinstance(exc, (StorageError, WriterError)):
             err.print(f"[red]stopped:[/] {escape(str(exc))} (finished results are stored)", highlight=False)
             raise typer.Exit(1) from None
-        except ConvergenceError as exc:  # e.g. a plugin that failed: one clear line, not a traceback
-            which = f" (run {state['run_id']}; finished results are stored)" if "run_id" in state else ""
-            err.print(f"[red]error:[/] {escape(str(exc))}{which}", highlight=False)
-            raise typer.Exit(1) from None
-        _print_outcome(outcome, optimizer)
-        if not no_outputs and outcome.trials:
-            from convergence.reporting.outputs import write_outputs
-
-            paths = await write_outputs(loaded, store, outcome.run_id)
-            console.print("[bold]Written:[/]")
-            for p in paths:
-                console.print(f"  {p}")
-        if outcome.all_failed_error is not None:
-            err.print(f"[red]every call failed with the same error:[/] {escape(outcome.all_failed_error)}",
-                      highlight=False)
-            err.print("check the target (URL, server, credentials); the failed calls are stored "
-                      f"(convergence traces {outcome.run_id} --errors-only)", highlight=False)
-            raise typer.Exit(EXIT_ALL_CALLS_FAILED)
-    finally:
-        await store.close()
+        if not isinstance(exc, ConvergenceError):
+            raise
+        # e.g. a plugin that failed: one clear line, not a traceback
+        which = f" (run {state['run_id']}; finished results are stored)" if "run_id" in state else ""
+        err.print(f"[red]error:[/] {escape(str(exc))}{which}", highlight=False)
+        raise typer.Exit(1) from None
+    _print_outcome(outcome, state["optimizer"])
+    if outcome.output_files:
+        console.print("[bold]Written:[/]")
+        for p in outcome.output_files:
+            console.print(f"  {p}")
+    if outcome.all_failed_error is not None:
+        err.print(f"[red]every call failed with the same error:[/] {escape(outcome.all_failed_error)}",
+                  highlight=False)
+        err.print("check the target (URL, server, credentials); the failed calls are stored "
+                  f"(convergence traces {outcome.run_id} --errors-only)", highlight=False)
+        raise typer.Exit(EXIT_ALL_CALLS_FAILED)
 
 
 def _print_outcome(outcome: Any, optimizer: Any) -> None:
@@ -259,8 +256,8 @@ def validate(config: Path = ConfigArg) -> None:
     from rich.markup import escape as _escape
 
     from convergence.config.loader import ConfigError
-    from convergence.config.preflight import preflight
     from convergence.core.space import SearchSpace
+    from convergence.engine.preflight import preflight
 
     loaded = _load(config)
     cfg = loaded.config

@@ -85,7 +85,7 @@ def plugin_module(kind: str, name: str, install: str) -> Any:
 
     from rich.markup import escape as _escape
 
-    from convergence.plugins.registry import PluginError, registry
+    from convergence.registry import PluginError, registry
 
     entry = registry().find(kind, name)
     if entry is None:

@@ -22,7 +22,7 @@ def plugins(
     Plugins are found through the ``convergence.plugins`` entry points of installed
     distributions; nothing is imported to list them. Problems (a name taken twice, a
     malformed entry point) are listed below the table."""
-    from convergence.plugins.registry import KINDS, registry
+    from convergence.registry import KINDS, registry
 
     if kind is not None and kind not in KINDS:
         err.print(f"[red]error:[/] unknown kind {escape(kind)!r}; expected one of {', '.join(KINDS)}")

@@ -38,7 +38,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _count_line(counts: dict[str, int], filters: bool = True) -> str:
     """``name n, ...`` of the non-zero counts; ``filters``: in the order the quality filters are checked."""
-    from convergence.society.sao_pairs import FILTERS
+    from convergence.core.sao_pair import FILTERS
 
     items = list(counts.items())
     if filters:
@@ -114,7 +114,7 @@ async def _export(path: Path, run: int | None, study: str | None, out: Path, fmt
                   include_all: bool, metadata: bool) -> None:
     from rich.markup import escape
 
-    from convergence.sao_dataset import SAODatasetError, export_pairs, skip_reasons
+    from convergence.society.sao.dataset import SAODatasetError, export_pairs, skip_reasons
 
     store = await _open_store(path)
     try:
@@ -158,7 +158,7 @@ def import_cmd(
     conversational) under --study, as pairs whose chosen response won."""
     from rich.markup import escape
 
-    from convergence.sao_dataset import SAODatasetError, import_pairs
+    from convergence.society.sao.dataset import SAODatasetError, import_pairs
 
     try:
         pairs = import_pairs(file)
@@ -198,7 +198,7 @@ def stats_cmd(
 
 
 async def _stats(path: Path, run: int | None, study: str | None, top: int, as_json: bool) -> None:
-    from convergence.sao_dataset import dataset_stats
+    from convergence.society.sao.dataset import dataset_stats
 
     store = await _open_store(path)
     try:

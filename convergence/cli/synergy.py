@@ -155,7 +155,7 @@ def train(config: Path | None = CFG_OPT,
 async def _train(loaded: Any, db: Path, watch: bool, interval: float) -> None:
     import anyio
 
-    from convergence.plugins.registry import registry
+    from convergence.registry import registry
     from convergence.society.learner import GenerationResult, LearnerContext, state_dir
     from convergence.storage.store import Store
 

@@ -21,19 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from convergence.config.models import (
-    At,
+from convergence.config.fields import At, Float, Int, Name, ReportFormat, Strict, Text
+from convergence.config.targets import (
     AuthConfig,
-    Float,
     HTTPTargetConfig,
-    Int,
     LiteLLMTargetConfig,
-    Name,
-    ReportFormat,
     RequestConfig,
     ResponseConfig,
-    Strict,
-    Text,
     check_messages,
 )
 

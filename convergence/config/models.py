@@ -17,280 +17,38 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AliasChoices,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     field_validator,
     model_validator,
 )
 
-if TYPE_CHECKING:  # defined in compat.py / society.py, which build on this module (imported at the bottom)
-    from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
-    from convergence.config.society import SocietyConfig
-
-MAX_NAME = 200
-"""Longest study, parameter or metric name (they are printed, stored and plotted)."""
-SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
-MAX_EXACT_INT = 2**53
-"""Integer search ranges are sampled through floats: beyond 2**53 they would lose precision."""
-
-
-class At(ValueError):
-    """A validator's error about one field of the model (or a field further
-    down), so the loader can report that field's path and line instead of
-    the model's. ``path`` is relative to the model that raises it."""
-
-    def __init__(self, path: str | int | tuple[Any, ...], message: str):
-        """``path``: a tuple of keys/indexes, an index, or a dotted string of field names."""
-        if isinstance(path, str):
-            self.path: tuple[Any, ...] = tuple(path.split("."))
-        elif isinstance(path, int):
-            self.path = (path,)
-        else:
-            self.path = tuple(path)
-        super().__init__(message)
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr`` of a value cut to ``limit`` characters, for messages that echo input."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------- field types
-
-
-def _int_not_bool(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"expected an integer, got {str(v).lower()} (a boolean)")
-    return v
-
-
-def _float_not_bool(v: Any) -> Any:
-    if isinstance(v, bool):
-        raise ValueError(f"expected a number, got {str(v).lower()} (a boolean)")
-    return v
-
-
-def _sqlite_range(v: int) -> int:
-    if not SQLITE_MIN <= v <= SQLITE_MAX:
-        raise ValueError(f"{short(v, 30)} is out of range: integers must fit 64 bits (|x| < 2**63)")
-    return v
-
-
-Int = Annotated[int, BeforeValidator(_int_not_bool), AfterValidator(_sqlite_range)]
-"""An integer: ``3`` and ``"3"`` (from ``${VAR}``) are fine; ``true`` and ``3.5`` are not."""
-Float = Annotated[float, BeforeValidator(_float_not_bool)]
-"""A finite number (the model config refuses inf/nan); ``true`` is not 1.0."""
-
-
-def _name(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    if len(v) > MAX_NAME:
-        raise ValueError(f"is {len(v)} characters long; at most {MAX_NAME} are allowed")
-    if any(ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError("must not contain control characters (newlines, tabs, ...)")
-    return v
-
-
-def _non_empty(v: str) -> str:
-    if not v.strip():
-        raise ValueError("must not be empty")
-    return v
-
-
-Name = Annotated[str, AfterValidator(_name)]
-"""A study, parameter or metric name: 1-200 printable characters."""
-Text = Annotated[str, AfterValidator(_non_empty)]
-"""A non-empty string (model, endpoint, function, path ...)."""
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors (with a did-you-mean from the loader) and
-    floats must be finite."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-# --------------------------------------------------------------------------- target
-
-
-class AuthConfig(Strict):
-    """Credentials always come from environment variables, never the YAML."""
-
-    type: Literal["bearer", "api_key", "basic", "none"] = "none"
-    token_env: Text | None = None
-    header_name: Text = "x-api-key"
-    username: str | None = None
-    username_env: Text | None = None
-    password_env: Text | None = None
-
-    @model_validator(mode="after")
-    def _needs_env(self) -> AuthConfig:
-        if self.type in ("bearer", "api_key") and not self.token_env:
-            raise ValueError(f"auth type '{self.type}' needs token_env (the env var holding the token)")
-        if self.type == "basic" and not self.password_env:
-            raise ValueError("auth type 'basic' needs password_env")
-        if self.type == "basic" and (self.username is None) == (self.username_env is None):
-            raise ValueError("auth type 'basic' needs one of username or username_env")
-        unused = {
-            "bearer": ("username", "username_env", "password_env", "header_name"),
-            "api_key": ("username", "username_env", "password_env"),
-            "basic": ("token_env", "header_name"),
-            "none": ("token_env", "username", "username_env", "password_env", "header_name"),
-        }[self.type]
-        for name in unused:
-            if name in self.model_fields_set:
-                raise At(name, f"is not used by auth type '{self.type}'")
-        return self
-
-
-class RequestConfig(Strict):
-    method: Literal["GET", "POST", "PUT", "PATCH"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: Float = Field(30.0, gt=0, le=86_400)
-    body: Any = None
-    """JSON body template: strings are Jinja templates over the test case and
-    the configuration. Without it the body is the test case input merged with
-    the configuration's parameters."""
-
-
-class ResponseConfig(Strict):
-    result_field: Text | None = "result"
-    """Dotted path to the output, e.g. ``choices.0.message.content``."""
-    success_field: Text | None = None
-    error_field: Text | None = "error"
-    cost_field: Text | None = None
-
-
-class RetryConfig(Strict):
-    max_retries: Int = Field(3, ge=0, le=20)
-    backoff_initial_seconds: Float = Field(0.5, ge=0, le=3600)
-    backoff_max_seconds: Float = Field(20.0, ge=0, le=3600)
-
-
-class _TargetCommon(Strict):
-    timeout_seconds: Float = Field(60.0, gt=0, le=86_400)
-    rate_limit_per_second: Float | None = Field(None, ge=0.001, le=1_000_000)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
-
-
-ROLES = ("system", "user", "assistant", "developer")
-
-
-def check_messages(v: list[dict[str, str]] | None) -> list[dict[str, str]] | None:
-    """Chat messages: each a mapping with a known ``role`` and a ``content`` template."""
-    if v is None:
-        return v
-    if not v:
-        raise ValueError("needs at least one message (or use prompt)")
-    for i, m in enumerate(v):
-        for key in m:
-            if key not in ("role", "content", "name"):
-                raise At((i, key), f"unknown message key {short(key, 40)}; a message has role, content (and name)")
-        if "role" not in m:
-            raise At(i, f"a message needs a 'role' ({', '.join(ROLES)})")
-        if m["role"] not in ROLES:
-            raise At((i, "role"), f"got {short(m['role'], 40)}, expected one of {', '.join(ROLES)}")
-        if "content" not in m:
-            raise At(i, "a message needs a 'content' (a Jinja template)")
-    return v
-
-
-class LiteLLMTargetConfig(_TargetCommon):
-    """Any LiteLLM model string, including the embedded ``local/gemma-3-270m``."""
-
-    type: Literal["litellm"] = "litellm"
-    model: Text
-    prompt: str | None = None
-    """Completion-style Jinja template (the embedded model is a base model)."""
-    messages: list[dict[str, str]] | None = None
-    """Chat messages (``role`` and ``content``), each ``content`` a Jinja template."""
-    api_base: Text | None = None
-    api_key_env: Text | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-    """Fixed call parameters, overridden by the configuration under test."""
-    call_params: list[Text] | None = None
-    """Search-space parameters to pass to the LLM call. Default: those whose
-    name is a known completion parameter (temperature, max_tokens, stop, ...)."""
-
-    _messages = field_validator("messages")(check_messages)
-
-    @model_validator(mode="after")
-    def _one_prompt(self) -> LiteLLMTargetConfig:
-        if self.prompt is None and self.messages is None:
-            self.prompt = "{{ input }}"
-        if self.prompt is not None and self.messages is not None:
-            raise ValueError("give either prompt or messages, not both")
-        return self
-
-
-class HTTPTargetConfig(_TargetCommon):
-    type: Literal["http"] = "http"
-    endpoint: Text
-    auth: AuthConfig = Field(default_factory=AuthConfig)
-    request: RequestConfig = Field(default_factory=RequestConfig)
-    response: ResponseConfig = Field(default_factory=ResponseConfig)
-
-
-class PythonTargetConfig(_TargetCommon):
-    type: Literal["python"] = "python"
-    function: Text
-    """``module:function``; sync or async; called as ``fn(params, input)``."""
-
-    @field_validator("function")
-    @classmethod
-    def _colon(cls, v: str) -> str:
-        module, _, attr = v.partition(":")
-        if not module.strip() or not attr.strip():
-            raise ValueError("expected 'module:function', e.g. 'my_pkg.target:call'")
-        return v
-
-
-class PluginTargetConfig(_TargetCommon):
-    """A target from an installed plugin (``type`` names it); ``options`` go to its factory."""
-
-    type: Text
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("type")
-    @classmethod
-    def _installed(cls, v: str) -> str:
-        from convergence.plugins.registry import registry, unknown
-
-        if registry().find("target", v) is None:
-            raise ValueError(unknown("target", v, registry().names("target")))
-        return v
-
-
-BUILTIN_TARGETS = ("litellm", "http", "python")
-
-
-def _target_tag(v: Any) -> str | None:
-    tag = v.get("type") if isinstance(v, dict) else getattr(v, "type", None)
-    if tag is None or tag in BUILTIN_TARGETS:
-        return tag
-    return "plugin"
-
-
-TargetConfig = Annotated[
-    Annotated[LiteLLMTargetConfig, Tag("litellm")]
-    | Annotated[HTTPTargetConfig, Tag("http")]
-    | Annotated[PythonTargetConfig, Tag("python")]
-    | Annotated[PluginTargetConfig, Tag("plugin")],
-    Discriminator(_target_tag),
-]
-AnyTargetConfig = LiteLLMTargetConfig | HTTPTargetConfig | PythonTargetConfig | PluginTargetConfig
-
+from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig
+from convergence.config.fields import (
+    MAX_EXACT_INT,
+    MAX_NAME,
+    SQLITE_MAX,
+    SQLITE_MIN,
+    At,
+    Float,
+    Int,
+    Name,
+    ReportFormat,
+    Strict,
+    Text,
+    short,
+)
+from convergence.config.society import SocietyConfig
+from convergence.config.targets import (
+    AnyTargetConfig,
+    HTTPTargetConfig,
+    LiteLLMTargetConfig,
+    PythonTargetConfig,
+    TargetConfig,
+)
 
 # --------------------------------------------------------------------------- search space
 
@@ -714,7 +472,6 @@ class ExportBestConfig(Strict):
 
 
 Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality", "society"]
-ReportFormat = Literal["json", "markdown", "csv"]
 _DEFAULT_FORMATS: tuple[ReportFormat, ...] = ("json", "markdown", "csv")
 _DEFAULT_VISUALIZATIONS: tuple[Visualization, ...] = (
     "score_over_time", "cost_vs_quality", "parameter_importance", "society")
@@ -861,16 +618,3 @@ class ConvergenceConfig(Strict):
             name = t.type
         return name[:MAX_NAME]
 
-
-def finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
-
-
-# the-convergence's sections are models built on the ones above; the package
-# __init__ imports this module first, so this import always finds them defined.
-from convergence.config.compat import ApiConfig, AugmentationConfig, LegacyConfig  # noqa: E402 - see above
-from convergence.config.society import SocietyConfig  # noqa: E402 - see above
-
-for _model in (TestCasesConfig, EvaluationConfig, ConvergenceConfig):
-    _model.model_rebuild()
-del _model

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from convergence.config.models import At, Float, Int, Strict, Text, short
+from convergence.config.fields import At, Float, Int, Strict, Text, short
 
 AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes")
 """Built-in society agents; plugins add more (``agent`` and ``sampler`` entries of the registry)."""
@@ -26,7 +26,7 @@ AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmae
 
 def agent_names() -> list[str]:
     """Every agent a roster may list: built-in, plugged-in agents and sampler plugins."""
-    from convergence.plugins.registry import registry
+    from convergence.registry import registry
 
     reg = registry()
     return list(dict.fromkeys([*reg.names("agent"), *reg.names("sampler")]))
@@ -172,7 +172,7 @@ class LearnerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _installed(self) -> LearnerConfig:
-        from convergence.plugins.registry import registry, unknown
+        from convergence.registry import registry, unknown
 
         if registry().find("learner", self.plugin) is None:
             raise At("plugin", unknown("learner", self.plugin, registry().names("learner")))
@@ -213,7 +213,7 @@ class SocietyConfig(Strict):
             raise At("agents", f"list at least one agent (have: {', '.join(agent_names())})")
         for name, share in self.agents.items():
             if name not in AGENT_NAMES and name not in (names := agent_names()):
-                from convergence.plugins.registry import unknown
+                from convergence.registry import unknown
 
                 raise At(("agents", name), unknown("agent", name, names))
             if share < 0:

@@ -329,7 +329,7 @@ def resolve_metric(
     active_custom = custom if custom is not None and custom.enabled else None
     function = cfg.function or infer_function(name, active_custom is not None)
     args = _prepare_args(name, function, cfg.args, base_dir)
-    from convergence.plugins.registry import PluginError, registry
+    from convergence.registry import PluginError, registry
 
     entry = registry().find("metric", function)
     if entry is not None:  # built-in (sync, our signature) or a plugin (adapted like 'module:function')
@@ -410,7 +410,7 @@ def _prepare_args(name: str, function: str, args: dict[str, Any], base_dir: Path
 def _import(spec: str, name: str, base_dir: Path) -> Callable[..., Any]:
     """Import ``module:function`` (dotted attributes allowed) through the registry's loader, with
     base_dir importable, so an evaluator file next to optimization.yaml just works."""
-    from convergence.plugins.registry import SpecError, load_spec
+    from convergence.registry import SpecError, load_spec
 
     try:
         obj = load_spec(spec, base_dir)

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from convergence.core.types import Config
-from convergence.reporting.atomic import atomic_write_text
 from convergence.reporting.model import RunReport
+from convergence.storage.atomic import atomic_write_text
 
 ExportFormat = Literal["yaml", "json", "python"]
 EXTENSIONS: dict[str, str] = {"yaml": "yaml", "json": "json", "python": "py"}

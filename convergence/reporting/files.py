@@ -15,13 +15,13 @@ from typing import Any
 from convergence.config.models import OutputConfig
 from convergence.core.types import TrialRecord
 from convergence.reporting import plots
-from convergence.reporting.atomic import atomic_write_text, remove_stale_temps
 from convergence.reporting.export import EXTENSIONS, export_config
 from convergence.reporting.importance import parameter_importance
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import pareto_front
 from convergence.reporting.sao import SAOReport
 from convergence.reporting.society import AgentSummary, SocietyReport
+from convergence.storage.atomic import atomic_write_text, remove_stale_temps
 
 TOP_N = 10
 FRONT_ROWS = 50
@@ -460,7 +460,7 @@ def plot_kinds(report: RunReport, cfg: OutputConfig) -> list[str]:
 def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[Path]:
     """Write every file ``cfg`` asks for into ``out_dir``; return the paths written.
 
-    Each file is replaced atomically (see :mod:`convergence.reporting.atomic`):
+    Each file is replaced atomically (see :mod:`convergence.storage.atomic`):
     a kill part-way leaves every file either complete or as it was before."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,10 +16,10 @@ from typing import Any, Literal
 import numpy as np
 
 from convergence.core.types import TrialRecord
-from convergence.reporting.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from convergence.reporting.model import RunReport
 from convergence.reporting.pareto import LOWER, non_dominated
 from convergence.reporting.society import SocietyReport
+from convergence.storage.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 
 SeriesKind = Literal["dots", "line", "step", "barh"]
 PLOTLY_JS = "plotly.min.js"

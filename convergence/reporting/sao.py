@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from convergence.core.sao_pair import SAOPair
 from convergence.core.types import Config, TrialRecord
-from convergence.society.sao_pairs import SAOPair
-from convergence.society.verdict import consistency_rate
+from convergence.society.sao.verdict import consistency_rate
 
 
 @dataclass(slots=True, frozen=True)

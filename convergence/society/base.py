@@ -57,6 +57,22 @@ class Tunable(Protocol):
         ...
 
 
+@runtime_checkable
+class TrialMeasure(Protocol):
+    """An agent that measures whole configurations beyond their test cases (SAO rates them from
+    judged duels). A metric whose ``function`` is one of :meth:`measures` takes its value for a
+    configuration from :meth:`trial_value`; the engine asks the society, never an agent by name, and
+    refreshes the scores after each generation's learning, since the values move as the agent learns."""
+
+    def measures(self) -> frozenset[str]:
+        """The trial-level metric functions this agent provides (e.g. ``sao_preference``)."""
+        ...
+
+    def trial_value(self, function: str, config_hash: str) -> float:
+        """The configuration's value of ``function`` now."""
+        ...
+
+
 @dataclass(slots=True)
 class Proposal:
     config: Config

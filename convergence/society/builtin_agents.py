@@ -65,7 +65,7 @@ def optuna_sampler(ctx: AgentContext) -> Proposer:
 
 def rlp(ctx: AgentContext) -> Proposer:
     from convergence.llm.agent_client import LLMClient
-    from convergence.society.rlp_agent import RLPAgent
+    from convergence.society.rlp.agent import RLPAgent
 
     cfg = ctx.full()
     llm, rlp_cfg = cfg.society.llm, cfg.society.rlp
@@ -76,7 +76,7 @@ def rlp(ctx: AgentContext) -> Proposer:
 
 def sao(ctx: AgentContext) -> Proposer:
     from convergence.llm.agent_client import LLMClient
-    from convergence.society.sao_agent import SAOAgent
+    from convergence.society.sao.agent import SAOAgent
 
     cfg = ctx.full()
     llm, sao_cfg = cfg.society.llm, cfg.society.sao

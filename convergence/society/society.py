@@ -22,7 +22,7 @@ from convergence.config.models import ConvergenceConfig, OptimizationConfig
 from convergence.config.society import ALGORITHM_AGENTS, SocietyConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
-from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess, Tunable
+from convergence.society.base import Proposal, ProposalContext, Proposer, TaskAccess, TrialMeasure, Tunable
 from convergence.tracing import traced
 
 
@@ -66,6 +66,10 @@ class AgentReport:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+NEUTRAL_TRIAL_VALUE = 0.5
+"""A trial-level metric's value when no agent measures it (SAO's rating of a configuration it never judged)."""
+
+
 class Society:
     def __init__(self, members: list[tuple[Proposer, float]], space: SearchSpace, *,
                  timeout_seconds: float | None = None):
@@ -95,6 +99,16 @@ class Society:
 
     def agent(self, name: str) -> Proposer | None:
         return next((p for p, _ in self.members if p.name == name), None)
+
+    def trial_values(self, metrics: Mapping[str, str], config_hash: str) -> dict[str, float]:
+        """Each trial-level metric's value (metric name -> its function) for one configuration, from the
+        agent that measures that function; :data:`NEUTRAL_TRIAL_VALUE` when no agent of the roster does."""
+        out = {}
+        for name, function in metrics.items():
+            agent = next((p for p, _ in self.members if isinstance(p, TrialMeasure) and function in p.measures()),
+                         None)
+            out[name] = float(agent.trial_value(function, config_hash)) if agent is not None else NEUTRAL_TRIAL_VALUE
+        return out
 
     @classmethod
     def from_config(cls, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Society:
@@ -268,7 +282,7 @@ class Society:
 def build_agent(name: str, cfg: OptimizationConfig | ConvergenceConfig, space: SearchSpace) -> Proposer:
     """An agent by name, built-in or plugged in, through the registry's factory (a ``sampler`` plugin
     runs as an agent of the same name through Optuna)."""
-    from convergence.plugins.registry import PluginError, registry
+    from convergence.registry import PluginError, registry
     from convergence.society.builtin_agents import AgentContext
 
     reg = registry()

@@ -28,9 +28,9 @@ from typing import Any
 import aiosqlite
 import anyio
 
+from convergence.core.sao_pair import SAOPair
 from convergence.core.types import CallResult, CaseResult, Config, TestCase, TrialRecord
 from convergence.errors import ConvergenceError
-from convergence.society.sao_pairs import SAOPair
 from convergence.storage.counter import CallCounter, counter_path, read_count
 from convergence.storage.migrations import LATEST, MIGRATIONS
 from convergence.storage.writer import Batch, GroupCommitWriter

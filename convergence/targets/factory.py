@@ -25,7 +25,7 @@ from convergence.targets.runner import CallRunner
 def build_target(cfg: AnyTargetConfig, base_dir: Path, concurrency: int) -> Target:
     """The target for ``cfg`` through the registry's factory for its ``type`` (built-in or plugin);
     ``concurrency`` sizes its connection or thread pool."""
-    from convergence.plugins.registry import PluginError, registry
+    from convergence.registry import PluginError, registry
 
     factory = registry().load("target", cfg.type)
     target = factory(cfg, base_dir, concurrency)

@@ -25,7 +25,7 @@ _RETRYABLE = (TimeoutError, ConnectionError, OSError)
 def load_callable(spec: str, base_dir: Path) -> Callable[..., Any]:
     """Import ``module:attr`` (``attr`` may be dotted) with ``base_dir`` on
     ``sys.path`` through the registry's loader; errors say which part is missing and where we looked."""
-    from convergence.plugins.registry import SpecError, load_spec
+    from convergence.registry import SpecError, load_spec
 
     try:
         obj = load_spec(spec, base_dir)

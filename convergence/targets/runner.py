@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from convergence.config.models import RetryConfig
+from convergence.config.targets import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase
 from convergence.targets.base import Target, TargetError
 from convergence.tracing import traced

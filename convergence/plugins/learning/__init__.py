@@ -1,1 +1,1 @@
-"""Learning systems of the agent society: RLP (reasoning rewarded by information gain)."""
+"""The documented import path of the RLP and SAO Python APIs (see :mod:`convergence.plugins`)."""

@@ -11,7 +11,7 @@ import torch
 from rigged import AGENTS, context, generation
 
 import convergence_synergy
-from convergence.plugins.registry import Registry
+from convergence.registry import Registry
 from convergence.society.learner import Learner, LearnerContext
 from convergence_synergy import (
     SynergyFileError,

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from convergence.society.sao_pairs import Outcome, Verdict
+from convergence.core.sao_pair import Outcome, Verdict
 
 _BRACKETED = re.compile(r"\[\[([^\[\]]*)\]\]")
 _BARE_LINE = re.compile(r"^(?:(?:verdict|answer|winner)\b\s*[:=-]?\s*)?\(?(a|b|tie)\)?\.?$", re.IGNORECASE)

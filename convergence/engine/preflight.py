@@ -602,7 +602,7 @@ def _learner(ctx: _Ctx) -> None:
     cfg = ctx.cfg.society.learner
     if cfg is None:
         return
-    from convergence.plugins.registry import PluginError, registry
+    from convergence.registry import PluginError, registry
 
     loc = ("society", "learner")
     try:

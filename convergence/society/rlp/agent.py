@@ -12,7 +12,7 @@ never evaluated.
 After evaluation each proposal's outcome is put into words (``best``: the
 best score so far; ``high``: at least the median of the run so far; ``low``;
 ``failed``) and the thought's reward is its information gain about those
-outcomes (see :mod:`convergence.plugins.learning.rlp`). Providers with no
+outcomes (see :mod:`convergence.society.rlp.mixin`). Providers with no
 log-probs at all: reward = the documented rank fallback, the proposals' mean
 rank in the run so far mapped to [-1, 1] (best = 1), and the run output says so.
 """
@@ -28,7 +28,11 @@ from convergence.config.society import RLPConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
 from convergence.llm.agent_client import AgentLLMError, LLMClient
-from convergence.plugins.learning.rlp import (
+from convergence.society.answer import AnswerError, answer_schema, parse_answer
+from convergence.society.base import ProposalContext
+from convergence.society.digest import config_text, study_digest
+from convergence.society.memory import AgentMemory
+from convergence.society.rlp.mixin import (
     Experience,
     InformationGain,
     RLPMixin,
@@ -36,10 +40,6 @@ from convergence.plugins.learning.rlp import (
     experience_from_record,
     experience_record,
 )
-from convergence.society.answer import AnswerError, answer_schema, parse_answer
-from convergence.society.base import ProposalContext
-from convergence.society.digest import config_text, study_digest
-from convergence.society.memory import AgentMemory
 from convergence.society.strategies import STRATEGIES, cue, nearest_unseen
 from convergence.tracing import traced
 

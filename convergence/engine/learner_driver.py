@@ -21,7 +21,7 @@ from convergence.config.models import OptimizationConfig
 from convergence.core.budget import Budget
 from convergence.core.space import SearchSpace
 from convergence.core.types import CaseResult, TrialRecord
-from convergence.plugins.registry import PluginError
+from convergence.registry import PluginError
 from convergence.society.learner import (
     AgentResult,
     Decision,
@@ -76,7 +76,7 @@ class LearnerDriver:
     async def start(cls, plugin: str, options: Mapping[str, Any], *, society: Society, store: Store, study: str,
                     run_id: int, seed: int, opt: OptimizationConfig, db_path: Any) -> LearnerDriver:
         """The ``society.learner`` plugin, started from what it learned in earlier runs of the study."""
-        from convergence.plugins.registry import registry
+        from convergence.registry import registry
 
         study_id = await store.study_id(study)
         key = memory_key(plugin)

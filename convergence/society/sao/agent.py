@@ -9,7 +9,7 @@ duels first: the pairs whose verdict is least predictable from the scores.
 
 Consistent verdicts (A, B or tie in both orders) are duels; a Bradley-Terry
 fit over the run's duels gives each configuration a preference rating
-(:mod:`convergence.society.ratings`), stored per run and usable in the
+(:mod:`convergence.society.sao.ratings`), stored per run and usable in the
 objective as ``function: sao_preference``. Inconsistent verdicts are not
 duels (position bias, not preference). Every pair goes to the store with the
 filters it failed; ``convergence sao export`` writes the kept ones.
@@ -26,17 +26,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from convergence.config.society import SAOConfig
+from convergence.core.sao_pair import SAOPair
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
 from convergence.llm.agent_client import LLMClient
-from convergence.plugins.learning.sao import SAOMixin
 from convergence.society.base import ProposalContext, TaskAccess
 from convergence.society.memory import AgentMemory
-from convergence.society.personas import Persona
-from convergence.society.ratings import Duel, Rating, ratings
-from convergence.society.sao_pairs import SAOPair
+from convergence.society.sao.mixin import SAOMixin
+from convergence.society.sao.personas import Persona
+from convergence.society.sao.ratings import Duel, Rating, ratings
+from convergence.society.sao.verdict import consistency_rate
 from convergence.society.strategies import nearest_unseen
-from convergence.society.verdict import consistency_rate
 from convergence.tracing import traced
 
 PREFERENCE_FUNCTION = "sao_preference"
@@ -114,6 +114,13 @@ class SAOAgent(SAOMixin):
         return out
 
     # ------------------------------------------------------------------ duelling
+
+    def measures(self) -> frozenset[str]:
+        """SAO measures configurations by the judge's verdicts: the ``sao_preference`` metric function."""
+        return frozenset({PREFERENCE_FUNCTION})
+
+    def trial_value(self, function: str, config_hash: str) -> float:
+        return self.preference(config_hash)
 
     def preference(self, config_hash: str) -> float:
         """The configuration's preference rating in [0, 1] (win probability against an average one)."""

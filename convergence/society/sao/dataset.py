@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from convergence.core.sao_pair import FILTERS, SAOPair
 from convergence.errors import ConvergenceError
-from convergence.society.sao_pairs import FILTERS, SAOPair
 
 EXPECTED = "expected prompt/chosen/rejected"
 _OUTCOME_FILTERS = ("unparseable", "inconsistent", "tie")
@@ -93,7 +93,7 @@ def export_pairs(
     unparseable): it has no chosen/rejected. ``jsonl``: one record per line;
     ``json``: one array of records. Written to a temporary file and renamed, so
     a reader never sees half a dataset."""
-    from convergence.reporting.atomic import atomic_path
+    from convergence.storage.atomic import atomic_path
 
     if format not in ("jsonl", "json"):
         raise SAODatasetError(f"unknown format {format!r}; expected jsonl or json")
@@ -307,7 +307,7 @@ def dataset_stats(pairs: Sequence[SAOPair]) -> dict[str, Any]:
     kept_prompts = [p.prompt for p in pairs if p.kept]
     diversity: float | None = None
     if kept_prompts:
-        from convergence.society.similarity import diversity_score
+        from convergence.society.sao.similarity import diversity_score
 
         diversity = float(diversity_score(kept_prompts))
     return {

@@ -19,7 +19,7 @@ from itertools import combinations
 from math import prod
 from typing import Any
 
-from convergence.society.similarity import jaccard, shingles
+from convergence.society.sao.similarity import jaccard, shingles
 
 ROLES: tuple[str, ...] = (
     "nurse", "software developer", "farmer", "high school teacher", "truck driver", "chef", "accountant",

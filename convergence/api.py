@@ -1,0 +1,62 @@
+"""``optimize()``: the one way a study is run, from Python and from ``convergence optimize``.
+
+It loads and checks the config (what ``convergence validate`` checks, before the first call),
+opens the project database, runs the :class:`~convergence.engine.loop.Optimizer` and writes the
+run's outputs. It sits above reporting (it writes the outputs) and below the CLI (which calls it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from convergence.config.loader import LoadedConfig, load_config
+from convergence.core.types import TestCase
+from convergence.engine.loop import LoopEvents, Optimizer, RunOutcome
+from convergence.storage.store import StorageError, Store
+
+
+class StoreOpenError(StorageError):
+    """The project database could not be opened (nothing ran)."""
+
+
+async def optimize(
+    config: str | Path | LoadedConfig,
+    *,
+    resume: bool = False,
+    events: LoopEvents | None = None,
+    write_outputs: bool = True,
+    cases: list[TestCase] | None = None,
+    on_ready: Callable[[Optimizer], None] | None = None,
+    on_run_started: Callable[[int], None] | None = None,
+) -> RunOutcome:
+    """Run the study ``config`` describes: ``await optimize("optimization.yaml")``.
+
+    ``config`` may be a path or an already loaded config (``load_config``), with ``cases`` when
+    they were already checked (``engine.preflight.check``). ``on_ready`` sees the optimizer once
+    it is built, before any call (the CLI prints what will run); ``on_run_started`` gets the run
+    id once the run row is committed. Outputs (reports, plots, the best configuration) are
+    written when ``write_outputs`` and the run has trials."""
+    from convergence.engine.preflight import check
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(str(config))
+    if cases is None:
+        cases = check(loaded).cases  # what `convergence validate` checks, before the first call
+    try:
+        store = await Store.open(loaded.db_path)
+    except (StorageError, sqlite3.Error, OSError) as exc:
+        raise StoreOpenError(f"cannot open the project database {loaded.db_path}: {exc}") from exc
+    try:
+        optimizer = Optimizer(loaded, store, cases=cases, events=events)
+        optimizer.on_run_started = on_run_started
+        if on_ready is not None:
+            on_ready(optimizer)
+        outcome = await optimizer.run(resume=resume)
+        if write_outputs and outcome.trials:
+            from convergence.reporting.outputs import write_outputs as _write
+
+            outcome.output_files = [str(p) for p in await _write(loaded, store, outcome.run_id)]
+        return outcome
+    finally:
+        await store.close()

@@ -120,10 +120,10 @@ def optimize(
 
 
 def _dry_run(loaded: Any, cases: list[Any]) -> None:
-    """The pre-run estimate: no target call, no LLM, no database created (read only when it exists)."""
-    from convergence.engine.dry_run import estimate, load_history
+    """The dry-run forecast: no target call, no LLM, no database created (read only when it exists)."""
+    from convergence.engine.dry_run import forecast, load_history
 
-    est = estimate(loaded, cases, history=_run_async(load_history, loaded))
+    est = forecast(loaded, cases, history=_run_async(load_history, loaded))
     table = Table(title=f"Dry run of study {escape(est.study)}: nothing was called")
     for col in ("quantity", "estimate", "source"):
         table.add_column(col, justify="right" if col == "estimate" else "left")

@@ -1,4 +1,4 @@
-"""A pre-run estimate (``convergence optimize FILE --dry-run``): calls, tokens,
+"""The dry-run forecast (``convergence optimize FILE --dry-run``): calls, tokens,
 cost and time of a run, and which budget stops it first, before paying for any
 of it.
 
@@ -8,7 +8,7 @@ is evaluated once per run, SAO's duels call the target twice per pair). Token
 counts come from rendering the target's prompt for a seeded sample of
 configurations and test cases; prices from LiteLLM's local cost map; latency
 from the study's earlier calls in the project database when there are any.
-Every number carries its source, because an estimate is only as good as what
+Every number carries its source, because a forecast is only as good as what
 it rests on.
 """
 
@@ -76,7 +76,7 @@ class BudgetCheck:
 
 
 @dataclass(slots=True)
-class Estimate:
+class Forecast:
     """What a run of the config would take. ``calls`` are target calls (what
     ``max_calls`` counts); society and judge LLM calls are counted apart."""
 
@@ -360,7 +360,7 @@ def _litellm_figures(cfg: ConvergenceConfig, t: LiteLLMTargetConfig, space: Sear
 # --------------------------------------------------------------------------- the estimate
 
 
-def estimate(loaded: LoadedConfig, cases: list[TestCase], *, history: History | None = None) -> Estimate:
+def forecast(loaded: LoadedConfig, cases: list[TestCase], *, history: History | None = None) -> Forecast:
     """The estimate of a run of ``loaded`` on ``cases`` (from the preflight), with the
     study's earlier calls (:func:`load_history`) as the measured latency when given."""
     cfg = loaded.config
@@ -393,7 +393,7 @@ def estimate(loaded: LoadedConfig, cases: list[TestCase], *, history: History | 
                                             f"at most {t.timeout_seconds:g}s per attempt (timeout_seconds)")
 
     judges = [m for m in cfg.evaluation.metrics.values() if m.function == "llm_judge"]
-    est = Estimate(
+    est = Forecast(
         study=cfg.study_name, cases=n_cases, space_size=space.size(), per_generation=per_gen,
         generations=opt.evolution.generations, evaluation_calls=sum(per_gen) * n_cases, sao_calls=sao_calls,
         sao_generations=sao_gens, max_calls=opt.budget.max_calls, max_retries=t.retry.max_retries,
@@ -414,7 +414,7 @@ def estimate(loaded: LoadedConfig, cases: list[TestCase], *, history: History | 
     return est
 
 
-def _budgets(est: Estimate, cfg: ConvergenceConfig) -> None:
+def _budgets(est: Forecast, cfg: ConvergenceConfig) -> None:
     """Which limit ends the run first: the budget reached at the smallest share of the plan,
     else the generation limit (or the search space running out)."""
     b = cfg.optimization.budget

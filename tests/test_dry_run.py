@@ -1,4 +1,4 @@
-"""The pre-run estimate (``convergence optimize FILE --dry-run``): counts by hand,
+"""The dry-run forecast (``convergence optimize FILE --dry-run``): counts by hand,
 prices from LiteLLM's local cost map, measured latency from earlier runs, the
 budget that stops first, and a dry run that calls and writes nothing."""
 
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from convergence.cli.app import app
 from convergence.config.loader import LoadedConfig, load_config
 from convergence.core.types import TestCase
-from convergence.engine.dry_run import History, estimate, load_history, read_history
+from convergence.engine.dry_run import History, forecast, load_history, read_history
 from convergence.engine.preflight import check
 from convergence.storage.store import Store
 
@@ -75,7 +75,7 @@ def test_root_study_matches_a_hand_count() -> None:
     cfg = loaded.config
     evo, sao = cfg.optimization.evolution, cfg.society.sao
     assert (evo.population_size, evo.generations, evo.elite_size, len(cases)) == (6, 3, 2, 15)
-    est = estimate(loaded, cases)
+    est = forecast(loaded, cases)
     assert est.per_generation == [6, 4, 4]
     assert est.evaluation_calls == 6 * 15 + 4 * 15 + 4 * 15 == 210
     # SAO duels after generations 0 and 2 (every 2): 2 target calls per pair, batch_size pairs per round
@@ -146,7 +146,7 @@ def test_hosted_model_gets_a_price_from_the_local_cost_map(tmp_path: Path, monke
         """
     ))
     loaded, cases = loaded_and_cases(tmp_path / "optimization.yaml")
-    est = estimate(loaded, cases)
+    est = forecast(loaded, cases)
     text = "Answer briefly: what is the capital of France"
     tokens = litellm.token_counter(model="openai/gpt-4o-mini", text=text)
     assert est.prompt_tokens.value == tokens and "token_counter" in est.prompt_tokens.source
@@ -168,7 +168,7 @@ def test_unknown_model_costs_unknown_not_zero(tmp_path: Path) -> None:
         """
     ))
     loaded, cases = loaded_and_cases(tmp_path / "optimization.yaml")
-    est = estimate(loaded, cases)
+    est = forecast(loaded, cases)
     assert est.cost_per_call.value is None and est.cost_usd is None
     assert "no price" in est.cost_per_call.source
     assert "assumed" in est.completion_tokens.source  # no max_tokens anywhere: a stated default
@@ -183,7 +183,7 @@ def test_earlier_runs_give_the_measured_latency(tmp_path: Path) -> None:
     loaded, cases = loaded_and_cases(path)
     history = anyio_run(load_history, loaded)
     assert history is not None and history.calls == 3 and history.mean_latency_ms == pytest.approx(2000.0)
-    est = estimate(loaded, cases, history=history)
+    est = forecast(loaded, cases, history=history)
     assert est.latency_s.value == pytest.approx(2.0)
     assert "measured" in est.latency_s.source and "3 earlier call(s)" in est.latency_s.source
     # 2 + 1 configurations x 3 cases = 9 calls, 2 s each, concurrency 2
@@ -201,7 +201,7 @@ def test_no_database_no_history_and_nothing_created(tmp_path: Path) -> None:
 
 def test_a_small_max_calls_is_the_budget_that_stops_first(tmp_path: Path) -> None:
     loaded, cases = loaded_and_cases(python_project(tmp_path, "{max_calls: 5, max_seconds: 3600}"))
-    est = estimate(loaded, cases, history=History("dry-run-study", 10, 100.0, None, None, 0.0))
+    est = forecast(loaded, cases, history=History("dry-run-study", 10, 100.0, None, None, 0.0))
     assert est.needed_calls == 9 and est.calls == 5
     assert est.stops_first.startswith("max_calls")
     checks = {b.name: b for b in est.budgets}
@@ -214,7 +214,7 @@ def test_a_small_max_calls_is_the_budget_that_stops_first(tmp_path: Path) -> Non
 def test_a_tight_time_budget_stops_before_the_calls_budget(tmp_path: Path) -> None:
     loaded, cases = loaded_and_cases(python_project(tmp_path, "{max_calls: 6, max_seconds: 2}"))
     # 9 calls x 1 s / concurrency 2 = 4.5 s: max_seconds is reached at 44 %, max_calls at 67 %
-    est = estimate(loaded, cases, history=History("dry-run-study", 4, 1000.0, None, None, None))
+    est = forecast(loaded, cases, history=History("dry-run-study", 4, 1000.0, None, None, None))
     assert est.stops_first.startswith("max_seconds")
 
 

@@ -2,7 +2,7 @@
 learned in earlier runs of the study, tell it how each generation went, apply its
 decision (shares, agents' controls) and persist what it saved, in order with the run.
 
-Kept out of ``loop.py`` so the loop only says *when* the learner acts.
+Kept out of the scheduler (``scheduler.py``), which only says *when* the learner acts.
 """
 
 from __future__ import annotations

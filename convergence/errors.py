@@ -18,7 +18,7 @@ them; each subclass lives next to the code that raises it::
      |    +-- StoreOpenError  api.py: the project database cannot be opened (nothing ran)
      +-- WriterError          storage/writer.py    the group-commit writer keeps failing
      +-- ResumeError          engine/session.py    nothing to resume, the config changed, or the run is in use
-     +-- RayBackendError      engine/ray_executor.py  Ray missing, the cluster unreachable, the target not built on it
+     +-- RayBackendError      engine/ray_worker.py  Ray missing, the cluster unreachable, the target not built on it
      +-- AgentLLMError        llm/agent_client.py  the society LLM could not be reached or refused every attempt
      +-- AnswerError          society/answer.py    an agent's answer is not a valid configuration (also a ValueError)
      +-- TargetCallError      society/base.py      an agent's own target call failed or found the budget spent

@@ -168,3 +168,57 @@ def test_an_answer_that_repeats_a_seen_configuration_moves_to_its_nearest_unseen
     assert moved in ({"x": 0.6, "mode": "a"}, {"x": 0.5, "mode": "b"})
     # inside the strategy's region only; nothing left there -> None (the slot is not forced elsewhere)
     assert nearest_unseen(space, answer, {"x": [0.4, 0.5], "mode": ["a"]}, seen, np.random.default_rng(0)) is None
+
+
+class Referee:
+    """Not named "sao": measures configurations itself (mode ``a`` is preferred) through ``TrialMeasure``."""
+
+    name = "referee"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+        self.seen: dict[str, Config] = {}
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[Config]:
+        return []
+
+    def observe(self, trials: Sequence[TrialRecord]) -> None:
+        self.seen.update((t.config_hash, t.config) for t in trials)
+
+    def measures(self) -> frozenset[str]:
+        return frozenset({"sao_preference"})
+
+    def trial_value(self, function: str, config_hash: str) -> float:
+        self.asked.append((function, config_hash))
+        return 1.0 if self.seen.get(config_hash, {}).get("mode") == "a" else 0.0
+
+
+@pytest.mark.parametrize("with_referee", [True, False])
+async def test_a_trial_level_metric_comes_from_whichever_agent_measures_it(tmp_path: Path,
+                                                                           with_referee: bool) -> None:
+    """The engine asks the society, not an agent by name: any agent that measures ``sao_preference`` feeds
+    that metric (scores are refreshed once it has seen the trials); with none, every trial gets 0.5."""
+    loaded = make_config(tmp_path, SPACE.replace("acc: {function: exact_match}",
+                                                 "acc: {function: exact_match, weight: 0.5}\n"
+                                                 "    pref: {function: sao_preference, weight: 0.5}") + """
+optimization:
+  seed: 3
+  evolution: {population_size: 6, generations: 2, elite_size: 2}
+  execution: {mode: generational, early_stopping: {enabled: false}}
+""")
+    cfg = loaded.config
+    referee = Referee()
+    members: list[Any] = [(build_agent("evolution", cfg, _space(cfg)), 0.5)]
+    if with_referee:
+        members.append((referee, 0.5))
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store, society=Society(members, _space(cfg))).run()
+    finally:
+        await store.close()
+    usable = [t for t in out.trials if t.usable]
+    assert {t.config["mode"] for t in usable} >= {"a", "b"}
+    for t in usable:
+        expected = (1.0 if t.config["mode"] == "a" else 0.0) if with_referee else 0.5
+        assert t.metrics["pref"] == expected, (t.config, t.metrics)
+    assert bool(referee.asked) is with_referee

@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from convergence.config.loader import parse_config
-from convergence.engine.loop import Optimizer, _NoEvents
+from convergence.engine.events import NoEvents
+from convergence.engine.loop import Optimizer
 from convergence.storage.store import Store
 from convergence.tracing.prometheus import RunMetrics
 
@@ -71,7 +72,7 @@ async def test_live_metrics_are_scraped_during_and_after_the_run(tmp_path: Path)
     path = tmp_path / "optimization.yaml"
     path.write_text(text)
     loaded = parse_config(text, path)
-    live = RunMetrics(_NoEvents(), 0)  # port 0: any free port on 127.0.0.1
+    live = RunMetrics(NoEvents(), 0)  # port 0: any free port on 127.0.0.1
     url = f"http://127.0.0.1:{live.server.port}"
     sys.path.insert(0, str(tmp_path))
     target = importlib.import_module(mod)

@@ -9,12 +9,12 @@ export, warm start and the CLI share.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from convergence.config.models import OptimizationConfig
 from convergence.core.space import SearchSpace
 from convergence.core.types import CaseResult, TestCase, TrialRecord
 from convergence.engine.confirm import Confirmer
+from convergence.engine.events import LoopEvents
 from convergence.engine.selection import rank
 from convergence.engine.state import RunState
 from convergence.engine.trials import TrialRunner
@@ -37,7 +37,7 @@ def confirmation_allowance(opt: OptimizationConfig, st: RunState) -> int:
 
 
 async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpace, evaluator: Evaluator,
-                      store: Store, runner: TrialRunner, events: Any) -> None:
+                      store: Store, runner: TrialRunner, events: LoopEvents) -> None:
     """Confirm the top configurations with the calls kept for it, give every trial its noise-aware
     estimate (stored), and make the best by estimate the run's best (``st.best``)."""
     sel = opt.selection

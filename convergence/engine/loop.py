@@ -19,22 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 
 from convergence import tracing
 from convergence.config.loader import LoadedConfig
 from convergence.core.space import SearchSpace
-from convergence.core.types import CaseResult, TestCase, TrialRecord
+from convergence.core.types import TestCase, TrialRecord
+from convergence.engine.events import LoopEvents, NoEvents
 from convergence.engine.executor import Executor, build_executor
 from convergence.engine.final_selection import select_best
 from convergence.engine.learner_driver import LearnerDriver
 from convergence.engine.scheduler import MAX_IN_FLIGHT, GenerationScheduler
 from convergence.engine.session import ResumeError, RunSession
 from convergence.engine.trials import TrialRunner
-from convergence.society.base import Proposal, TaskAccess
-from convergence.society.society import AgentReport, Society
+from convergence.society.base import TaskAccess
+from convergence.society.society import Society
 from convergence.storage.store import Store
 from convergence.targets.base import Target
 from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
@@ -43,37 +44,6 @@ if TYPE_CHECKING:
     from convergence.engine.state import RunState
 
 __all__ = ["MAX_IN_FLIGHT", "LoopEvents", "Optimizer", "ResumeError", "RunOutcome"]
-
-
-class LoopEvents(Protocol):
-    """Progress hooks for the CLI or a notebook; all optional."""
-
-    def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None: ...
-    def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None: ...
-    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None: ...
-    def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None: ...
-    def society_step(self, generation: int, reports: dict[str, AgentReport], new: list[TrialRecord]) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
-class _NoEvents:
-    def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None:
-        pass
-
-    def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None:
-        pass
-
-    def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
-        pass
-
-    def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
-        pass
-
-    def society_step(self, generation: int, reports: dict[str, AgentReport], new: list[TrialRecord]) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
 
 
 @dataclass(slots=True)
@@ -117,7 +87,7 @@ class Optimizer:
         self.cfg = loaded.config
         self.opt = self.cfg.optimization
         self.store = store
-        self.events: LoopEvents = events or _NoEvents()
+        self.events: LoopEvents = events or NoEvents()
         self.space = SearchSpace.from_config(self.cfg.search_space)
         self.cases = cases if cases is not None else load_test_cases(self.cfg.evaluation.test_cases, loaded.base_dir)
         if not self.cases:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
-from typing import Any
 
 import anyio
 import numpy as np
@@ -22,6 +21,7 @@ from convergence import tracing
 from convergence.config.models import OptimizationConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import TrialRecord
+from convergence.engine.events import LoopEvents
 from convergence.engine.learner_driver import GenerationFacts, cost_unit, generation_result
 from convergence.engine.state import Gen, RunState
 from convergence.engine.trials import TrialRunner
@@ -44,7 +44,7 @@ class GenerationScheduler:
     """Starts and finishes the generations of one run."""
 
     def __init__(self, st: RunState, *, opt: OptimizationConfig, space: SearchSpace, society: Society,
-                 store: Store, runner: TrialRunner, events: Any, redactor: Redactor) -> None:
+                 store: Store, runner: TrialRunner, events: LoopEvents, redactor: Redactor) -> None:
         self.st = st
         self.opt = opt
         self.space = space

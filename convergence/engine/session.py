@@ -10,6 +10,7 @@ ends on an error or an interruption.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,7 +38,7 @@ class RunSession:
     """Opens and finishes one run of ``loaded``'s study in ``store``."""
 
     def __init__(self, loaded: LoadedConfig, store: Store, cases: list[TestCase], evaluator: Evaluator,
-                 redactor: Redactor, message: Any) -> None:
+                 redactor: Redactor, message: Callable[[str], None]) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
         self.opt = loaded.config.optimization

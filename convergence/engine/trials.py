@@ -17,6 +17,7 @@ import numpy as np
 from convergence import tracing
 from convergence.core.space import SearchSpace
 from convergence.core.types import CallResult, CaseResult, TestCase, TrialRecord
+from convergence.engine.events import LoopEvents
 from convergence.engine.executor import Executor
 from convergence.engine.racing import CaseView
 from convergence.engine.state import Gen, RunState, Slot
@@ -33,7 +34,7 @@ class TrialRunner:
     """Runs one run's trials: calls, racing, scoring and their storage."""
 
     def __init__(self, st: RunState, *, space: SearchSpace, cases: list[TestCase], evaluator: Evaluator,
-                 store: Store, executor: Executor, society: Society, events: Any, redactor: Redactor,
+                 store: Store, executor: Executor, society: Society, events: LoopEvents, redactor: Redactor,
                  secrets: bool, concurrency: int) -> None:
         self.st = st
         self.space = space

@@ -426,7 +426,8 @@ def test_a_write_that_dies_before_the_rename_leaves_the_previous_files_whole(
 
 
 def test_a_writer_dying_half_way_never_touches_the_final_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from convergence.storage import atomic, files
+    from convergence.reporting import files
+    from convergence.storage import atomic
 
     report = make_report()
     cfg = OutputConfig(formats=["json", "markdown"], visualizations=["score_over_time"])

@@ -215,10 +215,17 @@ async def _optimize(
         raise typer.Exit(EXIT_ALL_CALLS_FAILED)
 
 
-def _print_outcome(outcome: Any, optimizer: Any) -> None:
-    from convergence.cli.progress import short_config
+def _estimate(t: Any) -> str:
+    return f"{t.estimate:.4f}" if t.estimate is not None else "-"
 
-    usable = sorted([t for t in outcome.trials if t.usable], key=lambda t: -t.score)
+
+def _print_outcome(outcome: Any, optimizer: Any) -> None:
+    """The run in one line and its top configurations, best first by the run's one ranking
+    (:func:`convergence.engine.selection.rank`): #1 is ``outcome.best``, the exported configuration."""
+    from convergence.cli.progress import short_config
+    from convergence.engine.selection import ranking
+
+    usable = ranking(outcome.trials)
     console.print(
         f"\n[bold]{outcome.status}[/]: {outcome.stop_reason} - run {outcome.run_id}, "
         f"{len(outcome.trials)} trial(s), {outcome.total_calls} call(s), ${outcome.total_cost_usd:.4f}, "
@@ -229,20 +236,26 @@ def _print_outcome(outcome: Any, optimizer: Any) -> None:
         console.print("[yellow]no configuration completed every test case[/]")
         return
     metrics = list(optimizer.cfg.evaluation.metrics)
+    estimates = any(t.estimate is not None for t in usable)
     table = Table(title="Top configurations")
     table.add_column("#", justify="right")
+    table.add_column("trial", justify="right")
     table.add_column("score", justify="right")
+    if estimates:
+        table.add_column("estimate", justify="right")
     for m in metrics:
         table.add_column(m, justify="right")
     table.add_column("errors", justify="right")
     table.add_column("configuration")
     for i, t in enumerate(usable[:8], 1):
-        table.add_row(str(i), f"{t.score:.4f}", *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics],
+        table.add_row(str(i), str(t.trial_id), f"{t.score:.4f}",
+                      *([_estimate(t)] if estimates else []),
+                      *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics],
                       str(t.n_errors), short_config(t.config, 80))
     console.print(table)
     if len(usable) > 1:
         console.print(f"best {usable[0].score:.4f} vs worst {usable[-1].score:.4f} "
-                      f"(+{usable[0].score - usable[-1].score:.4f})")
+                      f"({usable[0].score - usable[-1].score:+.4f})")
 
 
 # --------------------------------------------------------------------------- validate, schema, init
@@ -336,17 +349,21 @@ def runs(db: Path | None = DB_OPT, config: Path | None = CFG_OPT,
 
 
 async def _runs(path: Path, study: str | None) -> None:
+    from convergence.engine.selection import best as best_of
+
     store = await _open_store(path)
     try:
         rows = await store.list_runs(study)
         table = Table(title=f"Runs in {path}")
-        for col in ("run", "study", "status", "stop reason", "trials", "best", "calls", "cost $", "seconds"):
+        for col in ("run", "study", "status", "stop reason", "trials", "best", "best trial", "calls", "cost $",
+                    "seconds"):
             table.add_column(col)
         for r in rows:
             trials = await store.trials(r.id)
-            best = max((t.score for t in trials if t.usable), default=None)
+            best = best_of(trials)  # the run's best as its report and export have it (score: its mean)
             table.add_row(str(r.id), r.study, r.status, (r.stop_reason or "")[:50], str(len(trials)),
-                          f"{best:.4f}" if best is not None else "-", str(r.total_calls),
+                          f"{best.score:.4f}" if best is not None else "-",
+                          str(best.trial_id) if best is not None else "-", str(r.total_calls),
                           f"{r.total_cost_usd:.4f}", f"{r.elapsed_seconds:.1f}")
         console.print(table)
     finally:
@@ -378,11 +395,15 @@ async def _show(path: Path, run_id: int, top: int) -> None:
             gt.add_row(str(g.number + 1), str(g.n_trials), f"{g.best_score:.4f}", f"{g.mean_score:.4f}")
         console.print(gt)
         metrics = list(report.metric_directions) or sorted({k for t in report.trials for k in t.metrics})
-        tt = Table(title=f"Top {top} trials")
-        for col in ("#", "gen", "proposer", "score", *metrics, "errors", "configuration"):
+        tt = Table(title=f"Top {top} trials")  # #1 is the run's best (engine/selection.py: rank)
+        ranked = report.ranked[:top]
+        estimates = any(t.estimate is not None for t in ranked)
+        for col in ("#", "trial", "gen", "proposer", "score", *(["estimate"] if estimates else []), *metrics,
+                    "errors", "configuration"):
             tt.add_column(col)
-        for i, t in enumerate(report.ranked[:top], 1):
-            tt.add_row(str(i), str(t.generation + 1), t.proposer, f"{t.score:.4f}",
+        for i, t in enumerate(ranked, 1):
+            tt.add_row(str(i), str(t.trial_id), str(t.generation + 1), t.proposer, f"{t.score:.4f}",
+                       *([_estimate(t)] if estimates else []),
                        *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics], str(t.n_errors),
                        short_config(t.config, 70))
         console.print(tt)

@@ -137,7 +137,7 @@ class Confirmer:
     def _summary(self, trials: list[TrialRecord], scores: dict[str, dict[str, list[float]]],
                  model: selection.NoiseModel, confirmed: dict[str, TrialRecord], spent: int, rounds: int,
                  allowance: int) -> dict[str, Any]:
-        ranked = selection.rank([t for t in trials if t.usable])
+        ranked = selection.ranking(trials)
         top = []
         for t in ranked[:5]:
             half = selection.half_width(scores[t.config_hash])
@@ -153,6 +153,8 @@ class Confirmer:
             "spread_sd": math.sqrt(model.tau2), "confirm_calls": spent, "confirm_allowance": allowance,
             "confirm_rounds": rounds, "confirmed": len(confirmed),
             "top": top, "runner_up_p": p, "distinguishable": p is not None and p < 0.05,
+            "best": ranked[0].config_hash if ranked else None,
+            "ranking": [t.config_hash for t in ranked],
         }
 
 

@@ -15,7 +15,7 @@ from convergence.core.space import SearchSpace
 from convergence.core.types import CaseResult, TestCase, TrialRecord
 from convergence.engine.confirm import Confirmer
 from convergence.engine.events import LoopEvents
-from convergence.engine.selection import rank
+from convergence.engine.selection import best
 from convergence.engine.state import RunState
 from convergence.engine.trials import TrialRunner
 from convergence.evaluation.scorer import Evaluator
@@ -39,7 +39,9 @@ def confirmation_allowance(opt: OptimizationConfig, st: RunState) -> int:
 async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpace, evaluator: Evaluator,
                       store: Store, runner: TrialRunner, events: LoopEvents) -> None:
     """Confirm the top configurations with the calls kept for it, give every trial its noise-aware
-    estimate (stored), and make the best by estimate the run's best (``st.best``)."""
+    estimate (stored), and make the run's best (``st.best``) the first of
+    :func:`convergence.engine.selection.ranking`; the selection summary stores that ranking (``best``,
+    ``ranking``: configuration hashes, best first) for warm start."""
     sel = opt.selection
     await store.flush()
     trials = await store.trials(st.run_id)
@@ -61,8 +63,7 @@ async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpa
     for t in outcome.trials:
         store.record_trial(st.run_id, t)
     store.save_selection(st.run_id, outcome.summary)
-    best = rank([t for t in outcome.trials if t.usable])
-    st.best = best[0] if best else None
+    st.best = best(outcome.trials)  # the first of the stored ``ranking``: what warm start reads back
     summary = outcome.summary
     if summary["confirm_calls"]:
         events.message(f"confirmed the top {summary['confirmed']} configuration(s) with {summary['confirm_calls']} "

@@ -32,6 +32,7 @@ from convergence.engine.executor import Executor, build_executor
 from convergence.engine.final_selection import select_best
 from convergence.engine.learner_driver import LearnerDriver
 from convergence.engine.scheduler import MAX_IN_FLIGHT, GenerationScheduler
+from convergence.engine.selection import best
 from convergence.engine.session import ResumeError, RunSession
 from convergence.engine.trials import TrialRunner
 from convergence.society.base import TaskAccess
@@ -155,6 +156,8 @@ class Optimizer:
                 if not st.all_failed.tripped:
                     await select_best(st, opt=self.opt, space=self.space, evaluator=self.evaluator, store=store,
                                       runner=runner, events=events)
+                else:  # a broken target: nothing to confirm, the best of what scored (same ranking)
+                    st.best = best(st.history)
         except BaseException as exc:
             error = await session.fail(st, exc)
             if error is not exc:

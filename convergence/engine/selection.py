@@ -30,6 +30,10 @@ case effects ``c`` are shared and cancel in comparisons):
   configuration the residual has no degrees of freedom: only repeated draws
   measure noise (a deterministic target then gets no shrinkage).
 
+:func:`rank` turns the estimates into the run's one ranking (merit, then mean score, then evaluation
+order) and :func:`best` takes its first usable trial: every place that shows or uses "the best"
+(``RunOutcome.best``, the report, the export, warm start, the CLI's tables) goes through them.
+
 The report shows, for the top configurations, a 95 % t-interval over test
 cases (the spread of per-case scores, centred on the configuration's score)
 and a paired Wilcoxon signed-rank test of the best against the runner-up on
@@ -166,7 +170,49 @@ def worse_p(a: CaseScores, leader: CaseScores) -> float | None:
     return signed_rank_p(diffs, "less")
 
 
+def usable(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The trials that may be a run's best: complete (every test case ran) with a finite score."""
+    return [t for t in trials if t.usable and math.isfinite(t.score)]
+
+
+def _desc(value: float) -> float:
+    """A sort key for "higher first" that puts NaN last, as the lowest value."""
+    return -value if not math.isnan(value) else math.inf
+
+
+def rank_key(trial: TrialRecord) -> tuple[float, float, int, bool, int]:
+    """Where ``trial`` stands in :func:`rank` (lower first). Exposed so every place that orders trials
+    orders them by this one rule."""
+    stored = trial.trial_id is not None
+    return (_desc(trial.merit), _desc(trial.score), trial.generation, not stored,
+            trial.trial_id if trial.trial_id is not None else 0)
+
+
 def rank(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """Best first by merit (the estimate once the run has made one, else the mean); equal estimates (no
-    detectable spread of true scores) by mean; ties keep evaluation order."""
-    return sorted(trials, key=lambda t: (-t.merit, -t.score))
+    """THE ranking of a run's trials, best first: the one definition of "best" that the run's outcome
+    (``RunOutcome.best``), the report, the export (``best_config.yaml``), warm start, the table printed
+    after ``convergence optimize``, ``convergence runs`` and ``convergence show`` share.
+
+    The order is total and deterministic:
+
+    1. merit, higher first: the noise-aware estimate once the run has made one, else the mean score
+       (``TrialRecord.merit``);
+    2. on equal merit (with no detectable spread of true scores every estimate is the same), the mean
+       score, higher first;
+    3. then evaluation order: the earlier generation first, then the trial stored first
+       (``trial_id``); trials not stored yet come after stored ones, in the order given.
+
+    A NaN merit or score counts as the lowest. ``rank`` orders whatever it is given; a run's best
+    comes from its usable trials only (:func:`ranking`, :func:`best`)."""
+    return sorted(trials, key=rank_key)  # sorted() is stable: unstored trials keep the order given
+
+
+def ranking(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The run's usable trials (:func:`usable`), best first by :func:`rank`."""
+    return rank(usable(trials))
+
+
+def best(trials: Sequence[TrialRecord]) -> TrialRecord | None:
+    """The run's best configuration: the first of :func:`ranking` (None: no usable trial)."""
+    ranked = ranking(trials)
+    return ranked[0] if ranked else None

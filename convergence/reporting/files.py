@@ -331,7 +331,9 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
     how = ("an empirical-Bayes estimate of their true score (means over few cases pulled toward the run's "
            "average, corrected for the difficulty of the cases run)" if sel.get("estimate") == "shrinkage"
            else "its mean score")
-    out = ["## How the best was chosen", "", f"Configurations are ranked by {how}. "
+    ties = ("equal estimates by mean score, then" if sel.get("estimate") == "shrinkage" else "equal means by")
+    out = ["## How the best was chosen", "", f"Configurations are ranked by {how}; {ties} evaluation order "
+           "(earlier generation, then the trial stored first). "
            f"Noise of one case score: sd {_num(sel.get('case_sd'))} across cases, sd {_num(sel.get('draw_sd'))} "
            f"between draws of a case; spread of true scores: sd {_num(sel.get('spread_sd'))}.", ""]
     calls = sel.get("confirm_calls") or 0

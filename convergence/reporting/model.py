@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from convergence.core.types import Config, TrialRecord
+from convergence.engine import selection
 from convergence.reporting.sao import SAOReport
 from convergence.reporting.society import SocietyReport
 
@@ -57,7 +58,8 @@ def summarize_generations(trials: list[TrialRecord]) -> list[GenerationSummary]:
 @dataclass(slots=True)
 class RunReport:
     """Everything a report shows about one run. ``trials`` are in evaluation
-    order: that order breaks score ties (the earlier trial wins)."""
+    order; the best and the ranking are :func:`convergence.engine.selection.rank`'s,
+    the same as the run's outcome, the export, warm start and the CLI."""
 
     run_id: int
     study: str
@@ -94,18 +96,18 @@ class RunReport:
     @property
     def usable(self) -> list[TrialRecord]:
         """Complete trials with a finite score: the only ones that can win."""
-        return [t for t in self.trials if _scored(t)]
+        return selection.usable(self.trials)
 
     @property
     def ranked(self) -> list[TrialRecord]:
-        """Usable trials, best first by merit (the noise-aware estimate, else the score); ties keep
-        evaluation order."""
-        return sorted(self.usable, key=lambda t: -t.merit)  # sorted() is stable
+        """Usable trials, best first (:func:`convergence.engine.selection.rank`: merit, then mean score,
+        then evaluation order)."""
+        return selection.ranking(self.trials)
 
     @property
     def best(self) -> TrialRecord | None:
-        ranked = self.ranked
-        return ranked[0] if ranked else None
+        """The run's best configuration (:func:`convergence.engine.selection.best`)."""
+        return selection.best(self.trials)
 
     @property
     def worst(self) -> TrialRecord | None:

@@ -817,16 +817,46 @@ class Store:
         return json.loads(row[0]) if row and row[0] else None
 
     async def best_configs(self, study: str, k: int, exclude_run: int | None = None) -> list[Config]:
-        """Best distinct configurations of earlier runs of ``study`` (warm start), by their noise-aware estimate."""
+        """Best distinct configurations of earlier runs of ``study`` (warm start), best first.
+
+        A configuration counts with its highest merit (noise-aware estimate, else score) over the runs.
+        Equal merits go to the earlier run and, within a run, to the place the run's own ranking gave
+        them: the ``ranking`` its selection stored (``engine/selection.py: rank``: the order of its
+        report, its export and ``RunOutcome.best``), so the first configuration of a one-run study is
+        that run's best. The storage layer does not rank, it reads back what the engine decided: a run
+        finished before rankings were stored has its selection's ``top`` (its first five, ranked the
+        same way but for the tie-break by generation); a run with neither (stopped before its
+        selection) keeps its trials' stored order on equal merits."""
         async with self._db.execute(
-            "SELECT trials.config_json, MAX(COALESCE(trials.estimate, trials.score)) AS s FROM trials "
+            "SELECT trials.id, trials.run_id, trials.config_hash, trials.config_json, "
+            "COALESCE(trials.estimate, trials.score), runs.selection_json IS NOT NULL FROM trials "
             "JOIN runs ON runs.id = trials.run_id JOIN studies ON studies.id = runs.study_id "
-            "WHERE studies.name = ? AND trials.status = 'complete' AND runs.id != ? "
-            "GROUP BY trials.config_hash ORDER BY s DESC, MIN(trials.id) LIMIT ?",
-            (study, exclude_run if exclude_run is not None else -1, k),
+            "WHERE studies.name = ? AND trials.status = 'complete' AND runs.id != ?",
+            (study, exclude_run if exclude_run is not None else -1),
         ) as cur:
             rows = await cur.fetchall()
-        return [json.loads(r[0]) for r in rows]
+        places: dict[int, dict[str, int]] = {}
+        for run_id in sorted({r[1] for r in rows if r[5]}):
+            chosen = (await self.selection(run_id)) or {}
+            ranking = chosen.get("ranking")
+            if not isinstance(ranking, list):
+                ranking = [e.get("config_hash") for e in chosen.get("top") or [] if isinstance(e, dict)]
+            places[run_id] = {h: i for i, h in enumerate(ranking) if isinstance(h, str)}
+
+        def key(r: Any) -> tuple[float, int, int, int]:
+            merit = r[4] if r[4] is not None else -math.inf  # NaN is stored as NULL: the lowest
+            place = places.get(r[1], {}).get(r[2])
+            return (-merit, r[1], 0 if place is not None else 1, place if place is not None else r[0])
+
+        out: list[Config] = []
+        seen: set[str] = set()
+        for r in sorted(rows, key=key):
+            if len(out) >= k:
+                break
+            if r[2] not in seen:
+                seen.add(r[2])
+                out.append(json.loads(r[3]))
+        return out
 
     async def save_run_trace(self, run_id: int, *, project: str, url: str, call_id: str) -> None:
         """One row per traced attempt of the run (a resumed run gets a second trace)."""

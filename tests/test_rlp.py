@@ -217,11 +217,13 @@ society:
 """
 
 
-async def run_twice_and_check_memory(tmp_path: Path, society_llm: str) -> tuple[RLPAgent, list[Any]]:
+async def run_twice_and_check_memory(tmp_path: Path, society_llm: str, generations: int = 3
+                                     ) -> tuple[RLPAgent, list[Any]]:
     """A run with RLP, then a second optimizer of the same study: the agent parsed its answers,
     proposed in the space, reported its thoughts and rewards, and its memory comes back.
     Returns the first run's agent and its society log rows."""
-    loaded = make_config(tmp_path, RUN + f"  llm: {{model: {society_llm}}}\n")
+    run = RUN.replace("generations: 3,", f"generations: {generations},")
+    loaded = make_config(tmp_path, run + f"  llm: {{model: {society_llm}}}\n")
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         opt = Optimizer(loaded, store)
@@ -275,7 +277,8 @@ async def test_smoke_rlp_on_the_embedded_model(tmp_path: Path) -> None:
     assert knows.value is not None and unrelated.value is not None
     assert knows.value > 1.0, knows            # measured: about +1.9 nats
     assert abs(unrelated.value) < 0.5, unrelated  # measured: about -0.09 nats
-    _, rows = await run_twice_and_check_memory(tmp_path, "local/gemma-3-270m")
+    # two generations: RLP proposes in the second and learns from its outcomes (the fake run above has three)
+    _, rows = await run_twice_and_check_memory(tmp_path, "local/gemma-3-270m", generations=2)
     assert {r.detail["reward_method"] for r in rows if r.detail.get("reward_method")} == {"prompt"}
 
 

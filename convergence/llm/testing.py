@@ -33,7 +33,8 @@ token's ``top_logprobs`` are the ``top_logprobs`` most likely words of
 measures any non-local model, so a test rigs RLP's information gain or SAO's
 likelihood judge by choosing that function (see :func:`mention_logprobs`).
 
-Nothing is random: the same model, prompt and settings give the same answer.
+Nothing is random: an answer depends only on the request and the script (a
+queue answers in order), so the same prompt and settings get the same answer.
 Usage counts tokens as above; the cost is 0. Every call is recorded in
 :attr:`FakeLLM.calls`. ``fake/echo`` always exists (defaults only); any other
 name must be created first, in the process that calls it.

@@ -1,21 +1,24 @@
 """SAO in the loop: the self-judge duels configurations of a real target, its
 preference ratings order them, feed the objective, and its pairs export as a
-TRL dataset; SAO off costs nothing."""
+TRL dataset; SAO off costs nothing. The judge is the fake LLM
+(convergence.llm.testing) with a known rule; one smoke test runs the embedded model."""
 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+import zlib
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from llm_fixtures import LlamaServer, gguf_path, llama_server  # noqa: F401
 
 from convergence.config.loader import parse_config
 from convergence.engine.loop import Optimizer
+from convergence.llm.testing import FakeCall, FakeLLM
 from convergence.society.sao.agent import SAOAgent
 from convergence.storage.store import Store
 
@@ -100,31 +103,64 @@ async def test_a_preference_metric_without_sao_is_refused_before_any_call(tmp_pa
         check(loaded)
 
 
-@pytest.mark.slow
-async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export(tmp_path: Path) -> None:
-    """A Python target with a known quality order, judged by the embedded model:
-    the configuration that answers correctly is preferred, the ratings reach the
-    objective (``sao_preference``) and the stored trials, and the pairs export
-    in TRL's format that ``datasets`` loads."""
-    loaded = config(tmp_path, """
+CITIES = list(CAPITALS.values())
+JUDGED = re.compile(r"### Task\n(.*?)\n\n### Response A\n(.*?)\n\n### Response B\n(.*?)\n\n### Which", re.S)
+
+
+def judged(prompt: str) -> tuple[str, str, str]:
+    """(task, response A, response B) of a judge prompt."""
+    found = JUDGED.search(prompt)
+    assert found, prompt
+    return found.group(1), found.group(2), found.group(3)
+
+
+def capitals_judge(call: FakeCall) -> Any:
+    """A judge that knows the capitals (right > a real capital > anything else), and a prompt
+    writer that asks each persona's question about a country."""
+    if call.schema is not None and "question" in call.schema["properties"]:
+        persona = call.prompt.rsplit("written by ", 1)[1].strip().rstrip(".")
+        country = list(CAPITALS)[zlib.crc32(call.prompt.encode()) % len(CAPITALS)]
+        return {"question": f"Asked by {persona}: what is the capital of {country}?"}
+    if call.prompt.endswith("Verdict: [["):
+        task, a, b = judged(call.prompt)
+        right = CAPITALS[re.findall(r"capital of (\w+)", task)[-1]]
+        qa, qb = ((2 if r == right else 1 if r in CITIES else 0) for r in (a, b))
+        return "A]]" if qa > qb else "B]]" if qb > qa else "tie]]"
+    return None
+
+
+SAO_RUN = """
         society:
           enabled: true
           agents: {evolution: 0.6, sao: 0.4}
           sao: {batch_size: 4, iterative_rounds: 2, every: 1, prompt_tokens: 40}
-        """, metrics=PREFERENCE_METRICS)
+        """
+
+
+async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export(tmp_path: Path) -> None:
+    """A Python target with a known quality order, judged by a model that knows it:
+    the configuration that answers correctly is preferred, the ratings reach the
+    objective (``sao_preference``) and the stored trials, and the pairs export
+    in TRL's format that ``datasets`` loads."""
+    llm = FakeLLM("sao-capitals", reply=capitals_judge)
+    loaded = config(tmp_path, SAO_RUN + f"  llm: {{model: {llm.model}}}\n", metrics=PREFERENCE_METRICS)
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         opt = Optimizer(loaded, store)
         out = await opt.run()
         agent = opt.society.agent("sao")
-        assert isinstance(agent, SAOAgent)
+        assert isinstance(agent, SAOAgent) and agent.judge_method == "text"
         pairs = await store.sao_pairs(run_id=out.run_id)
         assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        # each judged pair was judged in both orders, the second with the responses swapped
+        judge_calls = [judged(c.prompt) for c in llm.calls if c.prompt.endswith("Verdict: [[")]
+        assert judge_calls and all((t, b, a) in judge_calls for t, a, b in judge_calls)
+        assert all(c.params["temperature"] == 0.0 for c in llm.calls if c.prompt.endswith("Verdict: [["))
+        assert {p.outcome for p in pairs} <= {"A", "B", "tie"}  # a consistent judge: no position bias
         ratings = await store.sao_ratings(out.run_id)
         by_style = {t.config["style"]: t for t in out.trials}
         pref = {s: ratings[t.config_hash]["preference"] for s, t in by_style.items() if t.config_hash in ratings}
-        assert pref.get("correct", 0) == max(pref.values()), (pref, [(p.prompt, p.response_a, p.response_b,
-                                                                      p.outcome) for p in pairs])
+        assert pref["correct"] == max(pref.values()) and len(pref) >= 2, pref
         # the objective saw the ratings: the stored scores are accuracy and preference, half each
         correct = by_style["correct"]
         assert correct.metrics["pref"] == pytest.approx(pref["correct"])
@@ -136,12 +172,12 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         from convergence.cli.app import app
 
         kept = [p for p in pairs if p.kept]
+        assert kept, [(p.outcome, p.failed_filters) for p in pairs]
+        assert all(p.chosen == CAPITALS[re.findall(r"capital of (\w+)", p.prompt)[-1]] or p.rejected == "banana"
+                   for p in kept)
         target = tmp_path / "pairs.jsonl"
         args = ["sao", "export", str(out.run_id), "-o", str(target), "--db", str(tmp_path / "db.sqlite")]
         done = await anyio.to_thread.run_sync(CliRunner().invoke, app, args)  # the CLI runs its own event loop
-        if not kept:
-            assert done.exit_code == 2 and "filtered" in done.output.lower()
-            pytest.fail(f"no kept pair to export: {[(p.outcome, p.failed_filters) for p in pairs]}")
         assert done.exit_code == 0, done.output
         import datasets
 
@@ -160,6 +196,30 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         traces = await anyio.to_thread.run_sync(CliRunner().invoke, app,
                                                 ["traces", str(out.run_id), "--db", str(tmp_path / "db.sqlite")])
         assert traces.exit_code == 0 and "pair(s) judged" in traces.output, traces.output
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_smoke_sao_on_the_embedded_model(tmp_path: Path) -> None:
+    """The real path end to end on local/gemma-3-270m (its likelihood judge): the pairs are
+    stored and the configuration that answers correctly is preferred and wins the run."""
+    loaded = config(tmp_path, SAO_RUN, metrics=PREFERENCE_METRICS)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        opt = Optimizer(loaded, store)
+        out = await opt.run()
+        agent = opt.society.agent("sao")
+        assert isinstance(agent, SAOAgent) and agent.sao_llm.model == "local/gemma-3-270m"
+        assert agent.judge_method == "likelihood"
+        pairs = await store.sao_pairs(run_id=out.run_id)
+        assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        ratings = await store.sao_ratings(out.run_id)
+        by_style = {t.config["style"]: t for t in out.trials}
+        pref = {s: ratings[t.config_hash]["preference"] for s, t in by_style.items() if t.config_hash in ratings}
+        assert pref.get("correct", 0) == max(pref.values()), (pref, [(p.prompt, p.response_a, p.response_b,
+                                                                      p.outcome) for p in pairs])
+        assert out.best is not None and out.best.config["style"] == "correct"
     finally:
         await store.close()
 
@@ -258,58 +318,115 @@ async def test_a_resumed_run_reuses_its_stored_duels_and_pays_no_target_call_aga
         await store.close()
 
 
-@pytest.mark.slow
-def test_the_sao_python_example_in_docs_society_runs(tmp_path: Path) -> None:
-    import re
-    import subprocess
-    import sys
-
+def test_the_sao_python_example_in_docs_society_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The documented example as written, on a fake model that answers tersely when cool and
+    rambles when hot, and judges the shorter answer better (the smoke test covers the real one)."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "society.md").read_text()
-    [code] = [c for c in re.findall(r"```python\n(.*?)```", doc, re.S) if "SAOMixin" in c]
-    (tmp_path / "example.py").write_text(code)
-    done = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "consistency under swap:" in done.stdout and "rows written:" in done.stdout
+    [code] = [c for c in re.findall(r"```python\n(.*?)```", doc, re.S) if "SAOMixin" in c and "FakeLLM" not in c]
+    assert '"local/gemma-3-270m"' in code
+
+    def reply(call: FakeCall) -> Any:
+        if call.prompt.endswith("Verdict: [["):
+            _, a, b = judged(call.prompt)
+            return "A]]" if len(a) < len(b) else "B]]"
+        if call.schema is None:  # a response at one of the two temperatures
+            return "Berlin." if call.params["temperature"] < 0.5 else "Well, it could be many places, who knows."
+        return None  # the written prompt: JSON from the schema
+
+    llm = FakeLLM("sao-docs", reply=reply)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('"local/gemma-3-270m"', repr(llm.model)), "docs/society.md", "exec"), {})
+    out = capsys.readouterr().out
     rows = (tmp_path / "pairs.jsonl").read_text().splitlines()
-    assert f"rows written: {len(rows)}" in done.stdout
+    assert f"rows written: {len(rows)}" in out and len(rows) >= 2
+    assert "consistency under swap: 1.0" in out
+    assert all(json.loads(r)["chosen"] == "Berlin." for r in rows)
 
 
-@pytest.mark.slow
-async def test_through_an_openai_compatible_server_the_judge_writes_parsed_verdicts_and_bias_is_caught(
-    llama_server: LlamaServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
-) -> None:
-    """The provider path (``judge: auto`` -> text): the served model's written verdicts
-    are parsed strictly, both orders are judged, and position bias shows as inconsistent
+async def test_a_position_biased_judge_is_caught_by_the_swap_and_its_pairs_stay_out() -> None:
+    """The provider path (``judge: auto`` -> text): written verdicts are parsed strictly, both
+    orders are judged, and a judge that always prefers what it sees first gives inconsistent
     pairs that stay out of the dataset, with the consistency rate in the stats."""
     from convergence.config.society import SAOConfig
-    from convergence.llm.agent_client import LLMClient
-    from convergence.society.sao.mixin import SAOMixin
+    from convergence.plugins.learning.sao import SAOMixin
 
-    monkeypatch.setenv("SAO_SERVER_KEY", "sk-local-dummy")
-    client = LLMClient(f"openai/{llama_server.model_alias}", api_base=llama_server.api_base,
-                       api_key_env="SAO_SERVER_KEY", timeout_seconds=120)
     async def target(task_input: Any, i: int) -> str:  # the user's target: a terse and a chatty answer
         return ["Berlin.", "I think the answer could be many things, it depends on the context."][i]
 
-    sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=5, prompt_tokens=64), client,
-                   examples=[{"question": "What is the capital of Germany?"}], seed=2, responder=target)
-    assert sao.judge_method == "text"
-    await sao.generate_synthetic_dataset(n_samples=2)
-    made = sao.sao_dataset
-    assert made, sao.failures
-    judged = [p for p in made if p.judgments]
-    assert judged and all(len(p.judgments) == 2 for p in judged), [(p.prompt, p.outcome) for p in made]
-    for p in judged:
-        assert p.outcome == ("unparseable" if None in (p.verdict_1, p.verdict_2)
-                             else p.verdict_1 if p.verdict_1 == p.verdict_2 else "inconsistent")
-        assert p.kept == (p.outcome in ("A", "B") and not p.failed_filters)
-    stats = sao.get_sao_stats()
-    assert stats["total"] == len(made) and stats["kept"] == sum(p.kept for p in made)
-    assert stats["consistency_rate"] is None or 0.0 <= stats["consistency_rate"] <= 1.0
+    for verdict, outcome in (("A]] as it comes first", "inconsistent"), ("I cannot tell", "unparseable")):
+        llm = FakeLLM("sao-biased", reply=lambda call, v=verdict: v if call.prompt.endswith("Verdict: [[") else None)
+        sao = SAOMixin(SAOConfig(batch_size=2, iterative_rounds=2, prompt_tokens=64), llm.model,
+                       examples=[{"question": "What is the capital of Germany?"}], seed=2, responder=target)
+        assert sao.judge_method == "text"
+        assert await sao.generate_synthetic_dataset(n_samples=2) == []
+        made = sao.sao_dataset
+        assert len(made) == 4 and not sao.failures  # two rounds of two: nothing kept, so the rounds ran out
+        for p in made:
+            assert len(p.judgments) == 2 and p.outcome == outcome and not p.kept
+            assert outcome in p.failed_filters
+        stats = sao.get_sao_stats()
+        assert stats["total"] == 4 and stats["kept"] == 0
+        assert stats["consistency_rate"] == (0.0 if outcome == "inconsistent" else None)
+        assert stats["llm_calls"] == len(llm.calls) == 4 * 3  # a prompt and two judgments per pair
+
+
+async def test_rule_verdicts_and_filters_need_no_judge_call() -> None:
+    """Near-identical responses are a tie and an empty one loses, without asking the judge;
+    a failed response, a repeated prompt and a response too long fail their filters."""
+    from convergence.config.society import SAOConfig
+    from convergence.plugins.learning.sao import SAOMixin
+
+    llm = FakeLLM("sao-filters", reply=lambda call: {"question": "What is the capital of Germany, please?"}
+                  if call.schema is not None else "[[A]]")
+    sao = SAOMixin(SAOConfig(max_response_length=30), llm.model, examples=[{"question": "Capital of Peru?"}])
+
+    def answering(a: str | Exception, b: str | Exception) -> Any:
+        async def responder(task_input: Any, i: int) -> str:
+            r = (a, b)[i]
+            if isinstance(r, Exception):
+                raise r
+            return r
+        return responder
+
+    async def pair(a: str | Exception, b: str | Exception) -> Any:
+        return await sao.make_pair(sao.next_persona(), sao.examples, answering(a, b))
+
+    same = await pair("Berlin", "berlin!")
+    assert (same.outcome, same.judgments) == ("tie", []) and {"tie", "duplicate_responses"} <= set(
+        same.failed_filters)
+    empty = await pair("  ", "Berlin")
+    assert empty.outcome == "B" and "shorter than 1 character" in empty.judgments[0]
+    assert "too_short" in empty.failed_filters and "duplicate_prompt" in empty.failed_filters
+    failed = await pair("Berlin", RuntimeError("target down"))
+    assert failed.outcome == "unparseable" and failed.response_b == "(failed: RuntimeError)"
+    assert failed.failed_filters[:2] == ["response_error", "unparseable"]
+    assert not [c for c in llm.calls if c.prompt.endswith("Verdict: [[")]  # no judge call so far
+    long = await pair("Berlin", "Berlin, a city on the Spree, is the capital.")
+    assert long.judgments and long.outcome == "inconsistent" and "too_long" in long.failed_filters
+    assert [c.prompt.endswith("Verdict: [[") for c in llm.calls].count(True) == 2
+
+
+async def test_the_likelihood_judge_prefers_the_response_the_model_finds_likelier() -> None:
+    """``judge: likelihood`` on a non-local provider: each response's log-prob after the
+    judge's question decides, both orders, and within ``tie_margin`` it is a tie."""
+    from convergence.config.society import SAOConfig
+    from convergence.plugins.learning.sao import SAOMixin
+
+    llm = FakeLLM("sao-likely", logprobs=lambda prompt: {"Berlin": -0.3, "Munich": -2.0, "Bonn": -0.35})
+    sao = SAOMixin(SAOConfig(judge="likelihood", tie_margin=0.1), llm.model)
+    assert sao.judge_method == "likelihood"
+    first, second, texts = await sao.judge("Capital of Germany?", "Munich", "Berlin")
+    assert (first, second) == ("B", "B") and "log-prob: A -2.000, B -0.300 -> [[B]]" in texts
+    assert (await sao.judge("Capital of Germany?", "Berlin", "Bonn"))[:2] == ("tie", "tie")
+    assert all(c.wants_logprobs and c.prompt.endswith("The better response is:") for c in llm.calls)
+    none = SAOMixin(SAOConfig(judge="likelihood"), FakeLLM("sao-unlikely", logprobs=lambda p: {}).model)
+    verdict, text = await none.judge_once("Capital of Germany?", "Berlin", "Munich")
+    assert verdict is None and "no log-probs from fake/sao-unlikely" in text
 
 
 def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -> None:
-    from convergence.society.sao.mixin import _parse_fields
+    from convergence.plugins.learning.sao import _parse_fields
 
     keys = ["question"]
     assert _parse_fields('{"question": "Why is the sky blue?"}', keys) == {"question": "Why is the sky blue?"}

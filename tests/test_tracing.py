@@ -342,16 +342,20 @@ def test_redactor_removes_secrets_by_key_value_and_shape() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.slow
 async def test_each_rlp_step_is_a_traced_op_with_thoughts_outcomes_and_rewards(
     project: tuple[Path, str], weave_server: RecordingServer
 ) -> None:
+    from convergence.llm.testing import FakeLLM, mention_logprobs
+
+    llm = FakeLLM("tracing-rlp", logprobs=mention_logprobs(["best", "high", "low", "failed"]),
+                  default="The best will stay high.")
     root, module = project
     path = write_config(root, module, enabled=True)
-    path.write_text(path.read_text() + textwrap.dedent("""
+    path.write_text(path.read_text() + textwrap.dedent(f"""
         society:
           enabled: true                  # genetic's evolution (70 %) and RLP (30 %)
-          rlp: {G: 1, thought_length: 12}
+          rlp: {{G: 1, thought_length: 12}}
+          llm: {{model: {llm.model}}}    # the fake LLM: the RLP agent's logic, traced
         """))
     outcome, db = await run_optimization(path)
     steps = [c for c in weave_server.calls().values() if op_name(c) == "convergence.rlp.step"]
@@ -362,7 +366,7 @@ async def test_each_rlp_step_is_a_traced_op_with_thoughts_outcomes_and_rewards(
     [thought] = step["inputs"]["thoughts"]
     assert thought["strategy"] and "thought" in thought and thought["proposals"]
     assert step["output"]["outcomes"] and step["output"]["rewards"]
-    assert step["output"]["method"] == "prompt"
+    assert step["output"]["method"] == "top_logprobs"
     proposes = [c for c in weave_server.calls().values() if op_name(c) == "convergence.propose.rlp"]
     assert proposes and proposes[0]["inputs"]["agent"] == "rlp"
     assert SECRET not in weave_server.everything()

@@ -4,7 +4,8 @@ LiteLLM is imported lazily (``convergence --help`` must stay fast) and only
 after ``LITELLM_LOCAL_MODEL_COST_MAP`` is set, so importing it never fetches
 the price map over the network. The embedded model's provider (``local/...``)
 is registered before each call, so ``local/gemma-3-270m`` works everywhere a
-LiteLLM model string does.
+LiteLLM model string does; so is the test provider (``fake/...``, see
+:mod:`convergence.llm.testing`) when a call names it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ async def acompletion(
     from convergence.llm.local_provider import ensure_registered
 
     ensure_registered()
+    if model.startswith("fake/"):
+        from convergence.llm.testing import ensure_registered as ensure_fake_registered
+
+        ensure_fake_registered()
     kwargs: dict[str, Any] = dict(params)
     if api_base is not None:
         kwargs["api_base"] = api_base

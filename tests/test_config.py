@@ -128,7 +128,7 @@ def test_bad_agent_name_is_a_clear_error_with_the_valid_names() -> None:
     ("society:\n  agents: {evolution: 1.0}\n", "the society is off"),
     ("society:\n  enabled: true\n  learning: {sao_enabled: true}\n  agents: {evolution: 1}\n", "make them agree"),
     ("society:\n  enabled: true\n  sao: {min_response_length: 9, max_response_length: 3}\n", "exceeds max_response"),
-    ("society:\n  enabled: true\n  sao: {response_pairs: 3}\n", "less than or equal to 2"),
+    ("society:\n  enabled: true\n  sao: {response_pairs: 3}\n", "only 2 is accepted"),
     ("society:\n  enabled: true\n  learning: {rlp_enabled: false}\n  agents: {rlp: 1}\n", "make them agree"),
     ("society:\n  enabled: true\n  auto_generate_agents: false\n", "list the agents"),
     ("society:\n  enabled: true\n  rlp: {strategies: [exploit, guess]}\n", "unknown strategy 'guess'"),
@@ -467,6 +467,29 @@ def test_api_options_the_target_kind_would_ignore_are_refused() -> None:
     assert "api.prompt" in p
     [p] = problems("api: {name: a, model: m, request: {body: {x: 1}}}" + base)
     assert "api.request.body" in p
+    # a model registry is refused as a whole, whatever its entries hold (a description too)
+    [p] = problems("api: {name: a, model: m, models: {fast: {endpoint: e, description: the fast one}}}" + base)
+    assert "api.models" in p and "model registry" in p
+
+
+def test_descriptions_are_kept_for_the_report_and_response_pairs_accepts_only_its_one_value() -> None:
+    cfg = parse(
+        """
+        api: {name: a, model: m, description: the support bot}
+        search_space:
+          parameters:
+            t: {type: discrete, values: [1, 2], description: how many tries}
+            tone: {type: categorical, values: [warm, dry], description: voice of the answer}
+            temp: {type: continuous, min: 0, max: 1}
+        evaluation: {test_cases: {inline: [{input: x, expected: y}]}, metrics: {acc: {function: exact_match}}}
+        society: {enabled: true, sao: {response_pairs: 2}}
+        """
+    ).config  # type: ignore[attr-defined]
+    assert cfg.api.description == "the support bot"
+    params = cfg.search_space.parameters
+    assert params["t"].description == "how many tries" and params["tone"].description == "voice of the answer"
+    assert params["temp"].description is None
+    assert cfg.society.sao.response_pairs == 2
 
 
 # ----------------------------------------------------------- preflight: what optimize checks before its first call

@@ -94,7 +94,6 @@ async def test_judge_runs_as_a_metric_in_the_evaluator(tmp_path: Path) -> None:
         }
     )
     ev = Evaluator(cfg, tmp_path)
-    assert ev.has_async_metrics
     case = TestCase("c", "What is the capital of Italy?", "Rome")
     values, errors = await ev.evaluate_detailed(case, CallResult(output="Rome.", latency_ms=5.0))
     assert errors == {}

@@ -256,6 +256,45 @@ def test_a_run_without_any_complete_trial_still_gets_a_report(tmp_path: Path) ->
         export_config(report, "yaml")
 
 
+def test_parameter_and_target_descriptions_show_in_report_md_and_results_json(tmp_path: Path) -> None:
+    report = make_report()
+    report.parameter_descriptions = {"model": "which model | size", "temperature": "sampling\ntemperature"}
+    report.description = "the support bot"
+    write_reports(report, tmp_path, OutputConfig(formats=["json", "markdown"], visualizations=[]))
+    md = (tmp_path / "report.md").read_text()
+    assert "- **Target:** the support bot" in md
+    section = md.split("## Parameter importance")[1]
+    assert "| parameter | share | description |" in section
+    assert "which model \\| size |" in section and "sampling<br>temperature |" in section  # table-safe
+    assert next(line for line in section.splitlines() if line.startswith("| noise |")).endswith("|  |")
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["run"]["description"] == "the support bot"
+    assert doc["run"]["parameter_descriptions"] == report.parameter_descriptions
+
+    plain = make_report()  # none given: no empty column, no target line
+    write_reports(plain, tmp_path / "plain", OutputConfig(formats=["markdown"], visualizations=[]))
+    md = (tmp_path / "plain" / "report.md").read_text()
+    assert "| parameter | share |\n" in md and "**Target:**" not in md
+
+
+@pytest.mark.anyio
+async def test_the_report_of_a_stored_run_takes_the_descriptions_from_its_config(tmp_path: Path) -> None:
+    from convergence.reporting.outputs import build_report
+    from convergence.storage.store import Store
+
+    config = {
+        "api": {"name": "bot", "model": "m", "description": "the support bot"},
+        "search_space": {"parameters": {"t": {"type": "discrete", "values": [1, 2], "description": "tries"},
+                                        "u": {"type": "discrete", "values": [1, 2]}}},
+        "evaluation": {"test_cases": {"inline": [{"input": "x"}]}, "metrics": {"acc": {"function": "contains"}}},
+    }
+    async with await Store.open(tmp_path / "db.sqlite") as store:
+        run_id = await store.start_run("bot", config, seed=1, config_path=None)
+        report = await build_report(store, run_id)
+    assert report.description == "the support bot"
+    assert report.parameter_descriptions == {"t": "tries"}
+
+
 def test_csv_prefixes_a_parameter_whose_name_clashes_with_a_fixed_column() -> None:
     report = RunReport(1, "s", "finished", None, "t0", None, None, [TrialRecord({"score": "x"}, "h", 0, "p", 0.5)],
                        metric_directions={"accuracy": "higher_is_better"}, parameters=["score"])

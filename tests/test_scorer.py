@@ -98,9 +98,11 @@ async def test_out_of_range_values_are_clamped_and_defaults_documented(tmp_path:
         "cost": {"type": "lower_is_better"},
     }
     ev = Evaluator(cfg(metrics), tmp_path)
-    assert ev.metric_refs() == {"custom_q": 1.0, "latency": 10_000.0, "cost": 0.01}
     agg = ev.aggregate([CaseResult("c", CallResult(), {"custom_q": 3.0, "latency": 15_000.0, "cost": 0.005})])
     assert agg.normalized == {"custom_q": 1.0, "latency": 0.0, "cost": pytest.approx(0.5)}
+    # the documented defaults: latency 0 at 10 000 ms, cost 0 at $0.01, higher_is_better 1 at 1.0
+    agg = ev.aggregate([CaseResult("c", CallResult(), {"custom_q": 1.0, "latency": 5_000.0, "cost": 0.01})])
+    assert agg.normalized == {"custom_q": 1.0, "latency": pytest.approx(0.5), "cost": 0.0}
 
 
 @pytest.mark.anyio

@@ -35,20 +35,17 @@ if TYPE_CHECKING:
     from convergence.config.models import ConvergenceConfig
 
 
-class ApiModelEntry(Strict):
-    endpoint: Text
-    description: str | None = None
-
-
 class ApiConfig(Strict):
     """the-convergence's ``api:`` section. ``model`` selects LiteLLM,
     ``endpoint`` a plain HTTP endpoint."""
 
     name: Name
     description: str | None = None
+    """What the target is, for people: shown at the top of the report (report.md, results.json)."""
     endpoint: Text | None = None
     model: Text | None = None
-    models: dict[str, ApiModelEntry] | None = None
+    models: dict[str, Any] | None = None
+    """the-convergence's model registry: refused, whatever its entries say."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
     request: RequestConfig = Field(default_factory=RequestConfig)
     response: ResponseConfig = Field(default_factory=ResponseConfig)

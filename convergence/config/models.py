@@ -76,6 +76,7 @@ class CategoricalParam(Strict):
     """A list of values, or a mapping label -> value (labels show in reports;
     handy for long prompt templates)."""
     description: str | None = None
+    """What the parameter is, for people: shown in the report (report.md, results.json)."""
 
     @field_validator("values")
     @classmethod
@@ -98,6 +99,7 @@ class ContinuousParam(Strict):
     step: Float | None = Field(None, gt=0)
     log: bool = False
     description: str | None = None
+    """What the parameter is, for people: shown in the report (report.md, results.json)."""
 
     @model_validator(mode="after")
     def _range(self) -> ContinuousParam:
@@ -120,6 +122,7 @@ class DiscreteParam(Strict):
     max: Int | None = Field(None, ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)
     step: Int = Field(1, gt=0, le=MAX_EXACT_INT)
     description: str | None = None
+    """What the parameter is, for people: shown in the report (report.md, results.json)."""
 
     @model_validator(mode="after")
     def _shape(self) -> DiscreteParam:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from convergence.config.fields import At, Float, Int, Strict, Text, short
 
@@ -117,8 +117,9 @@ class SAOConfig(Strict):
     """Personas composed from the shipped attribute lists (near-duplicates removed)."""
     temperature: Float = Field(0.6, ge=0, le=2)
     """Sampling temperature of the prompts the personas write."""
-    response_pairs: Int = Field(2, ge=2, le=2)
-    """Responses per prompt: always a pair (A and B), as in the paper."""
+    response_pairs: Int = 2
+    """The seed's "responses per prompt": always a pair (A and B), as in the paper, so 2 is the only
+    value accepted (it changes nothing; it may be left out)."""
     response_temperatures: tuple[Float, Float] = (0.2, 1.0)
     """Standalone only: the one configuration answers at these two temperatures."""
     min_response_length: Int = Field(1, ge=0, le=100_000)
@@ -152,6 +153,14 @@ class SAOConfig(Strict):
     """Likelihood judge: a difference in total log-prob (nats) below this is a tie."""
     rating_prior: Float = Field(1.0, gt=0, le=100)
     """Bradley-Terry prior: virtual ties against an average configuration (keeps all-wins finite)."""
+
+    @field_validator("response_pairs")
+    @classmethod
+    def _pair(cls, v: int) -> int:
+        if v != 2:
+            raise ValueError(f"is {v}, but SAO always compares one pair of responses (A and B): "
+                             "only 2 is accepted; leave it out")
+        return v
 
     @model_validator(mode="after")
     def _lengths(self) -> SAOConfig:

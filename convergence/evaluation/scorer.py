@@ -126,15 +126,6 @@ class Evaluator:
         """Metric name -> weight, normalised to sum to 1."""
         return {s.name: s.weight for s in self._specs}
 
-    def metric_refs(self) -> dict[str, float]:
-        """Metric name -> the raw value that normalises to 0 (lower_is_better) or 1."""
-        return {s.name: s.ref if not s.higher else 1.0 for s in self._specs}
-
-    @property
-    def has_async_metrics(self) -> bool:
-        """True when some metric (the LLM judge, an async custom one) makes calls."""
-        return bool(self._async)
-
     # ------------------------------------------------------------------ per case
 
     async def evaluate(self, case: TestCase, call: CallResult) -> dict[str, float]:

@@ -93,28 +93,6 @@ async def logprob_of(
     return LogProb(min(lp for _, lp in top), "top_logprobs_bound")
 
 
-async def logprob_pair(
-    model: str,
-    prompt_with: str,
-    prompt_without: str,
-    continuation: str,
-    *,
-    api_base: str | None = None,
-    api_key: str | None = None,
-    timeout: float = 60.0,
-    top_k: int = MAX_TOP_LOGPROBS,
-) -> tuple[LogProb, LogProb]:
-    """:func:`logprob_of` after ``prompt_with`` and after ``prompt_without``.
-
-    Sequential: the embedded model serves one call at a time anyway, and a
-    remote provider's rate limit is not spent twice at once.
-    """
-    kw: dict[str, Any] = {"api_base": api_base, "api_key": api_key, "timeout": timeout, "top_k": top_k}
-    with_ = await logprob_of(model, prompt_with, continuation, **kw)
-    without = await logprob_of(model, prompt_without, continuation, **kw)
-    return with_, without
-
-
 def _word(token: str) -> str:
     return _LEADING_SPACE.sub("", token)
 

@@ -80,7 +80,9 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
             "elapsed_seconds": report.elapsed_seconds,
             "n_trials": len(report.trials),
             "n_usable_trials": len(report.usable),
+            "description": report.description,
             "parameters": report.parameters,
+            "parameter_descriptions": report.parameter_descriptions,
             "metric_directions": report.metric_directions,
             "metric_weights": report.metric_weights,
         },
@@ -371,6 +373,7 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
                     plot_files: Sequence[Path]) -> str:
     best, worst = report.best, report.worst
     out = [f"# Convergence report — {_md(report.study)}, run {report.run_id}", ""]
+    out += [f"- **Target:** {_md(report.description)}"] if report.description else []
     out += [f"- **Status:** {report.status}", f"- **Stop reason:** {report.stop_reason or '—'}",
             f"- **Started:** {report.started_at}; **finished:** {report.finished_at or '—'}",
             f"- **Seed:** {report.seed if report.seed is not None else '—'}", ""]
@@ -419,7 +422,10 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
             "Share of the score's variance each parameter explains on its own (grouped by value, "
             "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "
             "read it as a ranking.", ""]
-    out += _table(["parameter", "share"], [[_md(p), f"{v:.1%}"] for p, v in importance.items()]) + [""]
+    described = report.parameter_descriptions
+    out += _table(["parameter", "share", *(["description"] if described else [])],
+                  [[_md(p), f"{v:.1%}", *([_md(described.get(p, ""))] if described else [])]
+                   for p, v in importance.items()]) + [""]
     if plot_files:
         out += ["## Plots", ""]
         for f in plot_files:

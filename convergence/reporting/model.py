@@ -77,6 +77,10 @@ class RunReport:
     """metric -> the function computing it (``latency``, ``cost``, ``contains`` ...),
     when known; the report uses it to avoid showing the same quantity twice."""
     parameters: list[str] = field(default_factory=list)
+    parameter_descriptions: dict[str, str] = field(default_factory=dict)
+    """parameter -> its ``description`` in the search space (only those that have one)."""
+    description: str | None = None
+    """The target's ``description`` (the-convergence's ``api.description``), when given."""
     resolved_best: Config | None = None
     """The best configuration's values as the target receives them (labels
     resolved); what export writes."""

@@ -111,6 +111,9 @@ async def build_report(store: Store, run_id: int) -> RunReport:
                      if (f := _metric_function(k, m.function, has_custom)) is not None}
         report.metric_functions = functions
         params = list(cfg.search_space.parameters)
+        report.parameter_descriptions = {k: p.description for k, p in cfg.search_space.parameters.items()
+                                         if p.description}
+        report.description = cfg.api.description if cfg.api is not None and cfg.api.description else None
         best = report.best
         if best is not None:
             space = SearchSpace.from_config(cfg.search_space)

@@ -90,15 +90,6 @@ class BanditProposer:
             self.alpha[name] = 1.0 + w
             self.beta[name] = 1.0 + n - w
 
-    def posterior_means(self) -> dict[str, dict[str, float]]:
-        """For reports: the bandit's belief about each parameter value (the
-        chance that a configuration using it lands in the run's top quarter)."""
-        out: dict[str, dict[str, float]] = {}
-        for name, arms in self.arms.items():
-            means = self.alpha[name] / (self.alpha[name] + self.beta[name])
-            out[name] = {str(a): float(m) for a, m in zip(arms, means, strict=True)}
-        return out
-
 
 class RandomProposer:
     """Uniform random sampling: the baseline every other proposer must beat."""

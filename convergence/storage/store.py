@@ -924,13 +924,6 @@ class Store:
             for r in rows
         ]
 
-    async def test_case_inputs(self, run_id: int) -> dict[str, Any]:
-        async with self._db.execute(
-            "SELECT case_id, input_json FROM test_cases WHERE run_id = ?", (run_id,)
-        ) as cur:
-            rows = await cur.fetchall()
-        return {r[0]: json.loads(r[1]) for r in rows}
-
     # ------------------------------------------------------------------ SAO preference pairs
 
     async def add_sao_pairs(self, study_id: int, pairs: Sequence[SAOPair]) -> int:

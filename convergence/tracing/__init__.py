@@ -103,11 +103,6 @@ def current_run() -> RunTrace | None:
 # --------------------------------------------------------------------------- credentials
 
 
-def _wandb_host() -> str:
-    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    return urlsplit(base).hostname or "api.wandb.ai"
-
-
 def has_credentials(environ: dict[str, str] | None = None) -> bool:
     """W&B credentials without asking anyone: ``WANDB_API_KEY`` or a netrc entry
     for the W&B host (what ``wandb login`` writes). Never prompts, never connects."""

@@ -50,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from convergence.config.society import RLPConfig
+from convergence.core.rl import RunningNorm, gae
 from convergence.llm.agent_client import LLMClient, as_client
-from convergence.society.rlp.gae import RunningNorm, gae, group_advantages
+from convergence.society.rlp.gae import group_advantages
 from convergence.society.strategies import STRATEGIES
 
 __all__ = ["Experience", "InformationGain", "LLMClient", "RLPConfig", "RLPMixin", "StrategyPolicy", "Thought"]

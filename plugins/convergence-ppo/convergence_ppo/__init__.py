@@ -9,8 +9,9 @@ with ``society.learner: {plugin: ppo, ...}``. :mod:`convergence_ppo.admin` serve
 
 from __future__ import annotations
 
+from convergence.core.rl import RunningNorm
 from convergence_ppo.buffer import ReflectionBuffer
-from convergence_ppo.encoding import ActionSpace, ObservationEncoder, RunningNorm
+from convergence_ppo.encoding import ActionSpace, ObservationEncoder
 from convergence_ppo.learner import PPOLearner, make_learner
 from convergence_ppo.ppo import Policy, PPOConfig, clipped_surrogate, compute_gae, ppo_update
 from convergence_ppo.rewards import RewardConfig, RewardExtractor

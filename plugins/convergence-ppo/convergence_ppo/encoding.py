@@ -1,9 +1,9 @@
 """What the policy sees and what it can do.
 
 Observation: a fixed-size vector whatever the search space or roster, normalised online
-(running mean and variance, clipped to +-5). Nothing in it is a wall-clock time unless the run's
-budget is (``max_seconds``: progress and budget left), so a seeded generational run makes the
-same decisions again:
+(running mean and variance, clipped to +-5: :class:`convergence.core.rl.RunningNorm`). Nothing in
+it is a wall-clock time unless the run's budget is (``max_seconds``: progress and budget left), so
+a seeded generational run makes the same decisions again:
 
 * run: progress through generations/budget, budget left, best score, the generation's
   improvement, mean and spread of its scores, the population's mean, diversity, error and
@@ -22,43 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from convergence.core.rl import RunningNorm as RunningNorm  # its old home: re-exported
 from convergence.society.learner import GenerationResult
 
 RUN_FEATURES = 16
 PARAM_FEATURES = 5
 AGENT_FEATURES = 4
-
-
-class RunningNorm:
-    """Online mean and variance (Chan et al.'s parallel update), as CleanRL's NormalizeObservation."""
-
-    def __init__(self, dim: int, clip: float = 5.0) -> None:
-        self.mean = np.zeros(dim)
-        self.var = np.ones(dim)
-        self.count = 1e-4
-        self.clip = clip
-
-    def update(self, x: np.ndarray) -> None:
-        batch_mean, batch_var, n = x, np.zeros_like(x), 1
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean = self.mean + delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total
-        self.var = m2 / total
-        self.count = total
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.clip((x - self.mean) / np.sqrt(self.var + 1e-8), -self.clip, self.clip)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count}
-
-    def load(self, d: Mapping[str, Any]) -> None:
-        self.mean, self.var, self.count = np.asarray(d["mean"]), np.asarray(d["var"]), float(d["count"])
 
 
 @dataclass(frozen=True, slots=True)

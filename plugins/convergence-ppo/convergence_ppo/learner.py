@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError
 
+from convergence.core.rl import RunningNorm
 from convergence.society.learner import Decision, GenerationResult, LearnerContext
 from convergence_ppo.buffer import ReflectionBuffer
-from convergence_ppo.encoding import ActionSpace, ObservationEncoder, RunningNorm
+from convergence_ppo.encoding import ActionSpace, ObservationEncoder
 from convergence_ppo.ppo import Policy, PPOConfig, ppo_update
 from convergence_ppo.rewards import RewardConfig, RewardExtractor
 

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from torch import nn
 from torch.distributions import Categorical
 
+from convergence.core.rl import gae
+
 MIN_NORMALISE = 4
 """Fewest decisions in a rollout whose advantages are normalised (a run's last, short rollout keeps its
 own scale: rewards are in [-1, 1] already)."""
@@ -113,17 +115,12 @@ class Policy(nn.Module):
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: float,
                 gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Advantages and returns. ``dones[t]`` = 1 when decision t ended its episode (a run), so nothing
-    after it is credited to it; ``next_value`` bootstraps the last decision when it did not end one."""
-    T = rewards.shape[0]
+    """Advantages and returns (:func:`convergence.core.rl.gae` on tensors). ``dones[t]`` = 1 when decision t
+    ended its episode (a run), so nothing after it is credited to it; ``next_value`` bootstraps the last
+    decision when it did not end one."""
     advantages = torch.zeros_like(rewards)
-    last = 0.0
-    for t in reversed(range(T)):
-        next_v = next_value if t == T - 1 else values[t + 1]
-        nonterminal = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_v * nonterminal - values[t]
-        last = delta + gamma * gae_lambda * nonterminal * last
-        advantages[t] = last
+    for t, a in enumerate(gae(rewards, values, next_value, gamma, gae_lambda, dones)):
+        advantages[t] = a
     return advantages, advantages + values
 
 

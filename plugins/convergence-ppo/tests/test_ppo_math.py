@@ -134,3 +134,27 @@ def test_a_batch_ends_an_episode_where_one_run_gives_way_to_the_next() -> None:
     assert left.get_ppo_batch(update=0)["dones"] == [False, True]
     same = ReflectionBuffer(LearnerMemory(None, [row(2, 1, False), row(2, 2, False)]), run_id=2)
     assert same.get_ppo_batch(update=0)["dones"] == [False, False]  # the run goes on: bootstrapped
+
+
+def test_the_observation_norm_is_the_core_one_and_its_saved_states_load() -> None:
+    import numpy as np
+
+    from convergence.core import rl
+    from convergence_ppo import RunningNorm
+
+    assert RunningNorm is rl.RunningNorm and compute_gae.__module__ == "convergence_ppo.ppo"
+    norm = RunningNorm(3)
+    assert norm.count == rl.OBS_PRIOR and norm.var.tolist() == pytest.approx([1.0] * 3)  # CleanRL's prior
+    for x in ([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 2.0, 8.0]):
+        norm.update(np.asarray(x))
+    assert norm.mean.tolist() == pytest.approx([2.0, 2.0, 4.0], rel=1e-3)
+    assert norm.var.tolist() == pytest.approx([2 / 3, 0.0, 26 / 3], abs=1e-3)  # population variance
+    assert np.abs(norm(np.asarray([100.0, 2.0, -100.0]))).max() == 5.0  # clipped
+    state = norm.to_dict()
+    assert {"mean", "var", "count"} <= set(state)  # the names checkpoints and exported policies have
+    again = RunningNorm(3)
+    again.load(state)
+    assert again == norm  # exactly: a resumed run scales as an uninterrupted one
+    old = RunningNorm(3)  # a checkpoint written before m2 was saved: mean, var, count
+    old.load({k: state[k] for k in ("mean", "var", "count")})
+    assert old.var.tolist() == pytest.approx(norm.var.tolist(), rel=1e-12)

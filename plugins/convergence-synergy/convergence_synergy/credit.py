@@ -7,8 +7,9 @@ For agent ``i`` in one generation (``AgentResult``)::
                                                under a dollar budget) but it did propose
     (no credit)                                when it proposed nothing: masked, not counted as 0
 
-Credits are normalised in units of their noise, with running statistics (Welford) kept per
-cost unit (calls, usd, seconds do not mix) and across runs of the study::
+Credits are normalised in units of their noise, with running statistics (Welford:
+:class:`convergence.core.rl.RunningNorm`) kept per cost unit (calls, usd, seconds do not mix)
+and across runs of the study::
 
     credit_hat_i = clip((credit_i - mean) / noise, -3, 3)      (a one-off hit counts as strong, not as ten)
     mean   the mean of all credits seen (every agent, every generation)
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from convergence.core.rl import RunningNorm
 from convergence.society.learner import GenerationResult
 
 CLIP = 3.0
@@ -81,38 +83,6 @@ def fill(credits: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> np.ndarr
     w = np.where(mask, weights, 0.0)
     mean = float(np.dot(w, credits) / w.sum()) if w.sum() > 0 else float(credits[mask].mean())
     return np.where(mask, credits, mean)
-
-
-@dataclass(slots=True)
-class RunningNorm:
-    """Welford's running mean and variance, as plain numbers (persisted as JSON)."""
-
-    count: int = 0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def update(self, values: Sequence[float] | np.ndarray) -> None:
-        for x in np.asarray(values, dtype=np.float64).ravel():
-            self.count += 1
-            d = x - self.mean
-            self.mean += d / self.count
-            self.m2 += d * (x - self.mean)
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    @classmethod
-    def from_dict(cls, d: Any) -> RunningNorm:
-        try:
-            out = cls(int(d["count"]), float(d["mean"]), float(d["m2"]))
-        except (KeyError, TypeError, ValueError):
-            return cls()
-        ok = out.count >= 0 and math.isfinite(out.mean) and math.isfinite(out.m2) and out.m2 >= 0
-        return out if ok else cls()
 
 
 @dataclass(slots=True)

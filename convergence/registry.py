@@ -2,7 +2,10 @@
 
 Kinds: ``agent`` (a society proposer), ``learner`` (sets the society's
 shares), ``metric`` (a per-case metric function), ``target`` (what is
-optimized) and ``sampler`` (an Optuna sampler, run as a society agent).
+optimized), ``sampler`` (an Optuna sampler, run as a society agent) and
+``cli`` (a ``typer.Typer`` app, or a factory returning one, added to the
+command line as ``convergence <name> ...``: how a learner plugin brings its
+own commands).
 Built-ins are entries like any other, with ``distribution = "convergence"``.
 
 A third party adds entries with entry points in the group
@@ -10,13 +13,14 @@ A third party adds entries with entry points in the group
 
     [project.entry-points."convergence.plugins"]
     "agent.greedy" = "my_pkg.agents:make_greedy"
+    "cli.greedy" = "my_pkg.cli:app"
 
-Discovery is lazy: nothing is imported until a config names the entry, so
-one broken plugin cannot slow down or break ``convergence --help`` or the
-others. A name taken twice, a malformed entry point or a failed import is a
-:class:`PluginError` that names the distribution and the entry point; the
-listing (``convergence plugins``) shows such problems beside the good
-entries. What each kind must be is in ``docs/plugins.md``.
+Discovery is lazy: nothing is imported until a config names the entry (or,
+for a ``cli`` entry, until its sub-command is invoked), so one broken plugin
+cannot slow down or break ``convergence --help`` or the others. A name taken
+twice, a malformed entry point or a failed import is a :class:`PluginError`
+that names the distribution and the entry point; the listing (``convergence
+plugins``) shows such problems beside the good entries. What each kind must be is in ``docs/plugins.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any
 from convergence.errors import ConvergenceError
 
 GROUP = "convergence.plugins"
-KINDS = ("agent", "learner", "metric", "target", "sampler")
+KINDS = ("agent", "learner", "metric", "target", "sampler", "cli")
 BUILTIN = "convergence"
 
 
@@ -128,6 +132,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
     },
     "learner": {},
     "sampler": {},
+    "cli": {},
 }
 
 

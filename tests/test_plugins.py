@@ -350,3 +350,91 @@ def test_registry_without_plugins_has_the_builtins_as_entries() -> None:
     assert reg.names("target") == ["litellm", "http", "python"]
     entry: Any = reg.get("agent", "tpe")
     assert entry.spec.endswith(":optuna_sampler")
+
+
+CLI_PLUGIN = '''
+"""A plugin's command group (written by the test)."""
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Demo commands of a plugin.")
+
+
+@app.command()
+def hello(name: str = "world") -> None:
+    """Say hello."""
+    print(f"hello {name}")
+
+
+@app.command()
+def bye() -> None:
+    """Say bye."""
+    print("bye")
+
+
+def make_app():
+    return app
+
+
+NOT_AN_APP = 42
+'''
+
+
+@pytest.fixture
+def cli_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A registry with plugin command groups: good (an app, a factory), broken (a missing module, not an
+    app) and one named like a built-in command."""
+    import convergence.registry
+
+    class _Dist:
+        name, version = "cvg-cli-plugin", "0.4.2"
+
+    class _EP:
+        def __init__(self, name: str, value: str) -> None:
+            self.name, self.value, self.dist = name, value, _Dist()
+
+    (tmp_path / "cvg_cli_plugin.py").write_text(CLI_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry(plugin_points=[_EP("cli.demo", "cvg_cli_plugin:app"), _EP("cli.made", "cvg_cli_plugin:make_app"),
+                                  _EP("cli.broken", "cvg_cli_plugin_missing:app"),
+                                  _EP("cli.notapp", "cvg_cli_plugin:NOT_AN_APP"),
+                                  _EP("cli.optimize", "cvg_cli_plugin:app")])
+    monkeypatch.setattr(convergence.registry, "registry", lambda: reg)
+    yield
+    sys.modules.pop("cvg_cli_plugin", None)
+
+
+@pytest.mark.usefixtures("cli_plugins")
+def test_a_plugin_cli_entry_adds_a_command_group_imported_only_when_invoked() -> None:
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0, top.output
+    assert all(name in top.output for name in ("demo", "made", "broken", "notapp"))
+    assert "cvg-cli-plugin 0.4.2" in top.output
+    assert "cvg_cli_plugin" not in sys.modules, "--help imports no plugin"
+    result = runner.invoke(app, ["demo", "hello", "--name", "you"])
+    assert result.exit_code == 0 and result.stdout == "hello you\n", result.output
+    assert "cvg_cli_plugin" in sys.modules
+    group = runner.invoke(app, ["demo", "--help"])
+    assert group.exit_code == 0 and "Demo commands of a plugin." in group.output and "bye" in group.output
+    assert runner.invoke(app, ["made", "bye"]).stdout == "bye\n"
+
+
+@pytest.mark.usefixtures("cli_plugins")
+def test_a_broken_plugin_cli_fails_alone_with_its_distribution_and_the_rest_works() -> None:
+    runner = CliRunner()
+    broken = runner.invoke(app, ["broken", "anything"])
+    assert broken.exit_code == 2
+    said = " ".join(broken.output.split())
+    assert "'broken' cannot be loaded" in said and "cvg-cli-plugin 0.4.2, entry point cli.broken" in said
+    assert "'cvg_cli_plugin_missing' not found" in said
+    notapp = runner.invoke(app, ["notapp", "--help"])
+    assert notapp.exit_code == 2 and "is a int, not a typer.Typer app" in " ".join(notapp.output.split())
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    assert runner.invoke(app, ["demo", "bye"]).stdout == "bye\n"
+    # a built-in command keeps its meaning; the clash is listed with the other problems
+    optimize = runner.invoke(app, ["optimize", "--help"])
+    assert optimize.exit_code == 0 and "--resume" in optimize.output
+    listing = runner.invoke(app, ["plugins", "--kind", "cli", "--json"])
+    doc = json.loads(listing.stdout)
+    assert {e["name"] for e in doc["entries"]} == {"demo", "made", "broken", "notapp", "optimize"}
+    assert any("'cli.optimize'" in p and "'optimize' is a built-in command" in p for p in doc["problems"])

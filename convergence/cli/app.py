@@ -26,10 +26,9 @@ from convergence.cli.common import (
     console,
     err,
 )
+from convergence.cli.plugin_groups import CoreGroup
 from convergence.cli.plugins import plugins as plugins_cmd
-from convergence.cli.ppo import ppo_app
 from convergence.cli.sao import sao_app
-from convergence.cli.synergy import synergy_app
 from convergence.cli.traces import traces as traces_cmd
 
 app = typer.Typer(
@@ -38,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=CoreGroup,  # plus one group per `cli.<name>` plugin entry (`convergence synergy`, `convergence ppo`)
 )
 ConfigArg = typer.Argument(Path("optimization.yaml"), help="The optimization YAML file.")
 
@@ -502,9 +502,6 @@ async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, 
 
 app.command("traces")(traces_cmd)  # registered last: its place in --help
 app.command("plugins")(plugins_cmd)
-app.add_typer(synergy_app, name="synergy", help="The synergy learner's weights: show, export, import, train, reset, "
-                                                "history, serve.")
-app.add_typer(ppo_app, name="ppo", help="The PPO learner's policy: stats, reset, export.")
 app.add_typer(sao_app, name="sao", help="Self-alignment optimization: export, import and inspect preference pairs.")
 
 

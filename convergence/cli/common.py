@@ -77,23 +77,3 @@ async def _report_or_exit(store: Any, run_id: int) -> Any:
         err.print(f"[red]{exc.args[0]}[/]")
         raise typer.Exit(2) from None
 
-
-def plugin_module(kind: str, name: str, install: str) -> Any:
-    """The module of an installed plugin entry (the CLI of a learner plugin), found through the
-    registry like any plugin; exits with ``install`` as the hint when it is not installed."""
-    import importlib
-
-    from rich.markup import escape as _escape
-
-    from convergence.registry import PluginError, registry
-
-    entry = registry().find(kind, name)
-    if entry is None:
-        err.print(f"[red]error:[/] the {name} {kind} is not installed ({_escape(install)})")
-        raise typer.Exit(2)
-    try:
-        entry.load()
-        return importlib.import_module(entry.spec.partition(":")[0])
-    except PluginError as exc:
-        err.print(f"[red]error:[/] {_escape(str(exc))}")
-        raise typer.Exit(2) from None

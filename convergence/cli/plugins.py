@@ -12,12 +12,13 @@ from convergence.cli.common import console, err
 
 
 def plugins(
+    ctx: typer.Context,
     kind: str | None = typer.Option(None, "--kind", "-k", help="Only this kind: agent, learner, metric, target, "
-                                                                "sampler."),
+                                                                "sampler, cli."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     builtin: bool = typer.Option(True, "--builtin/--no-builtin", help="Include the built-in entries."),
 ) -> None:
-    """List agents, learners, metrics, targets and samplers: name, kind, distribution, version, origin.
+    """List agents, learners, metrics, targets, samplers and cli groups: name, kind, distribution, version, origin.
 
     Plugins are found through the ``convergence.plugins`` entry points of installed
     distributions; nothing is imported to list them. Problems (a name taken twice, a
@@ -28,11 +29,13 @@ def plugins(
         err.print(f"[red]error:[/] unknown kind {escape(kind)!r}; expected one of {', '.join(KINDS)}")
         raise typer.Exit(2)
     reg = registry()
+    check = getattr(ctx.find_root().command, "plugin_problems", None)  # `cli.*` entries named like a command
+    problems = [*reg.problems, *(check() if callable(check) else [])]
     entries = [e for e in reg.entries(kind) if builtin or not e.builtin]
     if as_json:
         print(json.dumps({"entries": [{"name": e.name, "kind": e.kind, "distribution": e.distribution,
                                        "version": e.version, "origin": e.origin, "spec": e.spec} for e in entries],
-                          "problems": reg.problems}, indent=2))
+                          "problems": problems}, indent=2))
         return
     table = Table(title="Convergence plugins")
     for col in ("kind", "name", "distribution", "version", "origin"):
@@ -40,5 +43,6 @@ def plugins(
     for e in entries:
         table.add_row(e.kind, escape(e.name), escape(e.distribution), escape(e.version), escape(e.origin))
     console.print(table)
-    for problem in reg.problems:
+    for problem in problems:
         err.print(f"[yellow]problem:[/] {escape(problem)}")
+

@@ -1,8 +1,10 @@
 """``convergence synergy``: the synergy learner's weights (the society's learned shares).
 
-The learner is the ``synergy`` plugin (``plugins/convergence-synergy``); these
-commands find it through the registry and work on its per-study folder
-(``<database folder>/learners/<study>``, or ``--state-dir``).
+The plugin's ``cli.synergy`` entry point: Convergence adds :data:`app` as the
+``synergy`` command group and imports this module only when it is invoked. Light
+on purpose (typer, rich and Convergence's CLI helpers): the learner (PyTorch) is
+imported by the commands that need it. The commands work on the learner's per-study
+folder (``<database folder>/learners/<study>``, or ``--state-dir``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from convergence.cli.common import CFG_OPT, _load, _run_async, console, err, plugin_module
+from convergence.cli.common import CFG_OPT, _load, _run_async, console, err
 
-synergy_app = typer.Typer(no_args_is_help=True, help="The synergy learner's weights: show, export, import, train, "
+app = typer.Typer(no_args_is_help=True, help="The synergy learner's weights: show, export, import, train, "
                                                      "reset, history, serve.")
 STATE_OPT = typer.Option(None, "--state-dir", help="The learner's folder (default: from --config's database and "
                                                     "study).")
@@ -27,9 +29,11 @@ PLUGIN = "synergy"
 
 
 def _plugin() -> ModuleType:
-    """The synergy plugin's module, found through the registry like any plugin."""
-    module: ModuleType = plugin_module("learner", PLUGIN, "pip install -e plugins/convergence-synergy")
-    return module
+    """The plugin's functions (show, export, import_, reset, history, plot_history): imported here, not at
+    the module's import, so ``convergence synergy --help`` imports no PyTorch."""
+    import convergence_synergy
+
+    return convergence_synergy
 
 
 def _state_dir(state_dir: Path | None, config: Path | None) -> Path:
@@ -46,7 +50,7 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1) from None
 
 
-@synergy_app.command()
+@app.command()
 def show(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The learned shares, the learner that wrote them and where they are stored."""
@@ -70,7 +74,7 @@ def show(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
     console.print(f"file: {escape(str(info.get('weights_file')))}")
 
 
-@synergy_app.command("export")
+@app.command("export")
 def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="The JSON file to write."),
                config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT) -> None:
     """Write the learned shares to a JSON file (to edit, or to start another study from)."""
@@ -82,7 +86,7 @@ def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="The JSON file 
     console.print(f"written: {escape(str(path))}")
 
 
-@synergy_app.command("import")
+@app.command("import")
 def import_cmd(file: Path = typer.Argument(..., help="A JSON file written by `synergy export` (or by hand)."),
                config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT) -> None:
     """Replace the learned shares by a file's (validated; logged in the change log)."""
@@ -94,7 +98,7 @@ def import_cmd(file: Path = typer.Argument(..., help="A JSON file written by `sy
     console.print("imported: " + ", ".join(f"{escape(a)} {s:.1%}" for a, s in shares.items()))
 
 
-@synergy_app.command()
+@app.command()
 def reset(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT) -> None:
     """Forget what was learned; the next run starts from the roster's shares (the change log stays)."""
     plugin = _plugin()
@@ -105,7 +109,7 @@ def reset(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT) -> 
     console.print(f"removed {len(removed)} file(s)" if removed else "nothing to reset")
 
 
-@synergy_app.command()
+@app.command()
 def history(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
             plot: Path | None = typer.Option(None, "--plot", help="Also draw each weight over time (PNG)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines.")) -> None:
@@ -137,7 +141,7 @@ def history(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
             _fail(exc)
 
 
-@synergy_app.command()
+@app.command()
 def train(config: Path | None = CFG_OPT,
           from_db: Path | None = typer.Option(None, "--from-db", help="Database to read the study's generations "
                                                                        "from (default: the config's)."),
@@ -188,7 +192,7 @@ async def _train(loaded: Any, db: Path, watch: bool, interval: float) -> None:
                       "(runs with society.learner store them)")
 
 
-@synergy_app.command()
+@app.command()
 def serve(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
           port: int = typer.Option(8003, "--port", min=0, max=65535),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on.")) -> None:
@@ -196,7 +200,8 @@ def serve(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
     read from the learner's files at every scrape. Ctrl-C stops it."""
     plugin = _plugin()
     where = _state_dir(state_dir, config)
-    from convergence.tracing.prometheus import MetricsServer, SynergyCollector
+    from convergence.tracing.prometheus import MetricsServer
+    from convergence_synergy.metrics import SynergyCollector
 
     registry = SynergyCollector.registry(lambda: plugin.show(where), lambda: plugin.history(where))
     try:
@@ -212,3 +217,8 @@ def serve(config: Path | None = CFG_OPT, state_dir: Path | None = STATE_OPT,
         pass
     finally:
         server.close()
+
+
+
+if __name__ == "__main__":
+    app()

@@ -1,7 +1,9 @@
 """``convergence ppo``: the PPO learner's policy and reflection buffer in a study's database.
 
-The learner is the ``ppo`` plugin (``plugins/convergence-ppo``), found through the registry;
-its state lives in the study's database (``agent_memory`` / ``agent_experience`` under
+The plugin's ``cli.ppo`` entry point: Convergence adds :data:`app` as the ``ppo`` command
+group and imports this module only when it is invoked. Light on purpose (typer, rich and
+Convergence's CLI helpers): :mod:`convergence_ppo.admin` is imported by the commands. The
+learner's state lives in the study's database (``agent_memory`` / ``agent_experience`` under
 ``learner:ppo``), so these commands take the config (or ``--db`` and ``--study``).
 """
 
@@ -24,15 +26,14 @@ from convergence.cli.common import (
     _run_async,
     console,
     err,
-    plugin_module,
 )
 
-ppo_app = typer.Typer(no_args_is_help=True, help="The PPO learner's policy: stats, reset, export.")
+app = typer.Typer(no_args_is_help=True, help="The PPO learner's policy: stats, reset, export.")
 STUDY_OPT = typer.Option(None, "--study", help="The study (default: the config's).")
 
 
 def _admin() -> Any:
-    plugin_module("learner", "ppo", "pip install -e plugins/convergence-ppo")
+    """The plugin's store functions: imported here, so ``convergence ppo --help`` imports no PyTorch."""
     import importlib
 
     return importlib.import_module("convergence_ppo.admin")
@@ -53,7 +54,7 @@ async def _with_store(path: Path, fn: Any, *args: Any) -> Any:
         await store.close()
 
 
-@ppo_app.command()
+@app.command()
 def stats(config: Path | None = CFG_OPT, db: Path | None = DB_OPT, study: str | None = STUDY_OPT,
           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The saved policy (updates, decisions, last learning metrics) and the learning curve over the
@@ -89,7 +90,7 @@ def stats(config: Path | None = CFG_OPT, db: Path | None = DB_OPT, study: str | 
     console.print(table)
 
 
-@ppo_app.command()
+@app.command()
 def reset(config: Path | None = CFG_OPT, db: Path | None = DB_OPT, study: str | None = STUDY_OPT,
           yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")) -> None:
     """Forget the study's PPO policy and reflection buffer; its next run starts a new policy."""
@@ -101,7 +102,7 @@ def reset(config: Path | None = CFG_OPT, db: Path | None = DB_OPT, study: str | 
     console.print(f"removed {states} policy and {rows} experience row(s)" if states or rows else "nothing to reset")
 
 
-@ppo_app.command("export")
+@app.command("export")
 def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="JSON lines file of the decisions."),
                policy: Path | None = typer.Option(None, "--policy", help="Also write the policy's weights "
                                                                           "(a PyTorch file)."),
@@ -117,3 +118,8 @@ def export_cmd(out: Path = typer.Option(..., "--out", "-o", help="JSON lines fil
         raise typer.Exit(1) from None
     console.print(f"written: {escape(written['experiences'])} ({written['decisions']} decision(s))"
                   + (f", {escape(written['policy'])}" if "policy" in written else ""))
+
+
+
+if __name__ == "__main__":
+    app()

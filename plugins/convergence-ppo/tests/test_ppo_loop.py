@@ -1,7 +1,7 @@
 """The PPO learner in real runs.
 
-Learning: the rigged society of tests/test_synergy_loop.py ("climber" walks up a ridge and keeps
-improving the score, "stray" proposes off it, "random" samples uniformly), the policy deciding
+Learning: the rigged society of the synergy plugin's tests/test_synergy_loop.py ("climber" walks up
+a ridge and keeps improving the score, "stray" proposes off it, "random" samples uniformly), the policy deciding
 only which agent gets extra slots. Over 30 runs of a study (the policy persists between runs)
 the probability of boosting the climber and the mean reward per decision must rise by a margin
 that the same loop with a policy that does not learn (learning rate ~0) does not reach.
@@ -26,16 +26,50 @@ from typing import Any
 
 import anyio
 import pytest
-from test_synergy_loop import Climber, Stray
 from typer.testing import CliRunner
 
 from convergence.cli.app import app
 from convergence.config.loader import parse_config
-from convergence.core.space import SearchSpace
+from convergence.core.space import SearchSpace, config_hash
 from convergence.engine.loop import Optimizer
 from convergence.society.bandit import RandomProposer
+from convergence.society.base import ProposalContext
 from convergence.society.society import Society
 from convergence.storage.store import Store
+
+
+class Climber:
+    """Walks up the ridge from the best point on it (keeps improving the score)."""
+
+    name = "climber"
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[dict[str, Any]]:
+        top = max((t.config["x"] for t in ctx.history if t.score > 0), default=50)
+        out: list[dict[str, Any]] = []
+        for step in range(1, 400):
+            x = min(1000, top + step * 4)
+            c = {"x": x, "y": x}
+            if config_hash(c) not in ctx.seen and c not in out:
+                out.append(c)
+            if len(out) == n:
+                break
+        return out
+
+    def observe(self, trials: Any) -> None:
+        pass
+
+
+class Stray:
+    """Proposes points off the ridge."""
+
+    name = "stray"
+
+    async def propose(self, ctx: ProposalContext, n: int) -> list[dict[str, Any]]:
+        return [{"x": (x := int(ctx.rng.integers(0, 1000))), "y": (x + 500) % 1000} for _ in range(n)]
+
+    def observe(self, trials: Any) -> None:
+        pass
+
 
 RUNS = 30
 GENERATIONS = 24
@@ -216,6 +250,7 @@ def _assert_nothing_stored_was_paid_again(log: Path, stored: set[tuple[str, str]
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("this_checkouts_entry_points")  # `convergence ppo` is the plugin's cli.ppo entry
 def test_the_policy_acts_persists_and_the_next_run_starts_from_it(tmp_path: Path) -> None:
     path = _bowl(tmp_path)
     first = _cli(path, "optimize", str(path), "--no-outputs")
@@ -369,7 +404,7 @@ def test_a_changed_action_set_starts_a_new_policy_that_never_trains_on_the_old_o
 @pytest.mark.slow
 def test_the_ppo_learner_runs_on_the_embedded_model(tmp_path: Path) -> None:
     """The default job's target (Gemma 3 270M in-process) with the PPO learner steering the society."""
-    questions = Path(__file__).parents[1] / "examples" / "qa" / "questions.jsonl"
+    questions = Path(__file__).parents[3] / "examples" / "qa" / "questions.jsonl"
     path = tmp_path / "optimization.yaml"
     path.write_text(textwrap.dedent(f"""
         study: ppo-gemma

@@ -134,6 +134,7 @@ async def test_the_learner_moves_slots_to_the_agent_that_helps_and_beats_fixed_s
           f"vs fixed {fixed.best.score:.3f}")
 
 
+@pytest.mark.usefixtures("this_checkouts_entry_points")  # `convergence synergy` is the plugin's cli.synergy entry
 async def test_weights_persist_and_the_next_run_starts_from_them_and_the_cli_manages_them(tmp_path: Path) -> None:
     loaded = _loaded(tmp_path, "learner: {plugin: synergy}")
     _, log = await _run(loaded)
@@ -175,6 +176,7 @@ def _cli(cfg: str, last: dict[str, float], tmp_path: Path) -> None:
     assert json.loads(runner.invoke(app, ["synergy", "show", "--config", cfg, "--json"]).stdout)["exists"] is False
 
 
+@pytest.mark.usefixtures("this_checkouts_entry_points")
 async def test_synergy_serve_exposes_the_learned_weights_to_a_prometheus_scrape(tmp_path: Path) -> None:
     import subprocess
     import sys

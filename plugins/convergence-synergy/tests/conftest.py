@@ -9,6 +9,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # rigged.py
 torch.set_num_threads(1)  # tiny networks; the machine is shared
+# as the core suite's tests/conftest.py (which does not reach this folder): no download of litellm's
+# cost map, and tracing stays off
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.pop("WANDB_API_KEY", None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio only (anyio's own fixture adds trio)."""
+    return "asyncio"
 
 
 @pytest.fixture(autouse=True)

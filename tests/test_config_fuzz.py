@@ -1,6 +1,7 @@
-"""A sample of benchmarks/config_fuzz.py: broken configs are refused cleanly, valid ones accepted.
+"""A sample of the config fuzzer (``config_fuzzer.py``, next to this file): broken configs are
+refused cleanly, valid ones accepted.
 
-The full fuzzer (``python benchmarks/config_fuzz.py``) runs ~600 variants as
+The full run (``python benchmarks/config_fuzz.py``) takes ~600 variants through
 real ``convergence validate`` subprocesses; here a stratified sample runs
 in-process (validate through the CLI, and optimize up to its first call) so
 the suite stays fast.
@@ -8,26 +9,13 @@ the suite stays fast.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import config_fuzzer as fuzz
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module")
-def fuzz():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("config_fuzz", ROOT / "benchmarks" / "config_fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["config_fuzz"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_fuzzer_covers_every_section_with_hundreds_of_variants(fuzz) -> None:  # type: ignore[no-untyped-def]
+def test_the_fuzzer_covers_every_section_with_hundreds_of_variants() -> None:
     variants = fuzz.generate()
     assert len(variants) >= 500
     sections = {v.section for v in variants}
@@ -37,7 +25,7 @@ def test_the_fuzzer_covers_every_section_with_hundreds_of_variants(fuzz) -> None
     assert len(picked) == 100 and len({(v.base, v.section) for v in picked}) >= 40
 
 
-def test_a_sample_of_broken_configs_is_refused_cleanly(fuzz) -> None:  # type: ignore[no-untyped-def]
+def test_a_sample_of_broken_configs_is_refused_cleanly() -> None:
     report = fuzz.run(100, in_process=True, timeout=30)
     summary = report.summary()
     details = "\n".join(f"{o.variant.id[:100]}: {o.notes or ('traceback' if o.traceback else 'hang')}\n"
@@ -53,7 +41,7 @@ def test_a_sample_of_broken_configs_is_refused_cleanly(fuzz) -> None:  # type: i
 
 
 @pytest.mark.slow
-def test_fuzzed_validate_subprocesses_never_show_a_traceback(fuzz) -> None:  # type: ignore[no-untyped-def]
+def test_fuzzed_validate_subprocesses_never_show_a_traceback() -> None:
     """A few file-level variants through the real command (own process, real exit codes)."""
     variants = [v for v in fuzz.generate() if v.base == "default" and v.section == "file"]
     assert variants

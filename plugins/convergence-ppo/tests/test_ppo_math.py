@@ -62,6 +62,44 @@ def _update(cfg: PPOConfig, **kw: object) -> dict[str, float]:
                       **{**_rollout(), **kw})  # type: ignore[arg-type]
 
 
+def _one_update(clip_epsilon: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """One ppo_update of a tiny, untrained policy (one head of three choices, uniform) on a synthetic batch:
+    24 one-decision episodes, each choice taken 8 times, and only choice 1 rewarded (1 vs 0). The mean
+    probabilities of the three choices before and after, and the update's metrics."""
+    torch.manual_seed(0)
+    cfg = PPOConfig(learning_rate=1e-2, epochs=4, minibatch_size=8, target_kl=None, clip_epsilon=clip_epsilon, hidden=8)
+    policy = Policy(4, [3], cfg.hidden)
+    opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
+    obs = torch.randn(24, 4, generator=torch.Generator().manual_seed(0))
+    actions = (torch.arange(24) % 3).unsqueeze(-1)
+    with torch.no_grad():
+        _, old_logp, _, old_values = policy.act(obs, actions)
+        before = policy.heads(obs)[0].probs.mean(0)
+    metrics = ppo_update(policy, opt, cfg, obs=obs, actions=actions, old_logp=old_logp, old_values=old_values,
+                         rewards=(actions[:, 0] == 1).float(), dones=torch.ones(24), next_value=0.0,
+                         generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        after = policy.heads(obs)[0].probs.mean(0)
+    return before, after, metrics
+
+
+def test_one_update_moves_the_policy_toward_the_advantaged_choice() -> None:
+    before, after, m = _one_update(0.2)
+    assert before.tolist() == pytest.approx([1 / 3] * 3, abs=0.01)  # the untrained head is uniform
+    assert after[1] > before[1] + 0.05  # the rewarded choice gained (0.33 -> 0.41 here) ...
+    assert after[0] < before[0] and after[2] < before[2]  # ... from the two that earned nothing
+    assert m["samples"] == 24 and m["epochs"] == 4 and m["policy_loss"] < 0 and m["mean_reward"] == pytest.approx(1 / 3)
+
+
+def test_a_tighter_clip_range_takes_a_smaller_step() -> None:
+    """The clipped objective stops pushing a probability ratio once it left [1 - eps, 1 + eps]: the same
+    update moves the policy less with eps 0.05 than with 0.3, and clips more of the samples."""
+    _, tight, m_tight = _one_update(0.05)
+    _, loose, m_loose = _one_update(0.3)
+    assert 1 / 3 < tight[1] < loose[1]
+    assert m_tight["clip_fraction"] > m_loose["clip_fraction"]
+
+
 def test_the_kl_early_stop_ends_the_epochs_once_the_policy_moved_too_far() -> None:
     free = _update(PPOConfig(learning_rate=0.5, epochs=10, minibatch_size=4, target_kl=None))
     stopped = _update(PPOConfig(learning_rate=0.5, epochs=10, minibatch_size=4, target_kl=1e-4))

@@ -10,9 +10,17 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # rigged.py
+# as the core suite's tests/conftest.py (which does not reach this folder): no download of litellm's
+# cost map, and tracing stays off
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.pop("WANDB_API_KEY", None)  # tracing stays off in tests
+os.environ.pop("WANDB_API_KEY", None)
 torch.set_num_threads(1)  # tiny networks; the machine is shared
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio only (anyio's own fixture adds trio)."""
+    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
@@ -21,12 +29,6 @@ def _no_synergy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("CONVERGENCE_SYNERGY_"):
             monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """Async tests (``@pytest.mark.anyio``) run on asyncio, as in the repository's tests/."""
-    return "asyncio"
 
 
 @pytest.fixture

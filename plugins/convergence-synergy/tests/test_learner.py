@@ -60,6 +60,22 @@ def test_learner_protocol_and_shares(tmp_path, algorithm):
     json.dumps(summary)  # the report and traces store it
 
 
+def test_one_update_shifts_share_to_the_agent_whose_proposals_paid(tmp_path):
+    """The default actor-critic, one generation through the plugin's update: only "good" improved the run
+    (the others proposed as much and found nothing), and its share rises at the others' expense."""
+    from convergence.society.learner import AgentResult, GenerationResult
+
+    learner = make_learner(context(tmp_path, 0))
+    agents = {a: AgentResult(share=1 / 3, proposed=7, improvement=0.7 if a == "good" else 0.0,
+                             in_top=4 if a == "good" else 0, cost=70.0, best_score=0.9 if a == "good" else 0.2)
+              for a in AGENTS}
+    shares = learner.update(GenerationResult(generation=1, progress=0.05, best_score=0.9, improvement=0.1,
+                                             cost_unit="calls", agents=agents))
+    assert learner.summary()["last"]["credits"] == {"good": 0.01, "poor": 0.0, "random": 0.0}
+    assert shares["good"] > 1 / 3 + 0.003  # 0.339 after one step
+    assert shares["poor"] == pytest.approx(shares["random"]) and shares["poor"] < 1 / 3
+
+
 def test_default_algorithm_is_actor_critic(tmp_path):
     assert make_learner(context(tmp_path, 0)).algorithm == "actor_critic"
 

@@ -2,11 +2,12 @@
 
 The rigged society (``rigged.py``): good pays 1.0 per unit of cost on 60% of its proposals,
 random on 20%, poor on 5%. Every learner starts from even shares (1/3 each) and must raise the
-good agent's share above LEVEL within GENERATIONS generations, for each of three seeds. The
-control: the same learner fed the same kind of results with the agents' probabilities handed
-out at random every generation (shuffled rewards) must not, over CONTROL_GENERATIONS (longer, so
-that a learner drifting on noise has the time to): a learner that ignored rewards (or pushed one
-agent whatever happened) would fail one of the two.
+good agent's share above LEVEL within GENERATIONS generations. The control: the same learner fed
+the same kind of results with the agents' probabilities handed out at random every generation
+(shuffled rewards) must not, over CONTROL_GENERATIONS (longer, so that a learner drifting on noise
+has the time to): a learner that ignored rewards (or pushed one agent whatever happened) would fail
+one of the two. One seed here; the same table over more seeds (and CPU time per update):
+``python plugins/convergence-synergy/scripts/rigged_table.py --seeds 10``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from convergence_synergy import make_learner
 LEVEL = 0.5
 GENERATIONS = 20
 CONTROL_GENERATIONS = 30
-SEEDS = (0, 1, 2)
+SEEDS = (0,)
 ALGORITHMS = ("actor_critic", "double_dqn", "sac", "td3")
 
 RESULTS: list[dict] = []

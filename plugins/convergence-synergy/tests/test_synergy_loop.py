@@ -6,6 +6,11 @@ The rigged society: the score is x / 1000 on a narrow ridge (y within 10 of x) a
 falls to 0 off it. "climber" walks up the ridge from the best point on it (it
 keeps improving the score), "stray" proposes points off the ridge, and "random"
 samples uniformly (it lands on the ridge about 2 % of the time).
+
+The real-run comparison with fixed shares runs here for the default algorithm
+(actor_critic) over a short run; every algorithm, over more generations and seeds:
+``python benchmarks/synergy.py``. Every algorithm learning from rewards alone (and not
+from shuffled ones): ``test_rigged.py``.
 """
 
 from __future__ import annotations
@@ -31,10 +36,9 @@ from convergence.storage.store import Store
 
 pytestmark = pytest.mark.anyio  # the synergy plugin is installed by the README's set-up (make install)
 
-ALGORITHMS = ["actor_critic", "double_dqn", "sac", "td3"]
-GENERATIONS = 24
+GENERATIONS = 16
 LEVEL = 0.5
-"""The climber's share must pass this within GENERATIONS generations."""
+"""The climber's share must pass this within GENERATIONS generations (actor_critic: after 9 here)."""
 
 
 class Climber:
@@ -116,9 +120,8 @@ async def _run(loaded: Any) -> tuple[Any, list[dict[str, Any]]]:
         await store.close()
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-async def test_the_learner_moves_slots_to_the_agent_that_helps_and_beats_fixed_shares(
-        tmp_path: Path, algorithm: str) -> None:
+async def test_the_learner_moves_slots_to_the_agent_that_helps_and_beats_fixed_shares(tmp_path: Path) -> None:
+    algorithm = "actor_critic"
     (tmp_path / "learned").mkdir()
     (tmp_path / "fixed").mkdir()
     learned, log = await _run(_loaded(tmp_path / "learned", f"learner: {{plugin: synergy, algorithm: {algorithm}}}"))

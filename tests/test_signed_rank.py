@@ -14,7 +14,8 @@ from convergence.engine.signed_rank import signed_rank_p
 def test_the_p_values_are_scipys(alternative: str) -> None:
     rng = np.random.default_rng(3)
     checked = 0
-    for i in range(60):  # tied pass/fail differences up to 8 below SciPy's limit (its exact path is slow beyond)
+    for i in range(30):  # each size 5 times; tied pass/fail differences up to 8 below SciPy's limit (its exact
+        # path is slow beyond; it is the reference here, and the slow part of this test)
         tied = i % 3 != 0
         n = ([5, 6, 7, 8, 14, 20] if tied else [5, 9, 12, 13, 14, 30])[i % 6]
         d = rng.integers(-1, 2, n).astype(float) if tied else np.round(rng.normal(size=n), 1)
@@ -24,7 +25,7 @@ def test_the_p_values_are_scipys(alternative: str) -> None:
         ref = float(wilcoxon(d, alternative=alternative, zero_method="wilcox").pvalue)
         assert ours == pytest.approx(ref, abs=1e-9), (list(d), ours, ref)
         checked += 1
-    assert checked > 50
+    assert checked > 25
 
 
 def test_all_zero_differences_are_no_evidence() -> None:

@@ -47,6 +47,9 @@ from convergence.society.bandit import RandomProposer
 from convergence.society.society import Society
 from convergence.storage.store import Store
 
+sys.path.insert(0, str(Path(__file__).parent))
+from synergy import Stray
+
 GENERATIONS = 24
 BARS = {"p": 0.3, "reward": 0.05, "share": 0.12}
 """The rises (first 5 runs -> last 5) the unit test used to assert; printed, not asserted."""
@@ -66,16 +69,6 @@ class Climber:
             if len(out) == n:
                 break
         return out
-
-    def observe(self, trials: Any) -> None:
-        pass
-
-
-class Stray:
-    name = "stray"
-
-    async def propose(self, ctx: Any, n: int) -> list[dict[str, Any]]:
-        return [{"x": (x := int(ctx.rng.integers(0, 1000))), "y": (x + 500) % 1000} for _ in range(n)]
 
     def observe(self, trials: Any) -> None:
         pass

@@ -47,7 +47,7 @@ from convergence.society.bandit import RandomProposer
 from convergence.society.society import Society
 from convergence.storage.store import Store
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the synergy benchmark beside this script: the same off-ridge agent
 from synergy import Stray
 
 GENERATIONS = 24

@@ -18,7 +18,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,37 +26,25 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from convergence.core.sao_pair import SAOPair
 from convergence.core.types import CaseResult, TestCase, TrialRecord
 from convergence.storage.connection import StorageError, _migrate, _retry_locked, _version, _writer_connection
 from convergence.storage.counter import CallCounter, counter_path, read_count
 from convergence.storage.reads import RESUMABLE, RunReads
 from convergence.storage.rows import (
-    SQL_AGENT_MEMORY,
     SQL_CASE,
-    SQL_EXPERIENCE,
     SQL_GEN_END,
     SQL_GEN_START,
-    SQL_LEARNER,
-    SQL_PRUNE_EXPERIENCE,
-    SQL_SAO_PAIR,
-    SQL_SAO_RATING,
-    SQL_SAO_RATINGS_CLEAR,
     SQL_SELECTION,
-    SQL_SOCIETY,
     SQL_TRIAL,
     ExperienceRow as ExperienceRow,
     GenerationRow as GenerationRow,
-    RatingRow,
     RunRow as RunRow,
     RunTraceRecord as RunTraceRecord,
     SocietyRow as SocietyRow,
     case_rows,
     dump,
-    rating_row,
-    sao_pair_row,
 )
-from convergence.storage.society_reads import SocietyReads
+from convergence.storage.society_data import SocietyData
 from convergence.storage.writer import Batch, GroupCommitWriter
 
 _SQL_TOTALS = (
@@ -111,7 +99,7 @@ def _describe_owner(owner: str, heartbeat_at: float | None) -> tuple[bool, str]:
     return True, f"process {pid} on {host} (last heartbeat {age:.1f}s ago)"
 
 
-class Store(RunReads, SocietyReads):
+class Store(RunReads, SocietyData):
     """Async repository over the project database.
 
     Case results, generations, trials and the agent society's rows are
@@ -337,51 +325,6 @@ class Store(RunReads, SocietyReads):
     # with the run's rows, and dropped with them once another process owns the run.
     # JSON is encoded here, not at commit: agents keep mutating the dicts they pass.
 
-    def record_experience(
-        self, study_id: int, agent: str, run_id: int, generation: int, data: dict[str, Any], reward: float | None
-    ) -> None:
-        """Append to ``agent``'s replay buffer for the study (kept across runs)."""
-        self._writer.add(SQL_EXPERIENCE, (study_id, agent, run_id, generation, reward, dump(data), time.time()))
-
-    def prune_experiences(self, study_id: int, agent: str, keep: int) -> None:
-        """Delete all but the newest ``keep`` experiences of ``agent`` in the study
-        (a bounded replay buffer); ordered after every experience recorded before it."""
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, not {keep}")  # SQLite reads a negative OFFSET as 0
-        self._writer.add(SQL_PRUNE_EXPERIENCE, (study_id, agent, study_id, agent, keep))
-
-    def save_agent_memory(self, study_id: int, agent: str, state: dict[str, Any] | str) -> None:
-        """Replace ``agent``'s learned state for the study (policy, normaliser); a ``str`` is the state
-        already encoded as JSON (a learner's checkpoint, encoded in its worker thread, off the event loop)."""
-        self._writer.add(SQL_AGENT_MEMORY, (study_id, agent, state if isinstance(state, str) else dump(state),
-                                             time.time()))
-
-    def record_society(
-        self, run_id: int, generation: int, agent: str, *, share: float, asked: int, proposed: int, status: str,
-        seconds: float, detail: dict[str, Any] | None,
-    ) -> None:
-        """What ``agent`` did in ``generation``; a resumed run that records the
-        generation again replaces the row (last wins)."""
-        self._writer.add(
-            SQL_SOCIETY,
-            (run_id, generation, agent, share, asked, proposed, status, seconds,
-             None if detail is None else dump(detail)),
-        )
-
-    def record_sao_pair(self, study_id: int, pair: SAOPair) -> None:
-        """Append one SAO preference pair of the study (a run's, through its writer:
-        committed in order with the run's rows, dropped with them if the lease is lost)."""
-        self._writer.add(SQL_SAO_PAIR, sao_pair_row(study_id, pair))
-
-    def save_sao_ratings(self, run_id: int, ratings: Sequence[RatingRow] | Sequence[Any]) -> None:
-        """Replace the run's SAO ratings with ``ratings``: tuples (config_hash, strength,
-        preference, duels, wins, losses, ties) or objects with those attributes. The
-        delete and the inserts are ordered in the writer, so readers see one whole fit."""
-        rows = [rating_row(r) for r in ratings]  # converted now: a bad rating fails here, not in the writer
-        self._writer.add(SQL_SAO_RATINGS_CLEAR, (run_id,))
-        for row in rows:
-            self._writer.add(SQL_SAO_RATING, (run_id, *row))
-
     def touch(self) -> None:
         """Ask for a commit of the tracked run's totals (e.g. a call was just reserved)."""
         self._writer.touch()
@@ -446,14 +389,6 @@ class Store(RunReads, SocietyReads):
             finally:
                 tg.cancel_scope.cancel()
         await self.flush()
-
-
-    def record_learner(self, run_id: int, generation: int, learner: str, shares: dict[str, float],
-                       result: dict[str, Any], detail: dict[str, Any]) -> None:
-        """What the society learner was given after a generation and decided (committed in order with the
-        run's rows); ``convergence synergy train`` replays these."""
-        self._writer.add(SQL_LEARNER, (run_id, generation, learner, dump(shares), dump(result), dump(detail),
-                                        time.time()))
 
     def save_selection(self, run_id: int, selection: dict[str, Any]) -> None:
         """How the run chose its best (committed in order with the run's rows)."""

@@ -1,9 +1,10 @@
-"""The store's reads of what the agent society keeps: experience, memory, the society and learner
-logs, SAO preference pairs and ratings (a mixin of ``Store``)."""
+"""What the agent society keeps in the store: experience, memory, the society and learner logs, SAO
+preference pairs and ratings; their buffered writes and their reads (a mixin of ``Store``)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -12,19 +13,83 @@ import aiosqlite
 from convergence.core.sao_pair import SAOPair
 from convergence.storage.rows import (
     SAO_PAIR_COLS,
+    SQL_AGENT_MEMORY,
+    SQL_EXPERIENCE,
+    SQL_LEARNER,
+    SQL_PRUNE_EXPERIENCE,
     SQL_SAO_PAIR,
+    SQL_SAO_RATING,
+    SQL_SAO_RATINGS_CLEAR,
+    SQL_SOCIETY,
     ExperienceRow,
+    RatingRow,
     SocietyRow,
+    dump,
+    rating_row,
     sao_pair,
     sao_pair_row,
 )
+from convergence.storage.writer import GroupCommitWriter
 
 
-class SocietyReads:
-    """Reads of the society's tables; ``Store`` provides the connection."""
+class SocietyData:
+    """The society's tables; ``Store`` provides the connection and the group-commit writer."""
 
     _db: aiosqlite.Connection
+    _writer: GroupCommitWriter
     flush: Callable[[], Awaitable[None]]
+
+    def record_experience(
+        self, study_id: int, agent: str, run_id: int, generation: int, data: dict[str, Any], reward: float | None
+    ) -> None:
+        """Append to ``agent``'s replay buffer for the study (kept across runs)."""
+        self._writer.add(SQL_EXPERIENCE, (study_id, agent, run_id, generation, reward, dump(data), time.time()))
+
+    def prune_experiences(self, study_id: int, agent: str, keep: int) -> None:
+        """Delete all but the newest ``keep`` experiences of ``agent`` in the study
+        (a bounded replay buffer); ordered after every experience recorded before it."""
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, not {keep}")  # SQLite reads a negative OFFSET as 0
+        self._writer.add(SQL_PRUNE_EXPERIENCE, (study_id, agent, study_id, agent, keep))
+
+    def save_agent_memory(self, study_id: int, agent: str, state: dict[str, Any] | str) -> None:
+        """Replace ``agent``'s learned state for the study (policy, normaliser); a ``str`` is the state
+        already encoded as JSON (a learner's checkpoint, encoded in its worker thread, off the event loop)."""
+        self._writer.add(SQL_AGENT_MEMORY, (study_id, agent, state if isinstance(state, str) else dump(state),
+                                             time.time()))
+
+    def record_society(
+        self, run_id: int, generation: int, agent: str, *, share: float, asked: int, proposed: int, status: str,
+        seconds: float, detail: dict[str, Any] | None,
+    ) -> None:
+        """What ``agent`` did in ``generation``; a resumed run that records the
+        generation again replaces the row (last wins)."""
+        self._writer.add(
+            SQL_SOCIETY,
+            (run_id, generation, agent, share, asked, proposed, status, seconds,
+             None if detail is None else dump(detail)),
+        )
+
+    def record_sao_pair(self, study_id: int, pair: SAOPair) -> None:
+        """Append one SAO preference pair of the study (a run's, through its writer:
+        committed in order with the run's rows, dropped with them if the lease is lost)."""
+        self._writer.add(SQL_SAO_PAIR, sao_pair_row(study_id, pair))
+
+    def save_sao_ratings(self, run_id: int, ratings: Sequence[RatingRow] | Sequence[Any]) -> None:
+        """Replace the run's SAO ratings with ``ratings``: tuples (config_hash, strength,
+        preference, duels, wins, losses, ties) or objects with those attributes. The
+        delete and the inserts are ordered in the writer, so readers see one whole fit."""
+        rows = [rating_row(r) for r in ratings]  # converted now: a bad rating fails here, not in the writer
+        self._writer.add(SQL_SAO_RATINGS_CLEAR, (run_id,))
+        for row in rows:
+            self._writer.add(SQL_SAO_RATING, (run_id, *row))
+
+    def record_learner(self, run_id: int, generation: int, learner: str, shares: dict[str, float],
+                       result: dict[str, Any], detail: dict[str, Any]) -> None:
+        """What the society learner was given after a generation and decided (committed in order with the
+        run's rows); ``convergence synergy train`` replays these."""
+        self._writer.add(SQL_LEARNER, (run_id, generation, learner, dump(shares), dump(result), dump(detail),
+                                        time.time()))
 
     async def learner_log(self, run_id: int | None = None, study: str | None = None) -> list[dict[str, Any]]:
         """The learner's decisions, oldest first: of one run, of a study's runs, or of every run."""

@@ -396,7 +396,7 @@ def _sources() -> dict[str, str]:
         if spec is None or not spec.submodule_search_locations:
             continue
         root = Path(next(iter(spec.submodule_search_locations)))
-        files = [root / "society" / "learner.py", root / "engine" / "learning.py"] if name == "convergence" \
+        files = [root / "society" / "learner.py", root / "engine" / "learner_driver.py"] if name == "convergence" \
             else sorted(root.rglob("*.py"))
         h = hashlib.sha256()
         for f in files:

@@ -8,6 +8,7 @@ run's outputs. It sits above reporting (it writes the outputs) and below the CLI
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ class StoreOpenError(StorageError):
 
 
 async def optimize(
-    config: str | Path | LoadedConfig,
+    config: str | Path | LoadedConfig | None = None,
     *,
     resume: bool = False,
     events: LoopEvents | None = None,
@@ -30,6 +31,7 @@ async def optimize(
     cases: list[TestCase] | None = None,
     on_ready: Callable[[Optimizer], None] | None = None,
     on_run_started: Callable[[int], None] | None = None,
+    config_path: str | Path | None = None,
 ) -> RunOutcome:
     """Run the study ``config`` describes: ``await optimize("optimization.yaml")``.
 
@@ -37,9 +39,16 @@ async def optimize(
     they were already checked (``engine.preflight.check``). ``on_ready`` sees the optimizer once
     it is built, before any call (the CLI prints what will run); ``on_run_started`` gets the run
     id once the run row is committed. Outputs (reports, plots, the best configuration) are
-    written when ``write_outputs`` and the run has trials."""
+    written when ``write_outputs`` and the run has trials (:func:`write_outputs`).
+    ``config_path`` is the old name of ``config`` (deprecated)."""
     from convergence.engine.preflight import check
 
+    if config_path is not None:
+        warnings.warn("optimize(config_path=...) is deprecated: pass the config as the first argument",
+                      DeprecationWarning, stacklevel=2)
+        config = config if config is not None else config_path
+    if config is None:
+        raise TypeError("optimize() needs a config: a path to optimization.yaml or a loaded config")
     loaded = config if isinstance(config, LoadedConfig) else load_config(str(config))
     if cases is None:
         cases = check(loaded).cases  # what `convergence validate` checks, before the first call
@@ -54,9 +63,23 @@ async def optimize(
             on_ready(optimizer)
         outcome = await optimizer.run(resume=resume)
         if write_outputs and outcome.trials:
-            from convergence.reporting.outputs import write_outputs as _write
-
-            outcome.output_files = [str(p) for p in await _write(loaded, store, outcome.run_id)]
+            outcome.output_files = [str(p) for p in await _write_outputs(loaded, store, outcome.run_id)]
         return outcome
     finally:
         await store.close()
+
+
+async def write_outputs(loaded: LoadedConfig, run_id: int) -> list[Path]:
+    """Write run ``run_id``'s outputs (reports, plots, the best configuration) as ``loaded`` asks:
+    what :func:`optimize` writes at the end of a run (the CLI prints the run's summary first)."""
+    store = await Store.open(loaded.db_path)
+    try:
+        return await _write_outputs(loaded, store, run_id)
+    finally:
+        await store.close()
+
+
+async def _write_outputs(loaded: LoadedConfig, store: Store, run_id: int) -> list[Path]:
+    from convergence.reporting.outputs import write_outputs as write
+
+    return await write(loaded, store, run_id)

@@ -33,6 +33,9 @@ def test_optimize_then_runs_show_export(project: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Top configurations" in proc.stdout
     assert "best" in proc.stdout and "Written:" in proc.stdout
+    # what will run, then the run, then its summary, then the files written from it
+    out = proc.stdout
+    assert out.index("Convergence study") < out.index("Top configurations") < out.index("Written:")
     run_dir = project / "results" / "run-1"
     for name in ("results.json", "results.csv", "report.md", "score_over_time.png", "best_config.yaml"):
         assert (run_dir / name).stat().st_size > 0, name

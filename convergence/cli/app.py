@@ -6,6 +6,7 @@ commands that need them so ``--help`` and ``validate`` start in a blink.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -142,7 +143,7 @@ async def _optimize(
 ) -> None:
     """``convergence optimize``: the same :func:`convergence.api.optimize` as Python users, with the
     console's progress, a header once the optimizer is built, and an exit code per kind of failure."""
-    from convergence.api import StoreOpenError, optimize
+    from convergence.api import StoreOpenError, optimize, write_outputs
     from convergence.cli.progress import RichEvents
     from convergence.engine.session import ResumeError
     from convergence.errors import ConvergenceError
@@ -151,8 +152,11 @@ async def _optimize(
     from convergence.storage.writer import WriterError
 
     cfg = loaded.config
+    screen = contextlib.ExitStack()
+    """The live progress view (and the metrics server), from the header to the summary."""
 
     def ready(optimizer: Any) -> None:
+        """The optimizer is built: the header, then the live view (and the metrics server) it reports to."""
         state["optimizer"] = optimizer
         t = cfg.resolved_target
         console.print(
@@ -163,26 +167,24 @@ async def _optimize(
             + (f", calls on Ray at {escape(cfg.optimization.execution.ray.address)}"
                if cfg.optimization.execution.backend == "ray" else "")
         )
+        optimizer.events = screen.enter_context(RichEvents(console, quiet))
+        if metrics_port is not None:
+            from convergence.tracing.prometheus import RunMetrics
+
+            try:
+                live = RunMetrics(optimizer.events, metrics_port)
+            except OSError as exc:
+                err.print(f"[red]cannot serve metrics on 127.0.0.1:{metrics_port}:[/] {exc}")
+                raise typer.Exit(2) from None
+            screen.callback(live.close)
+            optimizer.events = live
+            console.print(f"metrics: http://127.0.0.1:{live.server.port}/metrics")
 
     try:
-        with RichEvents(console, quiet) as events:
-            live = None
-            if metrics_port is not None:
-                from convergence.tracing.prometheus import RunMetrics
-
-                try:
-                    live = RunMetrics(events, metrics_port)
-                except OSError as exc:
-                    err.print(f"[red]cannot serve metrics on 127.0.0.1:{metrics_port}:[/] {exc}")
-                    raise typer.Exit(2) from None
-                console.print(f"metrics: http://127.0.0.1:{live.server.port}/metrics")
-            try:
-                outcome = await optimize(
-                    loaded, cases=cases, resume=resume, events=live or events, write_outputs=not no_outputs,
-                    on_ready=ready, on_run_started=lambda run_id: state.__setitem__("run_id", run_id))
-            finally:
-                if live is not None:
-                    live.close()
+        with screen:
+            outcome = await optimize(
+                loaded, cases=cases, resume=resume, write_outputs=False, on_ready=ready,
+                on_run_started=lambda run_id: state.__setitem__("run_id", run_id))
     except StoreOpenError as exc:
         err.print(f"[red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(2) from None
@@ -203,9 +205,10 @@ async def _optimize(
         err.print(f"[red]error:[/] {escape(str(exc))}{which}", highlight=False)
         raise typer.Exit(1) from None
     _print_outcome(outcome, state["optimizer"])
-    if outcome.output_files:
+    if not no_outputs and outcome.trials:  # as optimize() writes them, after the summary
+        paths = await write_outputs(loaded, outcome.run_id)
         console.print("[bold]Written:[/]")
-        for p in outcome.output_files:
+        for p in paths:
             console.print(f"  {p}")
     if outcome.all_failed_error is not None:
         err.print(f"[red]every call failed with the same error:[/] {escape(outcome.all_failed_error)}",

@@ -219,7 +219,7 @@ def test_ctrl_c_says_the_run_was_interrupted_and_how_to_resume(tmp_path: Path) -
     loaded = make_config(tmp_path, BODY.replace("generations: 3", "generations: 50"))
     log = tmp_path / "calls.jsonl"
     # 0.3 s a call: the 126 calls of the 63 configurations take 9 s at least, so the run is still going when
-    # the signal comes even on a busy machine (at 0.05 s the whole run once finished before it, 2.9 s)
+    # the signal comes even on a busy machine
     env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.3"}
     proc = subprocess.Popen([sys.executable, "-m", "convergence", "optimize", str(loaded.path), "--quiet"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

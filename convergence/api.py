@@ -15,6 +15,7 @@ from pathlib import Path
 from convergence.config.loader import LoadedConfig, load_config
 from convergence.core.types import TestCase
 from convergence.engine.loop import LoopEvents, Optimizer, RunOutcome
+from convergence.reporting.outputs import write_outputs as write_run_outputs
 from convergence.storage.store import StorageError, Store
 
 
@@ -63,7 +64,7 @@ async def optimize(
             on_ready(optimizer)
         outcome = await optimizer.run(resume=resume)
         if write_outputs and outcome.trials:
-            outcome.output_files = [str(p) for p in await _write_outputs(loaded, store, outcome.run_id)]
+            outcome.output_files = [str(p) for p in await write_run_outputs(loaded, store, outcome.run_id)]
         return outcome
     finally:
         await store.close()
@@ -74,12 +75,6 @@ async def write_outputs(loaded: LoadedConfig, run_id: int) -> list[Path]:
     what :func:`optimize` writes at the end of a run (the CLI prints the run's summary first)."""
     store = await Store.open(loaded.db_path)
     try:
-        return await _write_outputs(loaded, store, run_id)
+        return await write_run_outputs(loaded, store, run_id)
     finally:
         await store.close()
-
-
-async def _write_outputs(loaded: LoadedConfig, store: Store, run_id: int) -> list[Path]:
-    from convergence.reporting.outputs import write_outputs as write
-
-    return await write(loaded, store, run_id)

@@ -50,6 +50,8 @@ _EXPORTS = {
     "RunInUseError": "convergence.storage.store",
     "RunNotFoundError": "convergence.storage.store",
     "LeaseLostError": "convergence.storage.store",
+    "DatabaseFileError": "convergence.storage.faults",
+    "OutputsError": "convergence.reporting.outputs",
     "WriterError": "convergence.storage.writer",
     "AgentLLMError": "convergence.llm.agent_client",
     "AnswerError": "convergence.society.answer",
@@ -81,7 +83,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from convergence.evaluation.metrics import MetricConfigError as MetricConfigError, MetricError as MetricError
     from convergence.llm.agent_client import AgentLLMError as AgentLLMError
     from convergence.registry import PluginError as PluginError
-    from convergence.reporting.outputs import build_report as build_report, write_outputs as write_outputs
+    from convergence.reporting.outputs import (
+        OutputsError as OutputsError,
+        build_report as build_report,
+        write_outputs as write_outputs,
+    )
     from convergence.society.answer import AnswerError as AnswerError
     from convergence.society.base import (
         ProposalContext as ProposalContext,
@@ -89,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TargetCallError as TargetCallError,
     )
     from convergence.society.sao.dataset import SAODatasetError as SAODatasetError
+    from convergence.storage.faults import DatabaseFileError as DatabaseFileError
     from convergence.storage.store import (
         LeaseLostError as LeaseLostError,
         RunInUseError as RunInUseError,

@@ -16,6 +16,7 @@ from convergence.config.loader import LoadedConfig, load_config
 from convergence.core.types import TestCase
 from convergence.engine.loop import LoopEvents, Optimizer, RunOutcome
 from convergence.reporting.outputs import write_outputs as write_run_outputs
+from convergence.storage.faults import DatabaseFileError
 from convergence.storage.store import StorageError, Store
 
 
@@ -55,6 +56,8 @@ async def optimize(
         cases = check(loaded).cases  # what `convergence validate` checks, before the first call
     try:
         store = await Store.open(loaded.db_path)
+    except DatabaseFileError as exc:  # its message names the file and what to do
+        raise StoreOpenError(str(exc)) from exc
     except (StorageError, sqlite3.Error, OSError) as exc:
         raise StoreOpenError(f"cannot open the project database {loaded.db_path}: {exc}") from exc
     try:

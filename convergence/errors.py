@@ -16,6 +16,7 @@ them; each subclass lives next to the code that raises it::
      |    +-- RunInUseError   another live process owns the run
      |    +-- LeaseLostError  another process took the run over
      |    +-- StoreOpenError  api.py: the project database cannot be opened (nothing ran)
+     |    +-- DatabaseFileError  storage/faults.py: the file is damaged, empty, on a full disk or read-only
      +-- WriterError          storage/writer.py    the group-commit writer keeps failing
      +-- ResumeError          engine/session.py    nothing to resume, the config changed, or the run is in use
      +-- RayBackendError      engine/ray_worker.py  Ray missing, the cluster unreachable, the target not built on it
@@ -23,6 +24,7 @@ them; each subclass lives next to the code that raises it::
      +-- AnswerError          society/answer.py    an agent's answer is not a valid configuration (also a ValueError)
      +-- TargetCallError      society/base.py      an agent's own target call failed or found the budget spent
      +-- SAODatasetError      society/sao/dataset.py  a preference dataset that cannot be read or written
+     +-- OutputsError         reporting/outputs.py  a run's report files cannot be written (the run is stored)
 
 Four exception classes are internal and never reach the caller: ``At``
 (config/fields.py, a validator's error that the loader reports as a

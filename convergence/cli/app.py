@@ -148,6 +148,8 @@ async def _optimize(
     from convergence.engine.session import ResumeError
     from convergence.errors import ConvergenceError
     from convergence.evaluation.cases import TestCaseError
+    from convergence.reporting.outputs import OutputsError
+    from convergence.storage.faults import DatabaseFileError
     from convergence.storage.store import StorageError
     from convergence.storage.writer import WriterError
 
@@ -195,6 +197,12 @@ async def _optimize(
         if isinstance(exc, ResumeError):
             err.print(f"[red]cannot resume:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
+        if isinstance(exc, DatabaseFileError):  # damaged, full, read-only: the user fixes the file, then resumes
+            which = f"run {state['run_id']} stopped; " if "run_id" in state else ""
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            err.print(f"{which}finished results are stored; once fixed, continue with: convergence optimize "
+                      f"{loaded.path} --resume", highlight=False, markup=False)
+            raise typer.Exit(2) from None
         if isinstance(exc, (StorageError, WriterError)):
             err.print(f"[red]stopped:[/] {escape(str(exc))} (finished results are stored)", highlight=False)
             raise typer.Exit(1) from None
@@ -206,7 +214,14 @@ async def _optimize(
         raise typer.Exit(1) from None
     _print_outcome(outcome, state["optimizer"])
     if not no_outputs and outcome.trials:  # as optimize() writes them, after the summary
-        paths = await write_outputs(loaded, outcome.run_id)
+        try:
+            paths = await write_outputs(loaded, outcome.run_id)
+        except (OutputsError, DatabaseFileError) as exc:  # the run is finished and stored: only files are missing
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            if isinstance(exc, DatabaseFileError):
+                err.print(f"run {outcome.run_id} is stored; once fixed, `convergence report {outcome.run_id}` "
+                          "writes its outputs", highlight=False, markup=False)
+            raise typer.Exit(1) from None
         console.print("[bold]Written:[/]")
         for p in paths:
             console.print(f"  {p}")
@@ -478,7 +493,7 @@ def report_cmd(run: int = typer.Argument(..., help="Run id (see `convergence run
 
 
 async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, fmts: list[str] | None) -> None:
-    from convergence.reporting.outputs import output_config_of_run, write_run_outputs
+    from convergence.reporting.outputs import OutputsError, output_config_of_run, write_run_outputs
 
     store = await _open_store(path)
     try:
@@ -492,6 +507,9 @@ async def _report_files(path: Path, run_id: int, loaded: Any, out: Path | None, 
         try:
             paths = await write_run_outputs(store, run_id, out, output_cfg,
                                             base_dir=loaded.base_dir if loaded is not None else None)
+        except OutputsError as exc:
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(1) from None
         except (OSError, RuntimeError) as exc:
             err.print(f"[red]cannot write the outputs of run {run_id}:[/] {exc}")
             raise typer.Exit(1) from None

@@ -53,9 +53,18 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
 
 
 def _run_async(fn: Any, *args: Any) -> Any:
+    """Run a command's coroutine. A project database that cannot be used (damaged, empty, full,
+    read-only: ``storage/faults.py``) is one clear line and exit code 2, whichever command hit it."""
     import anyio
+    from rich.markup import escape as _escape
 
-    return anyio.run(fn, *args)
+    from convergence.storage.faults import DatabaseFileError
+
+    try:
+        return anyio.run(fn, *args)
+    except DatabaseFileError as exc:
+        err.print(f"[red]error:[/] {_escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 async def _open_store(path: Path) -> Any:

@@ -133,20 +133,20 @@ class Optimizer:
             self.on_run_started(st.run_id)
         budget = st.budget
         store.track_run(st.run_id, lambda: (budget.calls, budget.cost_usd, budget.elapsed()))
-        await tracing.start_run(self.cfg.tracing.weave, store, study=study, run_id=st.run_id, seed=st.seed,
-                                config=self.loaded.written, resume=resume, notify=events.message)
-        runner = TrialRunner(st, space=self.space, cases=self.cases, evaluator=self.evaluator, store=store,
-                             executor=executor, society=self.society, events=events, redactor=self._redactor,
-                             secrets=bool(self._secrets), concurrency=self.opt.execution.concurrency)
-        await self.society.attach(store, await store.study_id(study))
-        for problem in self.society.memory_errors:
-            events.message(self._redactor.text(problem))
-        self.society.time_left = budget.remaining_seconds
-        self.society.bind(TaskAccess(self.cases, runner.agent_call))
-        await session.warm_start(st, self.space.contains)
-        scheduler = GenerationScheduler(st, opt=self.opt, space=self.space, society=self.society, store=store,
-                                        runner=runner, events=events, redactor=self._redactor)
-        try:
+        try:  # from here on a failure (a damaged stored value, a full disk) is stored as the run's end
+            await tracing.start_run(self.cfg.tracing.weave, store, study=study, run_id=st.run_id, seed=st.seed,
+                                    config=self.loaded.written, resume=resume, notify=events.message)
+            runner = TrialRunner(st, space=self.space, cases=self.cases, evaluator=self.evaluator, store=store,
+                                 executor=executor, society=self.society, events=events, redactor=self._redactor,
+                                 secrets=bool(self._secrets), concurrency=self.opt.execution.concurrency)
+            await self.society.attach(store, await store.study_id(study))
+            for problem in self.society.memory_errors:
+                events.message(self._redactor.text(problem))
+            self.society.time_left = budget.remaining_seconds
+            self.society.bind(TaskAccess(self.cases, runner.agent_call))
+            await session.warm_start(st, self.space.contains)
+            scheduler = GenerationScheduler(st, opt=self.opt, space=self.space, society=self.society, store=store,
+                                            runner=runner, events=events, redactor=self._redactor)
             if (lcfg := self.cfg.society.learner) is not None:
                 st.learner = await LearnerDriver.start(
                     lcfg.plugin, lcfg.options, society=self.society, store=store, study=study, run_id=st.run_id,

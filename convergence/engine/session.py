@@ -61,7 +61,8 @@ class RunSession:
             if runs:
                 raise ResumeError(
                     f"run {runs[0].id} of study '{study}' is {runs[0].status} ({runs[0].stop_reason}); "
-                    f"nothing to resume: run without --resume to start a new run"
+                    f"nothing to resume: run without --resume to start a new run (its report files, if "
+                    f"missing, are written by `convergence report {runs[0].id}`)"
                 )
             self.message(f"no earlier run of study '{study}' in {self.store.path}: starting a new run")
         cached: dict[str, dict[str, CaseResult]] = {}

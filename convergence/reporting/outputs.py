@@ -16,10 +16,16 @@ from pydantic import ValidationError
 from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig, OutputConfig
 from convergence.core.space import SearchSpace
+from convergence.errors import ConvergenceError
 from convergence.reporting.model import GenerationSummary, RunReport
 from convergence.reporting.sao import summarize_sao
 from convergence.reporting.society import summarize_society
 from convergence.storage.store import RunNotFoundError, RunRow, Store
+
+
+class OutputsError(ConvergenceError):
+    """A run's output files could not be written (full disk, read-only folder); the run itself
+    is stored, and ``convergence report N`` writes them once that is fixed."""
 
 
 def _iso(ts: float | None) -> str | None:
@@ -150,7 +156,8 @@ async def write_run_outputs(
     ``out_dir`` to ``<save_path>/run-N`` with a relative ``save_path``
     resolved against ``base_dir``, else the stored config file's directory if
     it still exists, else the current directory. Each file is replaced
-    atomically. Raises ``KeyError`` for an unknown run.
+    atomically. Raises ``KeyError`` for an unknown run, :class:`OutputsError` when a file
+    cannot be written.
     """
     from convergence.reporting.files import write_reports
 
@@ -162,7 +169,13 @@ async def write_run_outputs(
     if out_dir is None:
         out_dir = run_output_dir(run_id, output_cfg, Path(base_dir) if base_dir is not None else default_base_dir(run))
     report = await build_report(store, run_id)
-    return list(write_reports(report, Path(out_dir), output_cfg))
+    try:
+        return list(write_reports(report, Path(out_dir), output_cfg))
+    except OSError as exc:  # each file is written whole or not at all (storage/atomic.py)
+        where = exc.filename or out_dir
+        raise OutputsError(
+            f"cannot write the outputs of run {run_id} to {out_dir}: {exc.strerror or exc} ({where}); the run "
+            f"itself is stored: `convergence report {run_id}` writes them once that is fixed") from exc
 
 
 async def write_outputs(loaded: LoadedConfig, store: Store, run_id: int) -> list[Path]:

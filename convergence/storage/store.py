@@ -12,6 +12,8 @@ process at a time through a lease renewed by every commit.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import secrets
@@ -21,14 +23,16 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
 
 from convergence.core.types import CaseResult, TestCase, TrialRecord
+from convergence.storage.atomic import temp_path_for
 from convergence.storage.connection import StorageError, _migrate, _retry_locked, _version, _writer_connection
 from convergence.storage.counter import CallCounter, counter_path, read_count
+from convergence.storage.faults import DatabaseFileError, check_schema, database_error, refuse_unusable
 from convergence.storage.reads import RESUMABLE, RunReads
 from convergence.storage.rows import (
     SQL_CASE,
@@ -99,6 +103,63 @@ def _describe_owner(owner: str, heartbeat_at: float | None) -> tuple[bool, str]:
     return True, f"process {pid} on {host} (last heartbeat {age:.1f}s ago)"
 
 
+_C = TypeVar("_C", bound=type)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(self, *args, **kwargs)
+        except Exception as exc:
+            clear = database_error(exc, self.path)
+            if clear is None:
+                raise
+            raise clear from exc
+
+    return guarded
+
+
+def guarded(cls: _C) -> _C:
+    """Every public coroutine method of ``cls`` (its mixins' too) raises a
+    :class:`DatabaseFileError` naming the file for a damaged, full, read-only or failing
+    database, wherever in the method SQLite (or a damaged stored value) failed."""
+    for name in dir(cls):
+        attr = inspect.getattr_static(cls, name)
+        if not name.startswith("_") and inspect.iscoroutinefunction(attr):
+            setattr(cls, name, _guard(attr))
+    return cls
+
+
+async def _table_names(db: aiosqlite.Connection) -> set[str]:
+    """The database's tables: the first read of a file, so a damaged header or schema page fails here."""
+    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+        return {str(r[0]) for r in await cur.fetchall()}
+
+
+async def _create(path: Path) -> None:
+    """A new database, built under a temporary name and linked into place whole: no other
+    process ever sees it empty (an existing empty file is refused, ``faults.refuse_unusable``).
+    Two processes creating it at once: the first link wins, the other uses that file."""
+    tmp = temp_path_for(path)
+    db = await aiosqlite.connect(tmp, timeout=60)
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await _migrate(db, tmp)
+    finally:
+        await db.close()  # checkpoints: the whole database is in the main file
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system: SQLite creates it in place (old behaviour)
+        pass
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+@guarded
 class Store(RunReads, SocietyData):
     """Async repository over the project database.
 
@@ -117,15 +178,33 @@ class Store(RunReads, SocietyData):
         self._tracked: tuple[int, Callable[[], tuple[int, float, float]]] | None = None
         self._counter: CallCounter | None = None
         self.lease_lost: str | None = None
+        self.broken: DatabaseFileError | None = None
+        """Set when a commit failed on the file itself (damaged, full, read-only): the run stops."""
 
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
     async def open(cls, path: str | Path) -> Store:
+        """Open (or create) the project database at ``path``. A damaged file, an empty one or
+        another program's SQLite file raises :class:`DatabaseFileError` and is left untouched."""
         p = Path(path)
+        try:
+            return await cls._open(p)
+        except Exception as exc:
+            clear = database_error(exc, p)
+            if clear is None:
+                raise
+            raise clear from exc
+
+    @classmethod
+    async def _open(cls, p: Path) -> Store:
         p.parent.mkdir(parents=True, exist_ok=True)
+        refuse_unusable(p)
+        if not p.exists():
+            await _create(p)
         db = await aiosqlite.connect(p, timeout=60)
         try:
+            check_schema(await _table_names(db), p, created=False)
             await _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             await db.execute("PRAGMA synchronous=NORMAL")
             await _migrate(db, p)
@@ -143,7 +222,8 @@ class Store(RunReads, SocietyData):
             self._counter.close(remove=False)  # an unfinished run keeps its count for --resume
             self._counter = None
         try:
-            await self.flush()
+            if self.broken is None:  # rows that could not be committed were reported with the error
+                await self.flush()
         finally:
             await self._db.close()
             await anyio.to_thread.run_sync(self._wdb.close)
@@ -269,8 +349,14 @@ class Store(RunReads, SocietyData):
         self, run_id: int, status: str, stop_reason: str | None, *, total_calls: int, total_cost_usd: float,
         elapsed_seconds: float,
     ) -> None:
-        """Flush, write the final totals and release the lease."""
-        await self.flush()
+        """Flush, write the final totals and release the lease. When the flush fails (a full
+        disk), the run's end is still stored, then the flush's error raised: the stored status
+        says how the run ended, the buffered rows were never stored (``--resume`` calls again)."""
+        flush_error: Exception | None = None
+        try:
+            await self.flush()
+        except Exception as exc:  # noqa: BLE001 - raised below, once the run's end is stored
+            flush_error = exc
         if self._tracked is not None and self._tracked[0] == run_id:
             self._tracked = None
         cur = await self._db.execute(
@@ -284,6 +370,8 @@ class Store(RunReads, SocietyData):
             # the totals are in the row now; the counter file goes unless another process owns the run
             self._counter.close(remove=cur.rowcount > 0)
             self._counter = None
+        if flush_error is not None:
+            raise flush_error
 
     # ------------------------------------------------------------------ buffered writes
     # Appended in order and committed in order, so a case result can never be
@@ -349,7 +437,16 @@ class Store(RunReads, SocietyData):
             totals = (calls, cost, elapsed, time.time(), run_id, self.owner)
         if self.lease_lost:
             return  # rows of a run this process no longer owns are dropped
-        if not await anyio.to_thread.run_sync(self._commit_sync, batch, totals):
+        try:
+            ok = await anyio.to_thread.run_sync(self._commit_sync, batch, totals)
+        except Exception as exc:
+            clear = database_error(exc, self.path)
+            if clear is None:
+                raise
+            self.broken = clear
+            raise clear from exc
+        self.broken = None
+        if not ok:
             assert totals is not None
             self.lease_lost = f"another process took over run {totals[4]}; this process stopped"
 

@@ -9,7 +9,10 @@ commit's time (about a millisecond in WAL mode), not after a timer.
 
 A batch is never dropped: the commit runs shielded from cancellation, and a
 failed commit puts its rows back in front of the queue (in order) before the
-error is raised, so the next flush retries them.
+error is raised, so the next flush retries them. A commit that fails on the
+file itself (damaged, disk full, read-only: ``faults.DatabaseFileError``)
+is not retried: the writer task raises it at once, which stops the run
+(every call made after it would be paid for and never stored).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import anyio
 
 from convergence.errors import ConvergenceError
+from convergence.storage.faults import DatabaseFileError
 
 Batch = list[tuple[str, list[tuple[Any, ...]]]]
 """Ordered runs of rows, each run sharing one SQL statement."""
@@ -77,6 +81,8 @@ class GroupCommitWriter:
                     raise WriterError(f"the database writer failed: {exc}") from exc
             return
         while self._done < target:
+            if isinstance(self._error, DatabaseFileError):
+                raise self._error
             if self._error is not None:
                 raise WriterError(f"the database writer failed: {self._error}") from self._error
             await self._progress.wait()
@@ -102,9 +108,11 @@ class GroupCommitWriter:
 
     async def run(self, *, retry_seconds: float = 0.2, give_up_seconds: float = 120.0) -> None:
         """The writer task: commit whenever something is buffered. Failures
-        (another process holding the lock past the busy timeout, a full disk)
-        are retried; once they have lasted ``give_up_seconds`` the waiters of
-        ``durable()`` get the error, while the rows stay buffered."""
+        (another process holding the lock past the busy timeout) are retried;
+        once they have lasted ``give_up_seconds`` the waiters of ``durable()``
+        get the error, while the rows stay buffered. A :class:`DatabaseFileError`
+        (damaged file, full disk, read-only) is raised at once: waiting does not
+        mend it, and the task group running this task stops the run."""
         self.running = True
         failing_since: float | None = None
         try:
@@ -117,6 +125,11 @@ class GroupCommitWriter:
                     await self.flush()
                     failing_since = None
                     self._error = None
+                except DatabaseFileError as exc:
+                    self._error = exc
+                    progress, self._progress = self._progress, anyio.Event()
+                    progress.set()
+                    raise
                 except Exception as exc:  # noqa: BLE001 - kept and retried; waiters see it
                     now = time.monotonic()
                     failing_since = now if failing_since is None else failing_since

@@ -10,6 +10,7 @@ from convergence.config.loader import (
     resolve_path,
 )
 from convergence.engine.preflight.context import SQLITE_HEADER, Ctx
+from convergence.storage.faults import check_database
 
 
 def _storage_and_output(ctx: Ctx) -> None:
@@ -88,6 +89,7 @@ def _file_problem(p: Path, *, sqlite: bool) -> str | None:
                     return f"{_show(p)} exists but is not a SQLite database"
                 if not os.access(p.parent, os.W_OK | os.X_OK):
                     return f"the directory of {_show(p)} is not writable (SQLite needs its -wal file there)"
+                return check_database(p)  # empty, damaged pages, another program's tables: read-only look
             return None
         return _creatable(p)
     except OSError as exc:

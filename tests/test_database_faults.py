@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import textwrap
 import time
@@ -281,3 +283,42 @@ def load_cases_of(loaded: Any) -> list[Any]:
     from convergence.core.types import TestCase
 
     return [TestCase(id=f"c{i}", input=i, expected="yes") for i in range(4)]
+
+
+READ_ONLY_EVERYWHERE = '''
+import asyncio, sys, anyio
+from convergence.config.loader import load_config
+from convergence.engine.loop import Optimizer
+from convergence.storage.store import Store
+
+async def main():
+    loaded = load_config(sys.argv[1])
+    store = await Store.open(loaded.db_path)
+    def limit(run_id):  # neither the writer nor the status update can write any more
+        store._wdb.execute("PRAGMA query_only = 1")
+        asyncio.get_running_loop().create_task(store._db.execute("PRAGMA query_only = 1"))  # queued in order
+    optimizer = Optimizer(loaded, store)
+    optimizer.on_run_started = limit
+    try:
+        await optimizer.run()
+    finally:
+        await store.close()
+
+anyio.run(main)
+'''
+
+
+def test_a_run_that_cannot_even_store_its_end_is_shown_resumable_and_resume_finishes_it(tmp_path: Path) -> None:
+    cfg = write_project(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", READ_ONLY_EVERYWHERE, str(cfg)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1 and "DatabaseFileError" in proc.stderr and "read-only" in proc.stderr
+    with sqlite3.connect(tmp_path / "project.db") as con:
+        assert con.execute("SELECT status FROM runs").fetchall() == [("running",)]  # its end could not be written
+
+    listed = invoke("runs", "--db", str(tmp_path / "project.db"))
+    assert listed.exit_code == 0 and "its process is gone: --resume continues it" in listed.output, listed.output
+    resumed = invoke("optimize", str(cfg), "--resume", "-q", "--no-outputs")
+    assert resumed.exit_code == 0, resumed.output
+    with sqlite3.connect(tmp_path / "project.db") as con:
+        assert con.execute("SELECT id, status FROM runs").fetchall() == [(1, "finished")]

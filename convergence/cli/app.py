@@ -379,7 +379,8 @@ async def _runs(path: Path, study: str | None) -> None:
         for r in rows:
             trials = await store.trials(r.id)
             best = best_of(trials)  # the run's best as its report and export have it (score: its mean)
-            table.add_row(str(r.id), r.study, r.status, (r.stop_reason or "")[:50], str(len(trials)),
+            reason = r.stop_reason or ("its process is gone: --resume continues it" if store.owner_gone(r) else "")
+            table.add_row(str(r.id), r.study, r.status, reason[:50], str(len(trials)),
                           f"{best.score:.4f}" if best is not None else "-",
                           str(best.trial_id) if best is not None else "-", str(r.total_calls),
                           f"{r.total_cost_usd:.4f}", f"{r.elapsed_seconds:.1f}")

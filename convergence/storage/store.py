@@ -315,6 +315,12 @@ class Store(RunReads, SocietyData):
             await self._db.rollback()
             raise
 
+    @staticmethod
+    def owner_gone(run: RunRow) -> bool:
+        """A ``running`` run whose process is gone (killed, or stopped unable to write its end):
+        ``--resume`` takes it over."""
+        return run.status == "running" and (not run.owner or not _describe_owner(run.owner, run.heartbeat_at)[0])
+
     def track_run(self, run_id: int, totals: Callable[[], tuple[int, float, float]]) -> None:
         """Persist ``totals()`` -> (calls, cost_usd, elapsed_seconds) of ``run_id``
         with every commit, and renew the run's lease. Also opens the run's

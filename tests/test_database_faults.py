@@ -176,25 +176,52 @@ async def test_another_programs_sqlite_file_is_refused_not_filled_with_our_table
     assert db.read_bytes() == before
 
 
-def test_optimize_reading_a_damaged_value_mid_run_stops_with_exit_2_and_stores_the_run_as_failed(
+def _damage_a_value(db: Path, sql: str) -> None:
+    """A stored text that is not UTF-8: damage that no page check sees."""
+    with closing(sqlite3.connect(db)) as con, con:
+        con.execute(sql)
+
+
+def test_validate_reads_the_stored_values_of_runs_and_trials_not_only_the_pages(
         tmp_path: Path, finished_db: bytes) -> None:
-    """A damage no page check sees (a stored text that is not UTF-8) is met only when optimize reads
-    it (here: warm start reads the earlier run's trials, after the new run started)."""
+    cfg = write_project(tmp_path)
+    db = tmp_path / "project.db"
+    db.write_bytes(finished_db)
+    _damage_a_value(db, "UPDATE trials SET normalized_json = CAST(x'7bff' AS TEXT) WHERE run_id = 1")
+    result = invoke("validate", str(cfg))
+    assert result.exit_code == 2 and str(db) in result.output and "damaged" in result.output, result.output
+
+
+async def test_optimize_reading_a_damaged_value_after_the_run_started_stores_the_run_as_failed(
+        tmp_path: Path, finished_db: bytes) -> None:
+    """Warm start reads the earlier run's trials after the new run started (cases given: no preflight)."""
     cfg = write_project(tmp_path, warm_start=2)
     db = tmp_path / "project.db"
     db.write_bytes(finished_db)
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE trials SET config_json = CAST(x'7b22ff' AS TEXT) WHERE run_id = 1")
-    assert invoke("validate", str(cfg)).exit_code == 0  # pages are fine: validate cannot tell
+    _damage_a_value(db, "UPDATE trials SET config_json = CAST(x'7b22ff' AS TEXT) WHERE run_id = 1")
+    loaded = load_config(cfg)
 
-    result = invoke("optimize", str(cfg), "-q", "--no-outputs")
+    with pytest.raises(DatabaseFileError, match="damaged") as caught:
+        await optimize(loaded, cases=load_cases_of(loaded), write_outputs=False)
 
-    assert result.exit_code == 2, result.output
-    assert str(db) in result.output and "damaged" in result.output
-    assert "run 2 stopped" in result.output and "--resume" in result.output
-    with sqlite3.connect(db) as con:
+    assert caught.value.path == db
+    with closing(sqlite3.connect(db)) as con:
         status, reason = con.execute("SELECT status, stop_reason FROM runs WHERE id = 2").fetchone()
     assert status == "failed" and "damaged" in reason
+
+
+def test_resume_meeting_a_damaged_result_exits_2_naming_the_file(tmp_path: Path, finished_db: bytes) -> None:
+    """A stored case result (not checked by validate: the large table) read back by --resume."""
+    cfg = write_project(tmp_path)
+    db = tmp_path / "project.db"
+    db.write_bytes(finished_db)
+    _damage_a_value(db, "UPDATE runs SET status = 'interrupted' WHERE id = 1")
+    _damage_a_value(db, "UPDATE case_results SET output = CAST(x'ff' AS TEXT) WHERE run_id = 1")
+
+    result = invoke("optimize", str(cfg), "--resume", "-q", "--no-outputs")
+
+    assert result.exit_code == 2, result.output
+    assert str(db) in result.output and "damaged" in result.output and "--resume" in result.output
 
 
 async def _run_with_writer(cfg: Path, how: str) -> tuple[DatabaseFileError, float]:

@@ -120,9 +120,24 @@ def check_schema(names: set[str], path: Path, *, created: bool) -> None:
             "the file away (convergence never writes into it)", path=path, kind=DAMAGED)
 
 
+VALUE_CHECKED = ("studies", "runs", "generations", "trials")
+"""Tables whose every value ``check_database`` decodes: one row per run, generation or
+configuration (``case_results``, the large one, is left to the command that reads it)."""
+
+
+def _decode_rows(db: sqlite3.Connection, table: str) -> None:
+    cur = db.execute(f"SELECT * FROM {table}")  # our own table names
+    json_cols = [i for i, d in enumerate(cur.description) if d[0].endswith("_json")]
+    for row in cur:
+        for i in json_cols:
+            if row[i] is not None:
+                json.loads(row[i])
+
+
 def check_database(path: Path) -> str | None:
     """Why the existing database ``path`` cannot be used, or None: opened read-only (never created,
-    never written), its pages checked (``PRAGMA quick_check``) and its tables listed."""
+    never written), its pages checked (``PRAGMA quick_check``), its tables listed and the values
+    of its small tables decoded (:data:`VALUE_CHECKED`)."""
     try:
         refuse_unusable(path)
         with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)) as db:
@@ -134,9 +149,11 @@ def check_database(path: Path) -> str | None:
             missing = [t for t in TABLES if t not in names]
             if missing:
                 raise sqlite3.OperationalError(f"no such table: {missing[0]}")
+            for table in VALUE_CHECKED:  # damage no page check sees: a stored text or JSON value
+                _decode_rows(db, table)
     except DatabaseFileError as exc:
         return str(exc)
-    except (sqlite3.Error, UnicodeDecodeError) as exc:
+    except (sqlite3.Error, UnicodeDecodeError, json.JSONDecodeError) as exc:
         clear = database_error(exc, path)
         return str(clear) if clear is not None else f"cannot read the project database {path}: {exc}"
     return None

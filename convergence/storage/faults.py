@@ -104,7 +104,7 @@ def refuse_unusable(path: Path) -> None:
     except OSError as exc:
         raise DatabaseFileError(_advice(IO, path, exc.strerror or str(exc)), path=path, kind=IO) from exc
     if size == 0:
-        raise DatabaseFileError(_advice(DAMAGED, path, "it is an empty file (0 bytes)"), path=path, kind=DAMAGED)
+        raise DatabaseFileError(_advice(DAMAGED, path, "it is an empty file, 0 bytes"), path=path, kind=DAMAGED)
 
 
 def check_schema(names: set[str], path: Path, *, created: bool) -> None:

@@ -231,8 +231,39 @@ def test_with_the_real_embedded_model_the_first_calls_latency_is_not_its_load(
     proc = subprocess.run([sys.executable, "-m", "convergence", "optimize", str(config), "--no-outputs"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert proc.stdout.count("loaded the embedded model local/gemma-3-270m in") == 1, proc.stdout[-4000:]
     latencies = _latencies(tmp_path)
     assert len(latencies) == 12
     first, later = latencies[:2], latencies[2:]
     assert max(first) < 3 * statistics.median(later), latencies
+    assert proc.stdout.count("loaded the embedded model local/gemma-3-270m in") == 1, proc.stdout[-4000:]
+
+
+def test_the_warm_up_covers_the_target_the_judge_and_the_societys_llm_agents(tmp_path: Path) -> None:
+    """Everything in this process that calls the embedded model: a run whose target is remote still
+    loads it first when its LLM judge or its society's RLP agent uses it; a target on Ray does not count."""
+    from convergence.config.loader import load_config
+    from convergence.core.space import SearchSpace
+    from convergence.engine.warmup import llm_users
+    from convergence.society.society import Society
+
+    (tmp_path / "optimization.yaml").write_text(textwrap.dedent("""\
+        study: who-calls
+        target: {type: litellm, model: openai/gpt-4o-mini, prompt: "{{ input }}"}
+        search_space:
+          parameters:
+            model: {type: categorical, values: [openai/gpt-4o-mini, local/gemma-3-270m]}
+        evaluation:
+          test_cases:
+            inline: [{input: "2+2", expected: "4"}]
+          metrics:
+            quality: {function: llm_judge, weight: 1.0}
+        society: {enabled: true, learning: {rlp_enabled: true}}
+        """))
+    loaded = load_config(tmp_path / "optimization.yaml")
+    space = SearchSpace.from_config(loaded.config.search_space)
+    members = [p for p, _ in Society.from_config(loaded.config, space).members]
+    here = llm_users(loaded, space, members, target_in_process=True)
+    assert here["local/gemma-3-270m"] == ["target", "judge (quality)", "agent rlp"]
+    assert here["openai/gpt-4o-mini"] == ["target"]
+    on_ray = llm_users(loaded, space, members, target_in_process=False)
+    assert on_ray == {"local/gemma-3-270m": ["judge (quality)", "agent rlp"]}

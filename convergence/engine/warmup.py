@@ -76,7 +76,7 @@ async def _warm_llm(users: dict[str, list[str]], notify: Callable[[str], None]) 
         return
     start = time.perf_counter()
     try:
-        await _in_thread(warm_local)
+        await warm_local()
     except Exception as exc:  # noqa: BLE001 - the calls will say it again, each as its case's error
         notify(f"the embedded model {LOCAL_MODEL} did not load: {type(exc).__name__}: {exc}")
         return

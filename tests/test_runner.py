@@ -294,3 +294,39 @@ async def test_retry_after_is_capped_by_backoff_max_and_never_shortens_backoff()
     capped, zero = (b - a for a, b in pairwise(target.starts))
     assert 0.25 <= capped < 0.25 + 0.1, capped  # 30 s asked, backoff_max 0.25 s
     assert 0.2 <= zero < 0.25 + 0.1, zero  # "Retry-After: 0" keeps the normal 0.2-0.25 s backoff
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("cost_usd", float("nan"), "target returned cost_usd=nan: expected a finite number >= 0"),
+    ("latency_ms", float("-inf"), "target returned latency_ms=-inf: expected a finite number >= 0"),
+    ("prompt_tokens", 2.5, "target returned prompt_tokens=2.5: expected a whole number >= 0"),
+    ("completion_tokens", -3, "target returned completion_tokens=-3: expected a whole number >= 0"),
+])
+async def test_a_result_with_a_bad_cost_latency_or_token_count_is_that_calls_error_not_retried(
+    field: str, value: float, message: str
+) -> None:
+    """Any target (a plugin's too) that hands back such a ``CallResult``: the call fails with the field
+    and the value named, once (asking again gives the same answer)."""
+
+    async def bad(n: int) -> CallResult:
+        result = CallResult(output="x")
+        setattr(result, field, value)
+        return result
+
+    target = ScriptedTarget(bad)
+    result = await CallRunner(target, retry=RetryConfig(max_retries=3), timeout_seconds=1,
+                              rate_limit_per_second=None).run({}, CASE)
+    assert result.error is not None and message in result.error
+    assert len(target.starts) == 1 and result.cost_usd == 0.0
+
+
+@pytest.mark.anyio
+async def test_whole_token_counts_given_as_floats_or_text_are_taken_as_ints() -> None:
+    async def floats(n: int) -> CallResult:
+        return CallResult(output="x", prompt_tokens=7.0, completion_tokens="2", cost_usd=1)  # type: ignore[arg-type]
+
+    result = await CallRunner(ScriptedTarget(floats), retry=RetryConfig(), timeout_seconds=1,
+                              rate_limit_per_second=None).run({}, CASE)
+    assert result.ok and (result.prompt_tokens, result.completion_tokens, result.cost_usd) == (7, 2, 1.0)
+    assert type(result.prompt_tokens) is int and type(result.cost_usd) is float

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 from convergence.config.models import BudgetConfig, EarlyStoppingConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -58,8 +62,14 @@ class Budget:
         return True
 
     def charge(self, cost_usd: float) -> None:
-        """Record the cost of a finished call (its attempts were counted as they went out)."""
-        self.cost_usd += cost_usd
+        """Record the cost of a finished call (its attempts were counted as they went out). A NaN,
+        infinite or negative cost is left out (and logged): one would poison the total, the
+        ``max_cost_usd`` check and the stored run. Targets' costs are checked before they get here
+        (``targets.base.checked_call``); this guards every other source."""
+        if 0.0 <= cost_usd < math.inf:
+            self.cost_usd += cost_usd
+        else:
+            log.warning("a cost of %r USD was left out of the run's total (not a finite number >= 0)", cost_usd)
 
 
 @dataclass(slots=True)

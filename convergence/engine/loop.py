@@ -28,13 +28,14 @@ from convergence.config.loader import LoadedConfig
 from convergence.core.space import SearchSpace
 from convergence.core.types import TestCase, TrialRecord
 from convergence.engine.events import LoopEvents, NoEvents
-from convergence.engine.executor import Executor, build_executor
+from convergence.engine.executor import Executor, LocalExecutor, build_executor
 from convergence.engine.final_selection import select_best
 from convergence.engine.learner_driver import LearnerDriver
 from convergence.engine.scheduler import MAX_IN_FLIGHT, GenerationScheduler
 from convergence.engine.selection import best
 from convergence.engine.session import ResumeError, RunSession
 from convergence.engine.trials import TrialRunner
+from convergence.engine.warmup import llm_users, warm_up
 from convergence.society.base import TaskAccess
 from convergence.society.society import Society
 from convergence.storage.store import Store
@@ -151,7 +152,9 @@ class Optimizer:
                 st.learner = await LearnerDriver.start(
                     lcfg.plugin, lcfg.options, society=self.society, store=store, study=study, run_id=st.run_id,
                     seed=st.seed, opt=self.opt, db_path=self.loaded.db_path)
-            async with store.writing():
+            async with store.writing():  # the lease's heartbeat runs while the model loads
+                await warm_up(llm_users(self.loaded, self.space, (p for p, _ in self.society.members),
+                                        target_in_process=isinstance(executor, LocalExecutor)), events.message)
                 status, stop_reason = await scheduler.run()
                 if not st.all_failed.tripped:
                     await select_best(st, opt=self.opt, space=self.space, evaluator=self.evaluator, store=store,

@@ -12,6 +12,8 @@ agent's strict parser and one repair attempt take over).
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from convergence.errors import ConvergenceError
 from convergence.llm.logprob import LogProb, logprob_of
+
+log = logging.getLogger(__name__)
 
 
 class AgentLLMError(ConvergenceError):
@@ -166,7 +170,11 @@ class LLMClient:
             raise AgentLLMError(f"{self.model}: {type(exc).__name__}: {str(exc)[:300]}") from exc
         finally:
             self.seconds += time.perf_counter() - start
-        self.cost_usd += response_cost(resp)
+        cost = response_cost(resp)
+        if 0.0 <= cost < math.inf:
+            self.cost_usd += cost
+        else:  # a broken price entry: the run's cost total must stay a number
+            log.warning("%s: LiteLLM's price map gives cost %s for this call; counted as 0", self.model, cost)
         prompt_tokens, completion_tokens = response_usage(resp)
         return Completion(response_text(resp), prompt_tokens, completion_tokens, time.perf_counter() - start)
 

@@ -86,11 +86,14 @@ def response_usage(resp: Any) -> tuple[int, int]:
 
 
 def response_cost(resp: Any) -> float:
-    """USD cost from LiteLLM's price map and the real token usage.
+    """USD cost from LiteLLM's price map and the real token usage, as the map gives it.
 
     0.0 when LiteLLM has no price for the model (a self-hosted
-    OpenAI-compatible server, say): cost is a metric, and a missing price must
-    not turn a successful call into a failure.
+    OpenAI-compatible server, say) or gives none: cost is a metric, and a
+    missing price must not turn a successful call into a failure. A price
+    entry that is itself wrong (NaN, say) gives a NaN, infinite or negative
+    cost: callers check (a target's call fails with a clear error, see
+    :func:`convergence.targets.base.call_number`; an agent's counts 0).
     """
     try:
         litellm = litellm_module()
@@ -99,7 +102,6 @@ def response_cost(resp: Any) -> float:
         log.debug("no price for %s: %s", getattr(resp, "model", "?"), exc)
         return 0.0
     try:
-        value = float(cost or 0.0)
+        return float(cost or 0.0)
     except (TypeError, ValueError):
         return 0.0
-    return value if value >= 0.0 else 0.0

@@ -106,6 +106,35 @@ def get_llama() -> Llama:
     return _llm
 
 
+_WARM_UP_PROMPT = [{"role": "user", "content": "The capital of France is"}]
+_WARM_UP_ARGS: dict[str, Any] = {"max_tokens": 3, "temperature": 0.0}
+"""Three tokens, not one: the first decode of a single generated token is slow too (seconds on a busy
+2-core machine), and a one-token answer never decodes one."""
+
+
+async def warm_up() -> None:
+    """Load the model and answer a short prompt with it through LiteLLM, both ways a call can go
+    (sync, in a worker thread, where the load and LiteLLM's first-call imports happen off the event
+    loop; then async, as a run's calls go), so no later call pays for any of it. For a run's start,
+    before its first timed call (``engine/warmup.py``). Seeded with the model's own current seed, so
+    later unseeded calls draw the seeds they would have drawn without it (llama.cpp chains them); the
+    KV cache is reset before every call anyway."""
+    from convergence.llm.client import acompletion
+
+    seed = await anyio.to_thread.run_sync(_warm_up_sync, abandon_on_cancel=True)
+    await acompletion(LOCAL_MODEL, _WARM_UP_PROMPT, seed=seed, **_WARM_UP_ARGS)
+
+
+def _warm_up_sync() -> int:
+    from convergence.llm.client import litellm_module
+
+    litellm = litellm_module()
+    ensure_registered()
+    seed = int(get_llama()._seed)  # the chain's current link: passing it leaves the chain as it was
+    litellm.completion(model=LOCAL_MODEL, messages=_WARM_UP_PROMPT, seed=seed, num_retries=0, **_WARM_UP_ARGS)
+    return seed
+
+
 def messages_to_prompt(messages: list[dict[str, Any]]) -> str:
     """Completion-style prompt for a base model.
 

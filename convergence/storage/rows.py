@@ -8,6 +8,7 @@ reading side of :class:`~convergence.storage.store.Store` share.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -203,3 +204,10 @@ def case_rows(rows: list[tuple[Any, ...]]) -> Any:
     """Encode buffered case rows lazily (consumed by sqlite in the writer thread)."""
     for r in rows:
         yield r[:3] + (output_text(r[3]),) + r[4:10] + (dump(r[10]),) + r[11:]
+
+
+def real(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else None (SQL NULL). SQLite turns a NaN into NULL (which
+    fails a NOT NULL column and so the whole commit) and keeps an infinity, which then poisons every
+    SUM and AVG over the column; neither is a cost or a latency."""
+    return value if value is not None and math.isfinite(value) else None

@@ -47,6 +47,7 @@ from convergence.storage.rows import (
     SocietyRow as SocietyRow,
     case_rows,
     dump,
+    real,
 )
 from convergence.storage.society_data import SocietyData
 from convergence.storage.writer import Batch, GroupCommitWriter
@@ -368,7 +369,7 @@ class Store(RunReads, SocietyData):
         cur = await self._db.execute(
             "UPDATE runs SET status=?, stop_reason=?, finished_at=?, total_calls=?, total_cost_usd=?, "
             "elapsed_seconds=?, owner=NULL WHERE id=? AND (owner IS NULL OR owner=?)",
-            (status, stop_reason, time.time(), total_calls, total_cost_usd, elapsed_seconds, run_id,
+            (status, stop_reason, time.time(), total_calls, real(total_cost_usd) or 0.0, elapsed_seconds, run_id,
              self.owner),
         )
         await self._db.commit()
@@ -401,8 +402,8 @@ class Store(RunReads, SocietyData):
         c = result.call
         self._writer.add(
             SQL_CASE,
-            (run_id, config_hash, result.case_id, c.output, c.error, c.latency_ms, c.cost_usd,
-             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time(), c.wall_ms,
+            (run_id, config_hash, result.case_id, c.output, c.error, real(c.latency_ms), real(c.cost_usd),
+             c.prompt_tokens, c.completion_tokens, c.attempts, result.metrics, time.time(), real(c.wall_ms),
              result.repeat),
         )
 
@@ -410,7 +411,7 @@ class Store(RunReads, SocietyData):
         self._writer.add(
             SQL_TRIAL,
             (run_id, trial.config_hash, trial.generation, trial.proposer, dump(trial.config), trial.status,
-             trial.score, dump(trial.metrics), dump(trial.normalized), trial.cost_usd, trial.latency_ms,
+             trial.score, dump(trial.metrics), dump(trial.normalized), real(trial.cost_usd), real(trial.latency_ms),
              trial.n_cases, trial.n_errors, int(trial.thresholds_passed), time.time(), trial.repeats,
              trial.estimate),
         )
@@ -440,7 +441,7 @@ class Store(RunReads, SocietyData):
         if self._tracked is not None:
             run_id, fn = self._tracked
             calls, cost, elapsed = fn()
-            totals = (calls, cost, elapsed, time.time(), run_id, self.owner)
+            totals = (calls, real(cost) or 0.0, elapsed, time.time(), run_id, self.owner)
         if self.lease_lost:
             return  # rows of a run this process no longer owns are dropped
         try:

@@ -106,3 +106,43 @@ def _header(headers: object, name: str) -> object:
             if isinstance(key, str) and key.lower() == name:
                 return item
     return value
+
+
+def call_number(value: object, field: str, *, integer: bool = False, source: str = "") -> float:
+    """``value`` as a finite number >= 0 (a whole one when ``integer``) for a :class:`CallResult`
+    field; ``None`` is 0 (not reported). Anything else (NaN, infinity, a negative or fractional count,
+    text that is not a number) is the call's failure, naming the field and the value: a NaN summed into
+    the run's cost would poison every total and budget check after it. ``source`` says where the value
+    came from (e.g. "response field 'cost'")."""
+    if value is None:
+        return 0.0
+    number: float | None = None
+    if not isinstance(value, bool):  # True is not a cost
+        try:
+            number = float(value)  # type: ignore[arg-type]  # int, float, numpy, Decimal, "0.25"
+        except (TypeError, ValueError, OverflowError):
+            number = None
+    if number is not None and 0.0 <= number < math.inf and (not integer or number.is_integer()):
+        return number
+    where = f" ({source})" if source else ""
+    expected = "a whole number >= 0" if integer else "a finite number >= 0"
+    shown = value if isinstance(value, float) else repr(value)
+    raise TargetError(f"target returned {field}={shown}{where}: expected {expected}", retryable=False)
+
+
+def checked_call(result: CallResult) -> CallResult:
+    """``result`` with its cost, latency and token counts checked by :func:`call_number` (tokens made
+    ``int``); raises a non-retryable :class:`TargetError` for the first bad one. Every target's result
+    passes here (the runner calls it), built-in or plugin."""
+    cost, latency = result.cost_usd, result.latency_ms
+    prompt, completion = result.prompt_tokens, result.completion_tokens
+    # the common case (floats and ints in range) costs four comparisons
+    if not (type(cost) is float and 0.0 <= cost < math.inf):
+        result.cost_usd = call_number(cost, "cost_usd")
+    if not (type(latency) is float and 0.0 <= latency < math.inf):
+        result.latency_ms = call_number(latency, "latency_ms")
+    if not (type(prompt) is int and prompt >= 0):
+        result.prompt_tokens = int(call_number(prompt, "prompt_tokens", integer=True))
+    if not (type(completion) is int and completion >= 0):
+        result.completion_tokens = int(call_number(completion, "completion_tokens", integer=True))
+    return result

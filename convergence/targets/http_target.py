@@ -17,7 +17,7 @@ import httpx
 
 from convergence.config.models import HTTPTargetConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.targets.base import TargetError, retry_after_from_headers
+from convergence.targets.base import TargetError, call_number, retry_after_from_headers
 from convergence.targets.templating import TemplateError, render, render_tree, variables_for
 
 _SNIPPET = 200
@@ -239,17 +239,17 @@ class HTTPTarget:
             result.cost_usd = self._cost(data, rc.cost_field)
         usage = data.get("usage") if isinstance(data, dict) else None
         if isinstance(usage, dict):
-            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            result.completion_tokens = int(usage.get("completion_tokens") or 0)
+            for name in ("prompt_tokens", "completion_tokens"):
+                count = call_number(usage.get(name), name, integer=True, source=f"response field 'usage.{name}'")
+                setattr(result, name, int(count))
         return result
 
     def _cost(self, data: Any, path: str) -> float:
         try:
-            return float(extract(data, path) or 0.0)
+            value = extract(data, path)
         except PathError:
             return 0.0
-        except (TypeError, ValueError) as exc:
-            raise TargetError(f"cost field {path!r} is not a number: {exc}", retryable=False) from None
+        return call_number(value, "cost_usd", source=f"response field {path!r}")
 
     def _error_detail(self, response: httpx.Response) -> str:
         field = self.cfg.response.error_field

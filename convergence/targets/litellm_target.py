@@ -10,8 +10,8 @@ from typing import Any
 
 from convergence.config.models import LiteLLMTargetConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.llm.client import acompletion, litellm_module, response_cost, response_text, response_usage
-from convergence.targets.base import TargetError, retry_after_from_headers
+from convergence.llm.client import acompletion, litellm_module, response_cost, response_text
+from convergence.targets.base import TargetError, call_number, retry_after_from_headers
 from convergence.targets.templating import TemplateError, render, variables_for
 
 COMPLETION_KWARGS: frozenset[str] = frozenset(
@@ -111,12 +111,18 @@ class LiteLLMTarget:
         except Exception as exc:  # every provider error becomes a TargetError
             raise map_litellm_error(exc, model) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
-        prompt_tokens, completion_tokens = response_usage(resp)
+        usage = getattr(resp, "usage", None)
+        prompt_tokens, completion_tokens = (
+            int(call_number(getattr(usage, name, None), name, integer=True, source=f"{model}'s usage"))
+            for name in ("prompt_tokens", "completion_tokens")
+        )
         choices = getattr(resp, "choices", None) or []
         return CallResult(
             output=response_text(resp),
             latency_ms=latency_ms,
-            cost_usd=response_cost(resp),
+            cost_usd=call_number(
+                response_cost(resp), "cost_usd", source=f"LiteLLM's price for {getattr(resp, 'model', None) or model}"
+            ),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             raw={

@@ -17,7 +17,7 @@ import anyio.to_thread
 
 from convergence.config.models import PythonTargetConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.targets.base import TargetError
+from convergence.targets.base import TargetError, call_number
 
 _RETRYABLE = (TimeoutError, ConnectionError, OSError)
 
@@ -44,20 +44,21 @@ def _is_async(fn: Callable[..., Any]) -> bool:
 
 
 def to_call_result(value: Any) -> CallResult:
-    """A plain value is the output; a dict with ``output`` may add cost and tokens."""
+    """A plain value is the output; a dict with ``output`` may add cost and tokens (finite, >= 0,
+    whole token counts: anything else is a non-retryable :class:`TargetError` naming the key)."""
     if isinstance(value, CallResult):
         return value
     if isinstance(value, dict) and "output" in value:
-        try:
-            return CallResult(
-                output=value["output"],
-                cost_usd=float(value.get("cost_usd") or 0.0),
-                prompt_tokens=int(value.get("prompt_tokens") or 0),
-                completion_tokens=int(value.get("completion_tokens") or 0),
-                raw=value,
-            )
-        except (TypeError, ValueError) as exc:
-            raise TargetError(f"bad cost/token value in returned dict: {exc}", retryable=False) from None
+        source = "in the returned dict"
+        return CallResult(
+            output=value["output"],
+            cost_usd=call_number(value.get("cost_usd"), "cost_usd", source=source),
+            prompt_tokens=int(call_number(value.get("prompt_tokens"), "prompt_tokens", integer=True, source=source)),
+            completion_tokens=int(
+                call_number(value.get("completion_tokens"), "completion_tokens", integer=True, source=source)
+            ),
+            raw=value,
+        )
     return CallResult(output=value)
 
 

@@ -28,7 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from convergence.config.targets import RetryConfig
 from convergence.core.types import CallResult, Config, TestCase
-from convergence.targets.base import Target, TargetError
+from convergence.targets.base import Target, TargetError, checked_call
 from convergence.tracing import traced
 from convergence.tracing.views import call_result_view, target_call_inputs
 
@@ -158,16 +158,17 @@ class CallRunner:
         return await self._retry(params, case, first, start, gate)
 
     async def _call(self, params: Config, case: TestCase) -> CallResult:
-        """One ``target.call`` under the per-attempt timeout."""
+        """One ``target.call`` under the per-attempt timeout; a non-finite or negative cost, latency or
+        token count in its result is the attempt's (non-retryable) failure."""
         if self._on_asyncio is None:
             self._on_asyncio = _running_on_asyncio()
         if self._on_asyncio:
             # Same semantics as anyio.fail_after (TimeoutError, outer
             # cancellation passes through) at about half the cost per call.
             async with asyncio.timeout(self.timeout_seconds):
-                return await self.target.call(params, case)
+                return checked_call(await self.target.call(params, case))
         with anyio.fail_after(self.timeout_seconds):
-            return await self.target.call(params, case)
+            return checked_call(await self.target.call(params, case))
 
     async def _attempt(self, params: Config, case: TestCase, gate: Gate | None, state: _Attempts) -> CallResult:
         """A retry attempt: rate limit, then the call, timed on its own."""

@@ -26,9 +26,14 @@ Sub-commands (each prints a table of numbers and a final PASS/FAIL line):
   one may proceed, the other must exit non-zero within 5 s while the winner
   still has ~7 s of work); and kill -9 then resume at once (stale lease
   recovery: first call within 5 s).
-* ``secrets``      a secret in an HTTP target's header, auth env var and
-  query string, echoed back by a local server in error bodies; grep the
-  database bytes (and -wal), output files and every command's stdout/stderr.
+* ``secrets``      a fresh secret (with ``"``, ``\\`` and a non-ASCII char) in
+  each of 6 channels: an HTTP target's header, Basic-auth password and query
+  string (a local server echoes them back in every encoding in error bodies),
+  the LLM judge's and the society LLM's key (a local OpenAI-compatible server
+  answers 401 "Incorrect API key provided: <key>") and a Python target's env
+  token (echoed in errors and outputs); search 9 encodings of each (raw, JSON,
+  URL, base64, base64 of ``user:pass`` ...) in the database bytes (and -wal),
+  output files and every command's stdout/stderr.
 
     .venv/bin/python benchmarks/hardening.py two-process
     .venv/bin/python benchmarks/hardening.py all --quick      # every sub-command, small (< 60 s)

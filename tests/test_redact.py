@@ -113,7 +113,8 @@ def test_only_variables_used_as_credentials_are_secrets() -> None:
 
 
 def test_variables_named_like_credentials_are_secrets_and_urls_hosts_and_the_shell_are_not() -> None:
-    for name in ("OPENAI_API_KEY", "HF_TOKEN", "DB_PASSWORD", "BASIC_AUTH", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+    for name in ("OPENAI_API_KEY", "HF_TOKEN", "DB_PASSWORD", "BASIC_AUTH", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY",
+                 "SECRET_KEY_BASE", "DB_PASSWORD_FILE"):
         assert is_secret_env_name(name), name
     for name in ("TARGET_URL", "AUTH_SERVICE_URL", "API_KEY_HOST", "AWS_ACCESS_KEY_ID", "PWD", "HOME", "PATH"):
         assert not is_secret_env_name(name), name

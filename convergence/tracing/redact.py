@@ -60,6 +60,8 @@ _CREDENTIAL_NAME_RE = re.compile(
 
 _SECRET_ENV_SEGMENT_RE = re.compile(r"^(?:[A-Z0-9]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)|SECRETS|PWD|PASS|AUTH|"
                                     r"CREDENTIALS?)$")
+_STRONG_ENV_SEGMENT_RE = re.compile(r"^[A-Z0-9]*(?:SECRETS?|PASSWORD|PASSWD)$")
+"""Parts that make a name a secret whatever it ends with (``SECRET_KEY_BASE``, ``DB_PASSWORD_FILE``)."""
 _PUBLIC_ENV_SUFFIXES = frozenset({"URL", "URI", "ENDPOINT", "HOST", "HOSTNAME", "PORT", "BASE", "PATH", "DIR",
                                   "FILE", "ADDR", "ADDRESS", "ID", "NAME", "REGION"})
 
@@ -68,11 +70,13 @@ _SHELL_NAMES = frozenset({"PWD", "OLDPWD"})
 
 
 def is_secret_env_name(name: str) -> bool:
-    """``OPENAI_API_KEY``, ``HF_TOKEN``, ``DB_PASSWORD``, ``BASIC_AUTH``: yes;
-    ``TARGET_URL``, ``AUTH_SERVICE_URL``, ``AWS_ACCESS_KEY_ID``, ``KEYCLOAK_HOST``: no."""
+    """``OPENAI_API_KEY``, ``HF_TOKEN``, ``DB_PASSWORD``, ``BASIC_AUTH``, ``SECRET_KEY_BASE``: yes;
+    ``TARGET_URL``, ``AUTH_SERVICE_URL``, ``AWS_ACCESS_KEY_ID``, ``KEYCLOAK_HOST``, ``PWD``: no."""
     if name in _SHELL_NAMES:
         return False
     parts = [p for p in name.upper().split("_") if p]
+    if any(_STRONG_ENV_SEGMENT_RE.match(p) for p in parts):
+        return True
     if not parts or parts[-1] in _PUBLIC_ENV_SUFFIXES:
         return False
     return any(_SECRET_ENV_SEGMENT_RE.match(p) for p in parts)

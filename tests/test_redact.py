@@ -76,13 +76,17 @@ def test_the_base64_of_a_basic_auth_user_and_password_is_removed_whatever_the_us
         assert all(len(k) <= user_part + 1 or k == "authorization" for k in kept), kept
 
 
-def test_the_base64_of_the_secret_itself_and_every_listed_form_is_removed() -> None:
-    r = Redactor([SECRET])
-    assert r.exact(base64.b64encode(SECRET.encode()).decode()).strip("=") == REDACTED
-    for form in secret_forms(SECRET):
+@pytest.mark.parametrize("secret", [SECRET, "tok-\U0001F600-0123456789abcdef\n\t'x-fedcba9876543210"])
+def test_the_base64_of_the_secret_itself_and_every_listed_form_is_removed(secret: str) -> None:
+    r = Redactor([secret])
+    assert r.exact(base64.b64encode(secret.encode()).decode()).strip("=") == REDACTED
+    for form in secret_forms(secret):
         cleaned = r.exact(f"<{form}>")
         # a base64 form may keep a padding character or one mixing the secret's last bits
         assert REDACTED in cleaned and len(cleaned) <= len(REDACTED) + 5 and not _leaks(cleaned), (form, cleaned)
+    for nested in (json.dumps(json.dumps(secret)), repr(json.dumps(secret)), json.dumps(repr(secret))):
+        cleaned = r.exact(nested)
+        assert REDACTED in cleaned and not _leaks(cleaned), (nested, cleaned)
 
 
 def test_ordinary_text_and_a_large_output_are_kept_as_they_are() -> None:

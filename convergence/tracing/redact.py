@@ -169,15 +169,16 @@ def _char_alternatives(c: str) -> set[str]:
     if c in "\"'<>":
         literals.update((f"&#{ord(c)};", f"&#x{ord(c):x};"))
     out = {r"\\*" + re.escape(lit) for lit in literals}
-    escapes = {json.dumps(c)[1:-1], ascii(c)[1:-1]}
-    for esc in escapes:
-        if esc.startswith("\\") and len(esc) > 1:
-            body = esc.lstrip("\\")
-            if not body:  # the backslash itself
-                continue
-            hexdigits = "".join(f"[{h.lower()}{h.upper()}]" if h.isalpha() else h for h in body[1:])
-            out.add(r"\\+" + re.escape(body[0]) + hexdigits)
+    for esc in {json.dumps(c)[1:-1], ascii(c)[1:-1]}:
+        # one or more escapes (a surrogate pair is two): each after any number of backslashes
+        seqs = _ESCAPE_RE.findall(esc)
+        if seqs and "".join("\\" + q for q in seqs) == esc and esc != "\\\\":
+            out.add("".join(r"\\+" + re.escape(q[0]) + "".join(
+                f"[{h.lower()}{h.upper()}]" if h.isalpha() else re.escape(h) for h in q[1:]) for q in seqs))
     return out
+
+
+_ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|.)")
 
 
 def secret_pattern(value: str) -> str:

@@ -1176,11 +1176,19 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
                                                 generations, n_cases, llm_port, db))
     env = cli.env({SECRET_ENV[c]: planted[c] for c in SECRET_CHANNELS})
     procs: list[tuple[str, Proc]] = []
+    wal_snapshots: list[bytes] = []
     try:
         for name in ("http", "py"):
             p = run_cli(cli, ["validate", f"{name}.yaml"], base, env, f"validate-{name}")
             procs.append((f"validate {name}", p))
-            p = run_cli(cli, ["optimize", f"{name}.yaml"], base, env, f"optimize-{name}")
+            p = spawn(cli, ["optimize", f"{name}.yaml"], base, env, f"optimize-{name}")
+            wal = Path(str(db) + "-wal")
+            deadline = time.monotonic() + PROCESS_TIMEOUT
+            while p.poll() is None and time.monotonic() < deadline:  # the -wal exists only while a run writes
+                with contextlib.suppress(OSError):
+                    wal_snapshots.append(wal.read_bytes())
+                time.sleep(0.2)
+            p.wait()
             procs.append((f"optimize {name}", p))
             o = outcome_line(p.stdout)
             if o is None:
@@ -1222,6 +1230,8 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
     for suffix in ("", "-wal", "-shm"):  # the database's raw bytes first (before anything opens it again)
         f = Path(str(db) + suffix)
         scan(f"db file {f.name}" + ("" if f.exists() else " (absent)"), f.read_bytes() if f.exists() else b"")
+    scan(f"db -wal read every 0.2 s during both runs ({len(wal_snapshots)} snapshots, "
+         f"largest {max(map(len, wal_snapshots), default=0)} bytes)", b"\n".join(wal_snapshots))
     files = sorted(q for q in base.rglob("*") if q.is_file() and q.suffix not in (".yaml", ".py", ".pyc")
                    and ".convergence" not in q.parts and "logs" not in q.parts and "__pycache__" not in q.parts)
     clean_bytes = clean_files = 0
@@ -1280,6 +1290,8 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
             all(pr.rc == 0 for name, pr in procs if not name.startswith(("optimize", "sao export"))))
     v.check(f"0 secret hits anywhere (got {total} whole, {total_partial} 16-char pieces)",
             total == 0 and total_partial == 0)
+    v.check(f"the -wal was read while the runs wrote ({len(wal_snapshots)} snapshots)",
+            any(len(w) > 0 for w in wal_snapshots))
     v.check("0 tracebacks", not any(has_traceback(pr.stderr) for _, pr in procs))
     return v
 

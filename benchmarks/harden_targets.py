@@ -74,3 +74,21 @@ def counted(params: dict[str, Any], value: Any) -> str:
             os.close(fd)
     _nap()
     return answer(params, value)
+
+
+def leaky(params: dict[str, Any], value: Any) -> dict[str, Any]:
+    """For the ``secrets`` benchmark: echoes ``HARDEN_PY_TOKEN`` in every encoding, in an
+    error for 1 case in 3 and inside the structured output for the others."""
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    tok = os.environ.get("HARDEN_PY_TOKEN", "")
+    forms = {"raw": tok, "json": json.dumps(tok), "json_utf8": json.dumps(tok, ensure_ascii=False),
+             "url": quote(tok, safe=""), "url_plus": quote_plus(tok),
+             "b64": base64.b64encode(tok.encode()).decode(),
+             "basic": base64.b64encode(f"bot:{tok}".encode()).decode()}
+    i = _case_index(value)
+    if i % 3 == 0:
+        raise RuntimeError(f"backend refused token {tok} forms={forms!r} as json {json.dumps(forms)}")
+    return {"result": answer(params, value), "debug": forms, "note": f"used {tok} ({forms['b64']})"}

@@ -26,9 +26,14 @@ Sub-commands (each prints a table of numbers and a final PASS/FAIL line):
   one may proceed, the other must exit non-zero within 5 s while the winner
   still has ~7 s of work); and kill -9 then resume at once (stale lease
   recovery: first call within 5 s).
-* ``secrets``      a secret in an HTTP target's header, auth env var and
-  query string, echoed back by a local server in error bodies; grep the
-  database bytes (and -wal), output files and every command's stdout/stderr.
+* ``secrets``      a fresh secret (with ``"``, ``\\`` and a non-ASCII char) in
+  each of 6 channels: an HTTP target's header, Basic-auth password and query
+  string (a local server echoes them back in every encoding in error bodies),
+  the LLM judge's and the society LLM's key (a local OpenAI-compatible server
+  answers 401 "Incorrect API key provided: <key>") and a Python target's env
+  token (echoed in errors and outputs); search 9 encodings of each (raw, JSON,
+  URL, base64, base64 of ``user:pass`` ...) in the database bytes (and -wal),
+  output files and every command's stdout/stderr.
 
     .venv/bin/python benchmarks/hardening.py two-process
     .venv/bin/python benchmarks/hardening.py all --quick      # every sub-command, small (< 60 s)
@@ -934,15 +939,74 @@ def cmd_two_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
 # --------------------------------------------------------------------------- 4. secrets
 
 
+def _fragments(secret: str) -> list[str]:
+    """The secret's 16+-char runs of letters, digits and ``-``: they survive every
+    escaping (JSON, URL, repr, HTML), so a form the redactor missed still shows up."""
+    return [m for m in re.findall(r"[A-Za-z0-9\-]{16,}", secret)]
+
+
+def encodings(secret: str, basic_user: str | None = None) -> dict[str, str]:
+    """Every form of ``secret`` the benchmark looks for (name -> text)."""
+    import base64
+    from urllib.parse import quote, quote_plus
+
+    out = {"raw": secret, "json": json.dumps(secret)[1:-1], "json-utf8": json.dumps(secret, ensure_ascii=False)[1:-1],
+           "json-in-json": json.dumps(json.dumps(secret))[1:-1], "repr": repr(secret)[1:-1],
+           "url": quote(secret, safe=""), "url-plus": quote_plus(secret),
+           "base64": base64.b64encode(secret.encode()).decode()}
+    if basic_user is not None:
+        out["base64 user:pass"] = base64.b64encode(f"{basic_user}:{secret}".encode()).decode()
+    return out
+
+
+def count_hits(data: bytes, secret: str, basic_user: str | None = None) -> tuple[int, int]:
+    """(occurrences of any encoding of the whole secret, partial ones: a 16-char run
+    of the secret without a whole encoding around it)."""
+    forms = {f.encode() for f in encodings(secret, basic_user).values()}
+    full = sum(data.count(f) for f in forms)
+    partial = sum(data.count(f.encode()) for f in _fragments(secret))
+    return full, partial
+
+
+def secret_columns(conn: sqlite3.Connection, needles: list[str]) -> list[tuple[str, int]]:
+    """(table.column, rows) for every column whose live rows hold one of ``needles``."""
+    out = []
+    for (tbl,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({tbl})")]
+        for col in cols:
+            cond = " OR ".join(f"instr(CAST({col} AS TEXT), ?) > 0" for _ in needles)
+            n = conn.execute(f"SELECT COUNT(*) FROM {tbl} WHERE {cond}", needles).fetchone()[0]
+            if n:
+                out.append((f"{tbl}.{col}", n))
+    return out
+
+
 class _EchoHandler(BaseHTTPRequestHandler):
-    """Echoes the request line, headers and query string into error bodies."""
+    """The HTTP target's server: echoes every credential it received, in every
+    encoding (raw, JSON, URL, base64), into error bodies for 3 cases in 5."""
 
     stats: dict[str, int]
-    secret: str
+    planted: dict[str, str]
     lock = threading.Lock()
 
     def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
         pass
+
+    def _received(self) -> dict[str, str]:
+        import base64
+        from urllib.parse import parse_qs, urlsplit
+
+        got: dict[str, str] = {}
+        api_key = (self.headers.get("X-Api-Key") or "").encode("latin-1", "replace").decode("utf-8", "replace")
+        got["header"] = api_key
+        basic = (self.headers.get("Authorization") or "").removeprefix("Basic ")
+        try:
+            got["basic"] = base64.b64decode(basic).decode().partition(":")[2]
+        except ValueError:
+            got["basic"] = ""
+        got["basic-b64"] = basic
+        got["query"] = (parse_qs(urlsplit(self.path).query).get("key") or [""])[0]
+        return got
 
     def do_POST(self) -> None:  # the stdlib's name
         length = int(self.headers.get("Content-Length") or 0)
@@ -952,21 +1016,25 @@ class _EchoHandler(BaseHTTPRequestHandler):
         except ValueError:
             body = {}
         i = int(body.get("i", 0)) if isinstance(body, dict) else 0
-        echo = (f"rejected {self.command} {self.path} authorization={self.headers.get('Authorization')} "
-                f"x-api-key={self.headers.get('X-Api-Key')} headers={dict(self.headers.items())}")
+        got = self._received()
         with self.lock:
             s = self.stats
             s["requests"] += 1
-            s["secret_in_authorization"] += self.secret in (self.headers.get("Authorization") or "")
-            s["secret_in_api_key_header"] += self.secret in (self.headers.get("X-Api-Key") or "")
-            s["secret_in_query"] += self.secret in self.path
+            for channel in ("header", "basic", "query"):
+                s[f"{channel} received"] += got[channel] == self.planted[channel]
+        echo_parts = [f"rejected {self.command} {self.path}", f"headers={dict(self.headers.items())}"]
+        for channel in ("header", "basic", "query"):
+            echo_parts += [f"{channel} {name}={form}" for name, form in encodings(got[channel]).items()]
+        echo_parts.append(f"authorization={self.headers.get('Authorization')}")
+        echo = "; ".join(echo_parts)
         kind = i % 5
         if kind == 0:
-            self._send(400, echo.encode(), "text/plain", "400 echo")
+            self._send(400, echo.encode(), "text/plain; charset=utf-8", "400 echo")
         elif kind == 1:
             self._send(200, json.dumps({"error": echo}).encode(), "application/json", "200 error-field echo")
         elif kind == 2:
-            self._send(503, json.dumps({"error": echo, "detail": echo}).encode(), "application/json", "503 echo")
+            self._send(503, json.dumps({"error": echo, "detail": echo}, ensure_ascii=False).encode(),
+                       "application/json", "503 echo")
         else:
             params = {k: body.get(k) for k in ("x", "y", "mode")} if isinstance(body, dict) else {}
             out = harden_targets.answer(params, i)
@@ -982,161 +1050,248 @@ class _EchoHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-def _fragments(secret: str) -> list[str]:
-    core = secret.rsplit("-", 1)[-1]
-    return [core[:16], core[-16:]]
+class _OpenAIKeyHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that refuses every key the way OpenAI does:
+    401 ``Incorrect API key provided: <key>`` (for the judge's and the society's LLM)."""
+
+    stats: dict[str, int]
+    planted: dict[str, str]
+    lock = threading.Lock()
+
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib's signature
+        pass
+
+    def do_POST(self) -> None:  # the stdlib's name
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        key = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        with self.lock:
+            self.stats["llm requests"] += 1
+            for channel in ("judge", "society"):
+                self.stats[f"{channel} received"] += key == self.planted[channel]
+        err = {"error": {"message": f"Incorrect API key provided: {key}. You can find your API key at "
+                                    "https://platform.openai.com/account/api-keys.",
+                         "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        payload = json.dumps(err).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
 
-def count_hits(data: bytes, secret: str) -> tuple[int, int]:
-    """(full occurrences, partial ones: a 16-char piece of the secret without the whole)."""
-    full = data.count(secret.encode())
-    partial = sum(data.count(f.encode()) for f in _fragments(secret)) - 2 * full
-    return full, max(0, partial)
-
-
-def secret_columns(conn: sqlite3.Connection, secret: str) -> list[tuple[str, int]]:
-    """(table.column, rows) for every column whose live rows hold the secret or a piece of it."""
-    needles = [secret, *_fragments(secret)]
-    out = []
-    for (tbl,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
-        cols = [r[1] for r in conn.execute(f"PRAGMA table_info({tbl})")]
-        for col in cols:
-            cond = " OR ".join(f"instr(CAST({col} AS TEXT), ?) > 0" for _ in needles)
-            n = conn.execute(f"SELECT COUNT(*) FROM {tbl} WHERE {cond}", needles).fetchone()[0]
-            if n:
-                out.append((f"{tbl}.{col}", n))
-    return out
-
-
-def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
-    secret = "sk-hardening-" + _secrets.token_hex(20)
-    population, generations, n_cases, concurrency = (4, 2, 10, 4) if quick else (6, 3, 10, 4)
-    print("secrets: HARDEN_SECRET_TOKEN (a fresh 53-char sk-... value) in an HTTP target's Authorization "
-          "header, X-Api-Key auth header and endpoint query string; a local server echoes request line, "
-          "headers and query into error bodies (400 text, 200 with an error field, 503 JSON) for 3 of every 5 "
-          f"cases; population {population} x {generations} generations x {n_cases} cases\n")
-    base = workdir(root, "secrets")
-    stats = {"requests": 0, "secret_in_authorization": 0, "secret_in_api_key_header": 0, "secret_in_query": 0}
-    handler = type("Echo", (_EchoHandler,), {"stats": stats, "secret": secret})
+def _serve(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    db = base / ".convergence" / "secrets.db"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+SECRET_CHANNELS = ("header", "basic", "query", "judge", "society", "python")
+"""Where the ``secrets`` benchmark plants a credential (one env var each)."""
+BASIC_USER = "harden-user"
+
+
+def planted_secrets() -> dict[str, str]:
+    """A fresh credential per channel, each with ``"`` and ``\\``; a non-ASCII one
+    where the channel can carry it (HTTP headers and the OpenAI client's key are ASCII)."""
+    def make(prefix: str, ascii_only: bool) -> str:
+        a, b = _secrets.token_hex(10), _secrets.token_hex(10)
+        return f"{prefix}-{a}\"\\{'' if ascii_only else 'é'}-{b}"
+    return {"header": make("hdr", True), "basic": make("bas", False), "query": make("qry", False),
+            "judge": make("sk-judge", True), "society": make("sk-society", True), "python": make("py", False)}
+
+
+SECRET_ENV = {"header": "HARDEN_HEADER_VALUE", "basic": "HARDEN_BASIC_PASSWORD", "query": "HARDEN_QUERY_KEY",
+              "judge": "HARDEN_JUDGE_KEY", "society": "HARDEN_SOCIETY_KEY", "python": "HARDEN_PY_TOKEN"}
+"""The env var of each channel; ``HARDEN_HEADER_VALUE`` and ``HARDEN_QUERY_KEY`` are not named
+like credentials on purpose (``*_VALUE``; ``*_KEY`` is): their use in the config makes them secrets."""
+
+
+def _secrets_yaml(study: str, target: str, seed: int, population: int, generations: int, n_cases: int,
+                  llm_port: int, db: Path) -> str:
     cases = [{"id": f"c{i:03d}", "input": {"i": i}, "expected": "yes"} for i in range(n_cases)]
-    (base / "opt.yaml").write_text(
-        "study: harden-secrets\n"
-        "target:\n"
-        "  type: http\n"
-        f"  endpoint: \"http://127.0.0.1:{port}/x?key=${{HARDEN_SECRET_TOKEN}}\"\n"
-        "  auth: {type: api_key, token_env: HARDEN_SECRET_TOKEN, header_name: X-Api-Key}\n"
-        "  request:\n"
-        "    method: POST\n"
-        "    headers: {Authorization: \"Bearer ${HARDEN_SECRET_TOKEN}\"}\n"
-        "    timeout_seconds: 10\n"
-        "  response: {result_field: result, error_field: error}\n"
-        "  retry: {max_retries: 1, backoff_initial_seconds: 0.01, backoff_max_seconds: 0.02}\n"
-        + PARAMS_YAML
+    llm = f"{{model: openai/harden-model, api_base: \"http://127.0.0.1:{llm_port}/v1\""
+    return (
+        f"study: {study}\n" + target + PARAMS_YAML
         + "evaluation:\n  test_cases:\n    inline: " + json.dumps(cases) + "\n"
-        "  metrics:\n    accuracy: {function: exact_match, weight: 1.0}\n"
+        "  metrics:\n"
+        "    accuracy: {function: exact_match, weight: 1.0}\n"
+        f"    judged: {{function: llm_judge, weight: 0.1, judge: {llm}, api_key_env: {SECRET_ENV['judge']},"
+        " timeout_seconds: 5}}\n"
+        "society:\n"
+        "  enabled: true\n"
+        "  learning: {rlp_enabled: true, sao_enabled: true}\n"
+        "  agents: {evolution: 0.4, rlp: 0.3, sao: 0.3}\n"
+        f"  llm: {llm}, api_key_env: {SECRET_ENV['society']}, timeout_seconds: 5, max_retries: 0}}\n"
+        "  rlp: {G: 2}\n"
         "optimization:\n"
-        f"  seed: {seed + 5}\n"
+        f"  seed: {seed}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: 1}}\n"
-        f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        "  execution: {mode: generational, concurrency: 4, early_stopping: {enabled: false}}\n"
         "  racing: {enabled: false}\n"
         "output:\n"
-        "  save_path: results\n"
+        f"  save_path: results-{study}\n"
         "  formats: [json, markdown, csv]\n"
         "  visualizations: [score_over_time, cost_vs_quality, parameter_importance, pareto_front]\n"
         "  plot_format: html\n"
         "  export_best_config: {enabled: true, format: yaml}\n"
         f"storage: {{path: {json.dumps(str(db))}}}\n"
     )
-    env = cli.env({"HARDEN_SECRET_TOKEN": secret})
-    commands: list[tuple[str, list[str]]] = [("optimize", ["optimize", "opt.yaml"])]
+
+
+def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
+    planted = planted_secrets()
+    population, generations, n_cases = (4, 2, 10) if quick else (6, 3, 10)
+    print(f"secrets: a fresh credential in each of {len(SECRET_CHANNELS)} channels ({', '.join(SECRET_CHANNELS)}), "
+          "each holding '\"' and '\\' (and a non-ASCII char where the channel carries one); the HTTP target's "
+          "server echoes what it received in every encoding into error bodies for 3 of every 5 cases; a local "
+          "OpenAI-compatible server answers the judge and the society LLM with 401 'Incorrect API key provided: "
+          "<key>'; a Python target echoes its env token in every encoding in errors and outputs. Two studies "
+          f"(HTTP, Python), population {population} x {generations} generations x {n_cases} cases each; every "
+          "command's stdout+stderr, the database (+ -wal), output files and logs are searched for every encoding.\n")
+    base = workdir(root, "secrets")
+    stats: dict[str, int] = {"requests": 0, "header received": 0, "basic received": 0, "query received": 0,
+                             "llm requests": 0, "judge received": 0, "society received": 0}
+    http_server, port = _serve(type("Echo", (_EchoHandler,), {"stats": stats, "planted": planted}))
+    llm_server, llm_port = _serve(type("OpenAI", (_OpenAIKeyHandler,), {"stats": stats, "planted": planted}))
+    db = base / ".convergence" / "secrets.db"
+    http_target = (
+        "target:\n"
+        "  type: http\n"
+        f"  endpoint: \"http://127.0.0.1:{port}/x?key=${{{SECRET_ENV['query']}}}&plain=1\"\n"
+        f"  auth: {{type: basic, username: {BASIC_USER}, password_env: {SECRET_ENV['basic']}}}\n"
+        "  request:\n"
+        "    method: POST\n"
+        f"    headers: {{X-Api-Key: \"${{{SECRET_ENV['header']}}}\"}}\n"
+        "    timeout_seconds: 10\n"
+        "  response: {result_field: result, error_field: error}\n"
+        "  retry: {max_retries: 1, backoff_initial_seconds: 0.01, backoff_max_seconds: 0.02}\n"
+    )
+    py_target = "target: {type: python, function: \"harden_targets:leaky\"}\n"
+    (base / "http.yaml").write_text(_secrets_yaml("harden-secrets-http", http_target, seed + 5, population,
+                                                  generations, n_cases, llm_port, db))
+    (base / "py.yaml").write_text(_secrets_yaml("harden-secrets-py", py_target, seed + 6, population,
+                                                generations, n_cases, llm_port, db))
+    env = cli.env({SECRET_ENV[c]: planted[c] for c in SECRET_CHANNELS})
     procs: list[tuple[str, Proc]] = []
+    wal_snapshots: list[bytes] = []
     try:
-        p = run_cli(cli, commands[0][1], base, env, "optimize")
-        procs.append(("optimize", p))
-        o = outcome_line(p.stdout)
-        run_id = o["run_id"] if o else None
-        if run_id is None:
-            f = last_run_facts(db, n_cases)
-            run_id = f.run_id if f else None
-        if run_id is not None:
-            rid = str(run_id)
+        for name in ("http", "py"):
+            p = run_cli(cli, ["validate", f"{name}.yaml"], base, env, f"validate-{name}")
+            procs.append((f"validate {name}", p))
+            p = spawn(cli, ["optimize", f"{name}.yaml"], base, env, f"optimize-{name}")
+            wal = Path(str(db) + "-wal")
+            deadline = time.monotonic() + PROCESS_TIMEOUT
+            while p.poll() is None and time.monotonic() < deadline:  # the -wal exists only while a run writes
+                with contextlib.suppress(OSError):
+                    wal_snapshots.append(wal.read_bytes())
+                time.sleep(0.2)
+            p.wait()
+            procs.append((f"optimize {name}", p))
+            o = outcome_line(p.stdout)
+            if o is None:
+                continue
+            rid = str(o["run_id"])
             more = [("traces", ["traces", rid]), ("traces --json", ["traces", rid, "--json"]),
                     ("traces --errors-only", ["traces", rid, "--errors-only"]), ("show", ["show", rid]),
                     ("export", ["export", rid]), ("export --format json", ["export", rid, "--format", "json"]),
-                    ("export --format python", ["export", rid, "--format", "python"]), ("runs", ["runs"])]
-            for name, args in more:
-                procs.append((name, run_cli(cli, [*args, "--db", str(db)], base, env, name.replace(" ", "_"))))
+                    ("export --format python", ["export", rid, "--format", "python"]), ("runs", ["runs"]),
+                    ("report", ["report", rid, "--out", str(base / f"report-{name}")]),
+                    ("sao export", ["sao", "export", rid, "--all", "--out", str(base / f"sao-{name}.jsonl")])]
+            for cmd, args in more:
+                procs.append((f"{cmd} ({name} run {rid})",
+                              run_cli(cli, [*args, "--db", str(db)], base, env, cmd.replace(" ", "_"))))
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in (http_server, llm_server):
+            server.shutdown()
+            server.server_close()
 
-    rows = []
-    total_full = total_partial = 0
+    # channel x encoding hit counts
+    hits: dict[tuple[str, str], int] = {}
+    partial_hits: dict[str, int] = {}
+    where_rows: list[list[Any]] = []
 
-    def add(channel: str, data: bytes) -> None:
-        nonlocal total_full, total_partial
-        full, partial = count_hits(data, secret)
-        total_full += full
-        total_partial += partial
-        rows.append([channel, len(data), full, partial])
+    def scan(where: str, data: bytes) -> None:
+        found = []
+        for c in SECRET_CHANNELS:
+            for enc, form in encodings(planted[c], BASIC_USER if c == "basic" else "bot").items():
+                n = data.count(form.encode())
+                if n:
+                    hits[(c, enc)] = hits.get((c, enc), 0) + n
+                    found.append(f"{c}/{enc} x{n}")
+            n = sum(data.count(f.encode()) for f in _fragments(planted[c]))
+            if n:
+                partial_hits[c] = partial_hits.get(c, 0) + n
+                found.append(f"{c}/16-char piece x{n}")
+        where_rows.append([where, len(data), ", ".join(found) or "-"])
 
-    # the database's raw bytes first (before anything opens it again)
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm"):  # the database's raw bytes first (before anything opens it again)
         f = Path(str(db) + suffix)
-        add(f"db file {f.name}" + ("" if f.exists() else " (absent)"), f.read_bytes() if f.exists() else b"")
-    results = base / "results"
-    files = sorted(q for q in results.rglob("*") if q.is_file()) if results.exists() else []
-    file_hits = 0
-    clean_bytes = 0
+        scan(f"db file {f.name}" + ("" if f.exists() else " (absent)"), f.read_bytes() if f.exists() else b"")
+    scan(f"db -wal read every 0.2 s during both runs ({len(wal_snapshots)} snapshots, "
+         f"largest {max(map(len, wal_snapshots), default=0)} bytes)", b"\n".join(wal_snapshots))
+    files = sorted(q for q in base.rglob("*") if q.is_file() and q.suffix not in (".yaml", ".py", ".pyc")
+                   and ".convergence" not in q.parts and "logs" not in q.parts and "__pycache__" not in q.parts)
+    clean_bytes = clean_files = 0
     for q in files:
         data = q.read_bytes()
-        full, partial = count_hits(data, secret)
-        if full or partial:
-            file_hits += 1
-            add(f"output {q.relative_to(base)}", data)
-        else:
+        before = len(where_rows)
+        scan(f"output {q.relative_to(base)}", data)
+        if where_rows[-1][2] == "-":
+            where_rows.pop()
             clean_bytes += len(data)
-    rows.append([f"{len(files) - file_hits} other output file(s) under results/", clean_bytes, 0, 0])
+            clean_files += 1
+        assert len(where_rows) <= before + 1
+    where_rows.append([f"{clean_files} other output file(s) (reports, results, plots, SAO dataset)", clean_bytes, "-"])
     for name, pr in procs:
-        add(f"`{name}` stdout (exit {pr.rc})", pr.stdout.encode())
-        add(f"`{name}` stderr", pr.stderr.encode())
-    print(table(["channel", "bytes", "secret hits", "partial hits"], rows))
+        scan(f"`{name}` stdout+stderr (exit {pr.rc})", (pr.stdout + pr.stderr).encode())
+    print(table(["channel", "bytes", "secret forms found"], where_rows))
     print()
-    print(table(["server requests", "secret in Authorization", "secret in X-Api-Key", "secret in query"] +
-                sorted(k for k in stats if k[0].isdigit()),
-                [[stats["requests"], stats["secret_in_authorization"], stats["secret_in_api_key_header"],
-                  stats["secret_in_query"]] + [stats[k] for k in sorted(k for k in stats if k[0].isdigit())]]))
-    error_rows = None
-    where: list[tuple[str, int]] = []
+    n_enc = {c: len(encodings(planted[c], BASIC_USER if c == "basic" else "bot")) for c in SECRET_CHANNELS}
+    print(table(["planted in", "env var", "encodings searched", "hits", "16-char pieces"],
+                [[c, SECRET_ENV[c], n_enc[c], sum(v for (cc, _), v in hits.items() if cc == c),
+                  partial_hits.get(c, 0)] for c in SECRET_CHANNELS]))
+    print()
+    print(table(list(stats), [list(stats.values())]))
+    error_rows = society_rows = None
     if db.exists():
         try:
             with open_ro(db) as c:
                 error_rows = c.execute("SELECT COUNT(*) FROM case_results WHERE error IS NOT NULL").fetchone()[0]
-                where = secret_columns(c, secret)
+                needles = [f for ch in SECRET_CHANNELS for f in [*encodings(planted[ch]).values(),
+                                                                 *_fragments(planted[ch])]]
+                cols = secret_columns(c, needles)
+                if cols:
+                    print(table(["db table.column holding a secret", "rows"], [[k, n] for k, n in cols]))
+                society_rows = c.execute("SELECT COUNT(*) FROM society_log").fetchone()[0] \
+                    if c.execute("SELECT 1 FROM sqlite_master WHERE name='society_log'").fetchone() else None
         except sqlite3.Error as exc:
             print(f"  (cannot read {db}: {exc})")
-        print(table(["db table.column holding the secret (whole or a 16-char piece)", "rows"],
-                    [[k, n] for k, n in where] or [["(none)", 0]]))
-    print(f"  case results with an error stored: {error_rows}; output files scanned: {len(files)} "
-          f"({file_hits} with hits): {', '.join(q.name for q in files)}")
+    total, total_partial = sum(hits.values()), sum(partial_hits.values())
+    planted_pairs = sum(n_enc.values())
+    print(f"\n  {len(SECRET_CHANNELS)} channels x encodings = {planted_pairs} (channel, encoding) pairs searched "
+          f"in {len(where_rows)} places; case results with an error stored: {error_rows}; society rows: "
+          f"{society_rows}")
     v = Verdict("secrets")
-    opt = procs[0][1]
-    v.check(f"optimize ran (exit {opt.rc}) and made error rows to leak through ({error_rows})",
-            opt.rc == 0 and bool(error_rows))
-    v.check("the secret really reached the server in every planted channel",
-            stats["requests"] > 0 and stats["secret_in_authorization"] == stats["requests"]
-            and stats["secret_in_api_key_header"] == stats["requests"]
-            and stats["secret_in_query"] == stats["requests"])
-    v.check(f"every inspection command ran (exits {[pr.rc for _, pr in procs[1:]]})",
-            len(procs) == 9 and all(pr.rc == 0 for _, pr in procs[1:]))
-    v.check(f"0 secret hits anywhere (got {total_full} full, {total_partial} partial)",
-            total_full == 0 and total_partial == 0)
+    opts = [pr for name, pr in procs if name.startswith("optimize")]
+    v.check(f"both studies ran (exits {[pr.rc for pr in opts]}) and made error rows to leak through ({error_rows})",
+            len(opts) == 2 and all(pr.rc == 0 for pr in opts) and bool(error_rows))
+    v.check("every HTTP credential reached the server on every request "
+            f"({stats['header received']}, {stats['basic received']}, {stats['query received']} of "
+            f"{stats['requests']})",
+            stats["requests"] > 0 and all(stats[f"{c} received"] == stats["requests"]
+                                          for c in ("header", "basic", "query")))
+    v.check(f"the judge's and the society's keys reached the LLM server ({stats['judge received']}, "
+            f"{stats['society received']} of {stats['llm requests']} requests)",
+            stats["judge received"] > 0 and stats["society received"] > 0)
+    v.check(f"every other command ran (exits {[pr.rc for name, pr in procs if not name.startswith('optimize')]})",
+            all(pr.rc == 0 for name, pr in procs if not name.startswith(("optimize", "sao export"))))
+    v.check(f"0 secret hits anywhere (got {total} whole, {total_partial} 16-char pieces)",
+            total == 0 and total_partial == 0)
+    v.check(f"the -wal was read while the runs wrote ({len(wal_snapshots)} snapshots)",
+            any(len(w) > 0 for w in wal_snapshots))
     v.check("0 tracebacks", not any(has_traceback(pr.stderr) for _, pr in procs))
     return v
 

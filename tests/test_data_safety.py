@@ -4,6 +4,7 @@ a run at a time, and a resume neither re-pays nor hides what was paid."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sqlite3
@@ -256,6 +257,60 @@ async def test_secrets_in_errors_and_outputs_are_never_stored(tmp_path: Path, mo
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
     assert secret.encode() not in raw
     assert b"REDACTED" in raw
+
+
+async def test_a_secret_with_quotes_backslashes_and_accents_is_stored_in_no_encoding(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target echoing its token JSON-escaped, URL-encoded, in base64 and as a Basic-auth
+    header, in errors and in its output: no encoding of it reaches the database (or its -wal)."""
+    secret = 'sk-planted-0123456789abcdef"\\é-fedcba9876543210'
+    monkeypatch.setenv("PLANTED_TOKEN", secret)
+    loaded = with_target(
+        tmp_path,
+        "import base64, json, os\n"
+        "from urllib.parse import quote\n"
+        "def call(params, input):\n"
+        "    t = os.environ['PLANTED_TOKEN']\n"
+        "    forms = {'json': json.dumps(t), 'url': quote(t), 'b64': base64.b64encode(t.encode()).decode(),\n"
+        "             'basic': 'Basic ' + base64.b64encode(('svc:' + t).encode()).decode()}\n"
+        "    if input == 'one':\n"
+        "        raise RuntimeError('server said: ' + json.dumps({'error': forms}))\n"
+        "    return {'answer': 'yes', 'echo': forms, 'text': repr(forms)}\n",
+        target="timeout_seconds: 5",
+    )
+    out = await run(loaded)
+    assert out.trials
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
+    for piece in ("0123456789abcdef", "fedcba9876543210", base64.b64encode(secret.encode()).decode()[:24],
+                  base64.b64encode(f"svc:{secret}".encode()).decode()[8:32]):
+        assert piece.encode() not in raw, piece
+    assert b"REDACTED" in raw
+
+
+async def test_an_endpoint_url_from_an_env_var_is_shown_in_errors_as_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint is not a credential: a failed call names it (only the query-string key is hidden)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every call is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("PLANTED_SERVICE_URL", f"http://127.0.0.1:{port}/score")
+    monkeypatch.setenv("PLANTED_QUERY_VALUE", "qv-0123456789abcdef")
+    loaded = make_config(tmp_path, BODY)
+    line = ('target: {type: http, endpoint: "${PLANTED_SERVICE_URL}?key=${PLANTED_QUERY_VALUE}", '
+            "retry: {max_retries: 0}, timeout_seconds: 5}")
+    loaded.path.write_text(loaded.path.read_text().replace(_TEST_TARGET, line))
+    from convergence.config.loader import load_config
+
+    out = await run(load_config(loaded.path))
+    assert out.all_failed_error is not None
+    assert f"http://127.0.0.1:{port}/score?key=REDACTED" in out.all_failed_error
+    with sqlite3.connect(tmp_path / "db.sqlite") as conn:
+        errors = [e for (e,) in conn.execute("SELECT error FROM case_results WHERE error IS NOT NULL")]
+    assert errors and all(f"http://127.0.0.1:{port}/score?key=REDACTED" in e for e in errors), errors[:1]
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
+    assert b"0123456789abcdef" not in raw
 
 
 async def test_retries_count_as_paid_calls_in_the_run_totals(tmp_path: Path) -> None:

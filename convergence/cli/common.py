@@ -28,11 +28,17 @@ def _load(path: Path) -> Any:
     from convergence.config.loader import ConfigError, load_config
 
     try:
-        return load_config(path)
+        loaded = load_config(path)
     except ConfigError as exc:
         # the report quotes user input: escaped, so a '[' in it is text, not rich markup
         err.print("[red]config error[/] " + _escape(str(exc)), highlight=False, emoji=False)
         raise typer.Exit(2) from None
+    from convergence.tracing.output_guard import guard_output
+    from convergence.tracing.redact import redactor_for
+
+    # from here on, nothing this process prints or logs holds the config's credentials
+    guard_output(redactor_for(loaded.written, loaded.raw))
+    return loaded
 
 
 def _db_path(db: Path | None, config: Path | None) -> Path:

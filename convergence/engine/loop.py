@@ -40,7 +40,8 @@ from convergence.society.base import TaskAccess
 from convergence.society.society import Society
 from convergence.storage.store import Store
 from convergence.targets.base import Target
-from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
+from convergence.tracing.output_guard import guard_logs
+from convergence.tracing.redact import redactor_for
 
 if TYPE_CHECKING:
     from convergence.engine.state import RunState
@@ -100,8 +101,9 @@ class Optimizer:
         self._executor = executor
         self.on_run_started: Callable[[int], None] | None = None
         """Called with the run id once the run row is committed (the CLI's resume hint)."""
-        self._secrets = secret_env_values(extra_names=config_secret_names(loaded.written))
-        self._redactor = Redactor(self._secrets)
+        self._redactor = redactor_for(loaded.written, loaded.raw)
+        self._secrets = self._redactor.values
+        guard_logs(self._redactor)  # a library's or the judge's log line quoting a key
         """Scrubs error texts (and outputs, for exact secret values) before they are stored or shown."""
         self.state: RunState | None = None
         """The run's state once it is open (for a notebook that wants to look inside)."""

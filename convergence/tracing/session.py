@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from convergence.tracing.redact import Redactor, config_secret_names, secret_env_values
+from convergence.tracing.redact import Redactor, redactor_for
 
 if TYPE_CHECKING:
     from convergence.config.models import WeaveConfig
@@ -202,7 +202,7 @@ async def open_run(
 
     for key in ("authorization", "x-api-key", "api-key", "password", "secret", "token", "access_token"):
         sanitize.add_redact_key(key)
-    redactor = Redactor(secret_env_values(extra_names=config_secret_names(config)))
+    redactor = redactor_for(config)
     # Ops we do not own (e.g. LiteLLM calls Weave patches) pass through the same scrubber.
     client.postprocess_inputs = _compose(client.postprocess_inputs, redactor.scrub)
     client.postprocess_output = _compose(client.postprocess_output, redactor.scrub)

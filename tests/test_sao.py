@@ -151,7 +151,10 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         agent = opt.society.agent("sao")
         assert isinstance(agent, SAOAgent) and agent.judge_method == "text"
         pairs = await store.sao_pairs(run_id=out.run_id)
-        assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        assert len(pairs) >= 4 and all(p.source in ("loop", "test_case") and p.hash_a and p.hash_b for p in pairs)
+        on_cases = [p for p in pairs if p.source == "test_case"]  # the calibration duels: a reference answer
+        assert len(on_cases) == 2 and all(p.reference in ("A", "B", "tie") for p in on_cases)
+        assert all(p.outcome == p.reference for p in on_cases if p.reference != "tie")  # a judge that knows
         # each judged pair was judged in both orders, the second with the responses swapped
         judge_calls = [judged(c.prompt) for c in llm.calls if c.prompt.endswith("Verdict: [[")]
         assert judge_calls and all((t, b, a) in judge_calls for t, a, b in judge_calls)
@@ -193,11 +196,63 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         assert report.sao.preferred[0].config == {"style": "correct"}
         text = render_markdown(report, [], {}, [])
         assert "## Self-judged preference (SAO)" in text and "Consistent under swap" in text
+        assert report.sao.metric_agreement == 1.0 and "**Agreement with the metrics:** 100%" in text
         traces = await anyio.to_thread.run_sync(CliRunner().invoke, app,
                                                 ["traces", str(out.run_id), "--db", str(tmp_path / "db.sqlite")])
         assert traces.exit_code == 0 and "pair(s) judged" in traces.output, traces.output
     finally:
         await store.close()
+
+
+def wrong_judge(call: FakeCall) -> Any:
+    """The capitals judge with a wrong belief: a neighbouring capital beats the right one."""
+    if call.prompt.endswith("Verdict: [["):
+        task, a, b = judged(call.prompt)
+        right = CAPITALS[re.findall(r"capital of (\w+)", task)[-1]]
+        qa, qb = ((1 if r == right else 2 if r in CITIES else 0) for r in (a, b))
+        return "A]]" if qa > qb else "B]]" if qb > qa else "tie]]"
+    return capitals_judge(call)
+
+
+async def test_a_judge_preferring_wrong_answers_keeps_no_test_case_pair_against_the_metric(tmp_path: Path) -> None:
+    """Duels on test cases (a reference answer) are checked against the metric: a pair whose
+    rejected answer is the correct one is not kept, and the judge's measured agreement with the
+    metric is stored, reported and shown by ``sao stats`` (the written prompts have no reference)."""
+    llm = FakeLLM("sao-wrong", reply=wrong_judge)
+    run = SAO_RUN.replace("prompt_tokens: 40}", "prompt_tokens: 40, calibration: 4}")
+    loaded = config(tmp_path, run + f"  llm: {{model: {llm.model}}}\n", generations=1)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store).run()
+        pairs = await store.sao_pairs(run_id=out.run_id)
+        on_cases = [p for p in pairs if p.source == "test_case"]
+        assert len(on_cases) == 4 and all(p.reference is not None for p in on_cases)
+        wrong = [p for p in on_cases if p.outcome in ("A", "B") and p.outcome != p.reference]
+        assert wrong, [(p.outcome, p.reference) for p in on_cases]  # the judge did prefer wrong answers
+        for p in wrong:  # ... and none of those is kept: its rejected answer was the correct one
+            assert not p.kept and "disagrees_with_metric" in p.failed_filters
+            assert p.rejected == CAPITALS[re.findall(r"capital of (\w+)", p.prompt)[-1]]
+        assert all(p.outcome == p.reference for p in on_cases if p.kept)
+
+        from convergence.reporting.files import render_markdown
+        from convergence.reporting.outputs import build_report
+
+        report = await build_report(store, out.run_id)
+        measured = [p for p in on_cases if p.reference in ("A", "B")]
+        agreed = sum(p.outcome == p.reference for p in measured)
+        assert report.sao is not None and report.sao.metric_agreement_pairs == len(measured)
+        assert report.sao.metric_agreement == pytest.approx(agreed / len(measured)) and agreed < len(measured)
+        assert f"of {len(measured)} duels on test cases" in render_markdown(report, [], {}, [])
+    finally:
+        await store.close()
+    from typer.testing import CliRunner
+
+    from convergence.cli.app import app
+
+    done = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["sao", "stats", str(out.run_id), "--db",
+                                                                    str(tmp_path / "db.sqlite")])
+    assert done.exit_code == 0 and "agrees with the metrics" in done.output, done.output
+    assert f"{agreed / len(measured):.1%} of {len(measured)}" in done.output
 
 
 @pytest.mark.slow
@@ -423,6 +478,22 @@ async def test_the_likelihood_judge_prefers_the_response_the_model_finds_likelie
     none = SAOMixin(SAOConfig(judge="likelihood"), FakeLLM("sao-unlikely", logprobs=lambda p: {}).model)
     verdict, text = await none.judge_once("Capital of Germany?", "Berlin", "Munich")
     assert verdict is None and "no log-probs from fake/sao-unlikely" in text
+
+
+async def test_the_likelihood_judge_takes_an_upper_bound_for_no_measurement() -> None:
+    """A response whose first word is not in the provider's top log-probs gets only an upper
+    bound: two bounds (equal by construction) are no tie, a measured value under a bound decides
+    nothing, and a measured value above the other's bound does decide."""
+    from convergence.config.society import SAOConfig
+    from convergence.plugins.learning.sao import SAOMixin
+
+    llm = FakeLLM("sao-bound", logprobs=lambda prompt: {"Berlin": -0.3, "Paris": -1.5, "Rome": -1.0})
+    sao = SAOMixin(SAOConfig(judge="likelihood", tie_margin=0.1), llm.model)
+    v, text = await sao.judge_once("Capital of Germany?", "Munich", "Bonn")  # both outside the top k
+    assert v is None and "both are upper bounds" in text, text
+    v, text = await sao.judge_once("Capital of Germany?", "Paris", "Munich")  # -1.5 vs a bound of -1.5
+    assert v is None and "upper bound" in text, text
+    assert (await sao.judge_once("Capital of Germany?", "Munich", "Berlin"))[0] == "B"  # -0.3 beats <= -1.5
 
 
 def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -> None:

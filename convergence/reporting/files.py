@@ -273,6 +273,11 @@ def sao_markdown(sao: SAOReport) -> list[str]:
            f"- **Consistent under swap:** {rate} of parseable pairs gave the same verdict with A and B swapped",
            "- **Outcomes:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.outcomes.items())) or _DASH),
            "- **Filtered:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.filtered.items())) or "none")]
+    out.append("- **Agreement with the metrics:** " + (
+        f"{sao.metric_agreement:.0%} of {sao.metric_agreement_pairs} duels on test cases gave the response the "
+        "metrics score higher (pairs that disagree are not kept)" if sao.metric_agreement is not None else
+        "not measured (no duel on a test case with a reference answer): the verdicts on written prompts are "
+        "unchecked"))
     if sao.rank_agreement is not None:
         out.append(f"- **Agreement with measured scores:** Spearman {sao.rank_agreement:+.2f} over "
                    f"{sum(p.score is not None for p in sao.preferred)} rated configurations")

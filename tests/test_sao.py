@@ -509,3 +509,50 @@ def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -
     assert _parse_fields('{"question": "tab\there and a\nline", "x": [}', keys) == {"question": "tab here and a"}
     assert _parse_fields('{"question": "  "}', keys) is None
     assert _parse_fields('{"topic": "sky"}', keys) is None
+
+
+async def test_pairs_record_the_prompt_each_side_received_and_two_templates_are_not_exported(
+        tmp_path: Path) -> None:
+    """A LiteLLM target whose prompt template is searched: each pair records the rendered prompt
+    each side received, and a pair of two templates (no one prompt) stays out of the export."""
+    styles = ["Answer briefly:", "Write a long poem about:"]
+
+    def reply(call: FakeCall) -> Any:
+        if call.prompt.startswith(styles[0]):
+            return CAPITALS[re.findall(r"capital of (\w+)", call.prompt)[-1]]
+        if call.prompt.startswith(styles[1]):
+            return "Roses are red, the sky is wide."
+        return capitals_judge(call)
+
+    llm = FakeLLM("sao-templates", reply=reply)
+    loaded = config(tmp_path, SAO_RUN + f"  llm: {{model: {llm.model}}}\n", generations=1)
+    text = loaded.path.read_text()
+    text = text.replace('target: {type: python, function: "capitals:answer", retry: {max_retries: 0}}',
+                        f'target: {{type: litellm, model: {llm.model}, prompt: "{{{{ style }}}} {{{{ question }}}}"}}')
+    text = text.replace("values: [correct, neighbour, nonsense]", f"values: {json.dumps(styles)}")
+    loaded.path.write_text(text)
+    loaded = parse_config(text, loaded.path)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store).run()
+        pairs = await store.sao_pairs(run_id=out.run_id)
+    finally:
+        await store.close()
+    assert pairs and all(p.prompts is not None for p in pairs)
+    for p in pairs:  # what each side received: its own template around the same question
+        assert p.prompts and p.config_a and p.config_b
+        assert p.prompts == [f"{c['style']} {input_question(p)}" for c in (p.config_a, p.config_b)]
+    from typer.testing import CliRunner
+
+    from convergence.cli.app import app
+
+    target = tmp_path / "pairs.jsonl"
+    args = ["sao", "export", str(out.run_id), "-o", str(target), "--db", str(tmp_path / "db.sqlite")]
+    done = await anyio.to_thread.run_sync(CliRunner().invoke, app, args)
+    assert "different_prompts" in done.output, done.output
+    assert not target.exists() or all(json.loads(r)["prompt"].split(" ")[0] in ("Answer", "Write")
+                                      for r in target.read_text().splitlines())
+
+
+def input_question(pair: Any) -> str:
+    return str(pair.prompt_input["question"] if isinstance(pair.prompt_input, dict) else pair.prompt)

@@ -75,6 +75,14 @@ def test_a_generation_whose_every_call_failed_does_not_look_done() -> None:
     out = console.export_text()
     assert "0 ok, 6 failed" in out and "no successful call (6 failed)" in out
 
+    console = Console(record=True, width=160, force_terminal=False)
+    events = RichEvents(console)
+    with events:  # a run stopped before this generation's calls: the bar does not end full
+        events.generation_started(1, 2, 2, 3)
+        events.generation_finished(1, None, [_trial(2, 1, 0.0, status="partial", n_cases=0)])
+    out = console.export_text()
+    assert "calls 0/6 0 ok, 6 not run" in out and "no call made" in out and "6/6" not in out
+
 
 def test_results_csv_counts_generations_from_1_like_the_report() -> None:
     trials = [_trial(i, i // 2, 0.5 + i / 100, x=i) for i in range(4)]

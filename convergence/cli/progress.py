@@ -79,9 +79,10 @@ class RichEvents:
     def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
         task = self._tasks.pop(generation, None)
         ok, failed = self._counts.pop(task, [0, 0]) if task is not None else (0, 0)
-        if task is not None:  # racing skips calls: the bar ends full when the generation does
-            total = next((t.total for t in self.progress.tasks if t.id == task), None)
-            self.progress.update(task, completed=total)
+        if task is not None:  # calls not made (racing, a budget, a broken target) leave the bar short, and say so
+            total = next((t.total for t in self.progress.tasks if t.id == task), None) or 0
+            if total > ok + failed:
+                self.progress.update(task, outcome=f"{_outcome(ok, failed)}, {total - ok - failed} not run")
         if self.quiet:
             return
         usable = [t for t in new if t.usable]
@@ -89,6 +90,8 @@ class RichEvents:
         line = f"  generation {generation + 1}: {len(new)} new trial(s)"
         if failed and not ok:
             line += f", [red]no successful call[/] ({failed} failed)"
+        elif not ok and new:
+            line += ", no call made"
         elif failed:
             line += f", {failed} of {ok + failed} call(s) failed"
         abandoned = sum(1 for t in new if t.status == "abandoned")

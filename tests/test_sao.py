@@ -268,7 +268,8 @@ async def test_smoke_sao_on_the_embedded_model(tmp_path: Path) -> None:
         assert isinstance(agent, SAOAgent) and agent.sao_llm.model == "local/gemma-3-270m"
         assert agent.judge_method == "likelihood"
         pairs = await store.sao_pairs(run_id=out.run_id)
-        assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        assert len(pairs) >= 4 and all(p.source in ("loop", "test_case") and p.hash_a and p.hash_b for p in pairs)
+        assert any(p.source == "test_case" and p.reference is not None for p in pairs)  # checked duels ran
         ratings = await store.sao_ratings(out.run_id)
         by_style = {t.config["style"]: t for t in out.trials}
         pref = {s: ratings[t.config_hash]["preference"] for s, t in by_style.items() if t.config_hash in ratings}

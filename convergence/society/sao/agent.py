@@ -7,6 +7,13 @@ has the society LLM judge every pair in both orders. Challengers are the
 configurations whose measured score is closest to the incumbent's, fewest
 duels first: the pairs whose verdict is least predictable from the scores.
 
+Each step also runs ``sao.calibration`` duels on test cases with a reference
+answer: the run's metrics score both responses, a pair is kept only if the
+judge's verdict is the metrics' preference, and the share that agrees is the
+judge's measured agreement (the written prompts have no reference to check).
+Every pair records what each side's target received when the target can say
+(a LiteLLM target's rendered prompt).
+
 Consistent verdicts (A, B or tie in both orders) are duels; a Bradley-Terry
 fit over the run's duels gives each configuration a preference rating
 (:mod:`convergence.society.sao.ratings`), stored per run and usable in the

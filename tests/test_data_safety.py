@@ -174,8 +174,8 @@ async def test_a_run_where_every_call_fails_alike_stops_early_and_says_why(tmp_p
     assert out.status == "failed"
     assert out.all_failed_error is not None and "target blew up" in out.all_failed_error
     assert "every call failed with the same error" in out.stop_reason
-    # three configurations failed alike (2 + 2 + 1 calls): it did not pay for the other 11
-    assert out.generations_run == 1 and out.total_calls == 5
+    # two configurations failed alike (2 + 1 calls): it did not pay for the other 13
+    assert out.generations_run == 1 and out.total_calls == 3
     assert out.trials  # what ran is stored
 
 

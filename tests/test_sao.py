@@ -151,7 +151,10 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         agent = opt.society.agent("sao")
         assert isinstance(agent, SAOAgent) and agent.judge_method == "text"
         pairs = await store.sao_pairs(run_id=out.run_id)
-        assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        assert len(pairs) >= 4 and all(p.source in ("loop", "test_case") and p.hash_a and p.hash_b for p in pairs)
+        on_cases = [p for p in pairs if p.source == "test_case"]  # the calibration duels: a reference answer
+        assert len(on_cases) == 2 and all(p.reference in ("A", "B", "tie") for p in on_cases)
+        assert all(p.outcome == p.reference for p in on_cases if p.reference != "tie")  # a judge that knows
         # each judged pair was judged in both orders, the second with the responses swapped
         judge_calls = [judged(c.prompt) for c in llm.calls if c.prompt.endswith("Verdict: [[")]
         assert judge_calls and all((t, b, a) in judge_calls for t, a, b in judge_calls)
@@ -193,11 +196,63 @@ async def test_the_self_judge_rates_the_right_answers_first_and_its_pairs_export
         assert report.sao.preferred[0].config == {"style": "correct"}
         text = render_markdown(report, [], {}, [])
         assert "## Self-judged preference (SAO)" in text and "Consistent under swap" in text
+        assert report.sao.metric_agreement == 1.0 and "**Agreement with the metrics:** 100%" in text
         traces = await anyio.to_thread.run_sync(CliRunner().invoke, app,
                                                 ["traces", str(out.run_id), "--db", str(tmp_path / "db.sqlite")])
         assert traces.exit_code == 0 and "pair(s) judged" in traces.output, traces.output
     finally:
         await store.close()
+
+
+def wrong_judge(call: FakeCall) -> Any:
+    """The capitals judge with a wrong belief: a neighbouring capital beats the right one."""
+    if call.prompt.endswith("Verdict: [["):
+        task, a, b = judged(call.prompt)
+        right = CAPITALS[re.findall(r"capital of (\w+)", task)[-1]]
+        qa, qb = ((1 if r == right else 2 if r in CITIES else 0) for r in (a, b))
+        return "A]]" if qa > qb else "B]]" if qb > qa else "tie]]"
+    return capitals_judge(call)
+
+
+async def test_a_judge_preferring_wrong_answers_keeps_no_test_case_pair_against_the_metric(tmp_path: Path) -> None:
+    """Duels on test cases (a reference answer) are checked against the metric: a pair whose
+    rejected answer is the correct one is not kept, and the judge's measured agreement with the
+    metric is stored, reported and shown by ``sao stats`` (the written prompts have no reference)."""
+    llm = FakeLLM("sao-wrong", reply=wrong_judge)
+    run = SAO_RUN.replace("prompt_tokens: 40}", "prompt_tokens: 40, calibration: 4}")
+    loaded = config(tmp_path, run + f"  llm: {{model: {llm.model}}}\n", generations=1)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store).run()
+        pairs = await store.sao_pairs(run_id=out.run_id)
+        on_cases = [p for p in pairs if p.source == "test_case"]
+        assert len(on_cases) == 4 and all(p.reference is not None for p in on_cases)
+        wrong = [p for p in on_cases if p.outcome in ("A", "B") and p.outcome != p.reference]
+        assert wrong, [(p.outcome, p.reference) for p in on_cases]  # the judge did prefer wrong answers
+        for p in wrong:  # ... and none of those is kept: its rejected answer was the correct one
+            assert not p.kept and "disagrees_with_metric" in p.failed_filters
+            assert p.rejected == CAPITALS[re.findall(r"capital of (\w+)", p.prompt)[-1]]
+        assert all(p.outcome == p.reference for p in on_cases if p.kept)
+
+        from convergence.reporting.files import render_markdown
+        from convergence.reporting.outputs import build_report
+
+        report = await build_report(store, out.run_id)
+        measured = [p for p in on_cases if p.reference in ("A", "B")]
+        agreed = sum(p.outcome == p.reference for p in measured)
+        assert report.sao is not None and report.sao.metric_agreement_pairs == len(measured)
+        assert report.sao.metric_agreement == pytest.approx(agreed / len(measured)) and agreed < len(measured)
+        assert f"of {len(measured)} duels on test cases" in render_markdown(report, [], {}, [])
+    finally:
+        await store.close()
+    from typer.testing import CliRunner
+
+    from convergence.cli.app import app
+
+    done = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["sao", "stats", str(out.run_id), "--db",
+                                                                    str(tmp_path / "db.sqlite")])
+    assert done.exit_code == 0 and "agrees with the metrics" in done.output, done.output
+    assert f"{agreed / len(measured):.1%} of {len(measured)}" in done.output
 
 
 @pytest.mark.slow
@@ -213,7 +268,8 @@ async def test_smoke_sao_on_the_embedded_model(tmp_path: Path) -> None:
         assert isinstance(agent, SAOAgent) and agent.sao_llm.model == "local/gemma-3-270m"
         assert agent.judge_method == "likelihood"
         pairs = await store.sao_pairs(run_id=out.run_id)
-        assert len(pairs) >= 4 and all(p.source == "loop" and p.hash_a and p.hash_b for p in pairs)
+        assert len(pairs) >= 4 and all(p.source in ("loop", "test_case") and p.hash_a and p.hash_b for p in pairs)
+        assert any(p.source == "test_case" and p.reference is not None for p in pairs)  # checked duels ran
         ratings = await store.sao_ratings(out.run_id)
         by_style = {t.config["style"]: t for t in out.trials}
         pref = {s: ratings[t.config_hash]["preference"] for s, t in by_style.items() if t.config_hash in ratings}
@@ -425,6 +481,22 @@ async def test_the_likelihood_judge_prefers_the_response_the_model_finds_likelie
     assert verdict is None and "no log-probs from fake/sao-unlikely" in text
 
 
+async def test_the_likelihood_judge_takes_an_upper_bound_for_no_measurement() -> None:
+    """A response whose first word is not in the provider's top log-probs gets only an upper
+    bound: two bounds (equal by construction) are no tie, a measured value under a bound decides
+    nothing, and a measured value above the other's bound does decide."""
+    from convergence.config.society import SAOConfig
+    from convergence.plugins.learning.sao import SAOMixin
+
+    llm = FakeLLM("sao-bound", logprobs=lambda prompt: {"Berlin": -0.3, "Paris": -1.5, "Rome": -1.0})
+    sao = SAOMixin(SAOConfig(judge="likelihood", tie_margin=0.1), llm.model)
+    v, text = await sao.judge_once("Capital of Germany?", "Munich", "Bonn")  # both outside the top k
+    assert v is None and "both are upper bounds" in text, text
+    v, text = await sao.judge_once("Capital of Germany?", "Paris", "Munich")  # -1.5 vs a bound of -1.5
+    assert v is None and "upper bound" in text, text
+    assert (await sao.judge_once("Capital of Germany?", "Munich", "Berlin"))[0] == "B"  # -0.3 beats <= -1.5
+
+
 def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -> None:
     from convergence.plugins.learning.sao import _parse_fields
 
@@ -438,3 +510,50 @@ def test_a_written_prompt_is_read_from_json_or_from_its_first_complete_field() -
     assert _parse_fields('{"question": "tab\there and a\nline", "x": [}', keys) == {"question": "tab here and a"}
     assert _parse_fields('{"question": "  "}', keys) is None
     assert _parse_fields('{"topic": "sky"}', keys) is None
+
+
+async def test_pairs_record_the_prompt_each_side_received_and_two_templates_are_not_exported(
+        tmp_path: Path) -> None:
+    """A LiteLLM target whose prompt template is searched: each pair records the rendered prompt
+    each side received, and a pair of two templates (no one prompt) stays out of the export."""
+    styles = ["Answer briefly:", "Write a long poem about:"]
+
+    def reply(call: FakeCall) -> Any:
+        if call.prompt.startswith(styles[0]):
+            return CAPITALS[re.findall(r"capital of (\w+)", call.prompt)[-1]]
+        if call.prompt.startswith(styles[1]):
+            return "Roses are red, the sky is wide."
+        return capitals_judge(call)
+
+    llm = FakeLLM("sao-templates", reply=reply)
+    loaded = config(tmp_path, SAO_RUN + f"  llm: {{model: {llm.model}}}\n", generations=1)
+    text = loaded.path.read_text()
+    text = text.replace('target: {type: python, function: "capitals:answer", retry: {max_retries: 0}}',
+                        f'target: {{type: litellm, model: {llm.model}, prompt: "{{{{ style }}}} {{{{ question }}}}"}}')
+    text = text.replace("values: [correct, neighbour, nonsense]", f"values: {json.dumps(styles)}")
+    loaded.path.write_text(text)
+    loaded = parse_config(text, loaded.path)
+    store = await Store.open(tmp_path / "db.sqlite")
+    try:
+        out = await Optimizer(loaded, store).run()
+        pairs = await store.sao_pairs(run_id=out.run_id)
+    finally:
+        await store.close()
+    assert pairs and all(p.prompts is not None for p in pairs)
+    for p in pairs:  # what each side received: its own template around the same question
+        assert p.prompts and p.config_a and p.config_b
+        assert p.prompts == [f"{c['style']} {input_question(p)}" for c in (p.config_a, p.config_b)]
+    from typer.testing import CliRunner
+
+    from convergence.cli.app import app
+
+    target = tmp_path / "pairs.jsonl"
+    args = ["sao", "export", str(out.run_id), "-o", str(target), "--db", str(tmp_path / "db.sqlite")]
+    done = await anyio.to_thread.run_sync(CliRunner().invoke, app, args)
+    assert "different_prompts" in done.output, done.output
+    assert not target.exists() or all(json.loads(r)["prompt"].split(" ")[0] in ("Answer", "Write")
+                                      for r in target.read_text().splitlines())
+
+
+def input_question(pair: Any) -> str:
+    return str(pair.prompt_input["question"] if isinstance(pair.prompt_input, dict) else pair.prompt)

@@ -209,7 +209,8 @@ def test_export_metadata_columns_are_strings_datasets_reads_stably(tmp_path: Pat
     out = tmp_path / "meta.jsonl"
     export_pairs(pairs, out, with_metadata=True, conversational=True)
     ds = load(out, tmp_path)
-    assert ds.column_names == [*COLUMNS, "persona", "source", "outcome", "config_chosen", "config_rejected"]
+    assert ds.column_names == [*COLUMNS, "persona", "source", "outcome", "config_chosen", "config_rejected",
+                               "prompt_chosen", "prompt_rejected", "reference"]
     assert ds["persona"] == ["a busy nurse", "a busy nurse", "a student"]
     assert ds["outcome"] == ["A", "B", "A"]
     assert [json.loads(c) for c in ds["config_chosen"]] == [{"temperature": 0.2}, {"temperature": 0.2}, None]
@@ -324,7 +325,8 @@ def test_dataset_stats_counts_outcomes_filters_consistency_and_diversity() -> No
     assert list(stats["filters"]) == list(FILTERS)
     assert {k: v for k, v in stats["filters"].items() if v} == {"inconsistent": 1, "tie": 1, "too_short": 1,
                                                                 "unparseable": 1}
-    assert stats["consistency_rate"] == pytest.approx(5 / 6)  # A, B, tie (x5) of everything parseable (6)
+    # A, B, tie (x4) of the judged parseable pairs (5): the imported pair was never judged
+    assert stats["consistency_rate"] == pytest.approx(4 / 5)
     assert 0.0 < stats["diversity"] <= 1.0
     assert stats["sources"] == {"import": 1, "loop": 6} and stats["unique_prompts"] == 7
     same = dataset_stats([pair("Same prompt", "a", "b", "A"), pair("Same prompt", "c", "d", "B")])
@@ -399,7 +401,7 @@ def test_cli_export_default_scope_and_study_scope(project_db: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["3"], "run 3 has no SAO pairs: enable society.learning.sao_enabled"),
+    (["3"], "run 3 has no SAO pairs: SAO was off in this run; enable society.learning.sao_enabled"),
     (["99"], "no run 99 in"),
     (["--study", "nope"], "no study 'nope' in"),
     (["1", "--study", "s"], "give a RUN or --study, not both"),
@@ -490,3 +492,54 @@ def test_cli_stats_of_a_study_and_of_nothing(project_db: Path) -> None:
     assert res.exit_code == 2 and "run 3 has no SAO pairs" in res.stderr
     res = sao("stats", "--db", str(project_db))
     assert res.exit_code == 0 and "run 4 (the newest run with SAO pairs)" in res.stdout
+
+
+def test_imported_pairs_claim_no_consistency_they_were_never_judged(tmp_path: Path) -> None:
+    """An imported file states preferences nobody judged here: no "100 % consistent"."""
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"})
+                           for i in range(3)) + "\n")
+    stats = dataset_stats(import_pairs(f))
+    assert stats["consistency_rate"] is None and stats["judged"] == 0 and stats["kept"] == 3
+    db = tmp_path / "conv.db"
+    assert sao("import", str(f), "--study", "fresh", "--db", str(db)).exit_code == 0
+    res = sao("stats", "--study", "fresh", "--db", str(db))
+    assert res.exit_code == 0, res.output
+    row = next(ln for ln in res.stdout.splitlines() if "consistent under swap" in ln)
+    assert "%" not in row and "no pair judged here" in row
+
+
+def test_sao_stats_of_a_run_whose_sao_step_never_ran_says_why_not_to_enable_it(tmp_path: Path) -> None:
+    """SAO on, no pair made: the message says what the step said, not "enable SAO"."""
+    db = tmp_path / "conv.db"
+    on = {"society": {"enabled": True, "agents": {"evolution": 0.5, "sao": 0.5}}}
+
+    async def fill() -> None:
+        async with await Store.open(db) as store:
+            noted = await store.start_run("s", on, seed=1, config_path=None)
+            store.record_society(noted, 0, "sao", share=0.5, asked=1, proposed=0, status="ok", seconds=0.0,
+                                 detail={"sao": {"note": "nothing to duel yet (fewer than two usable configurations)"}})
+            await store.start_run("s", on, seed=1, config_path=None)
+            await store.flush()
+
+    anyio.run(fill)
+    res = sao("stats", "1", "--db", str(db))
+    assert res.exit_code == 2 and "enable" not in res.stderr
+    assert "SAO was on but made no pair (generation 1: nothing to duel yet" in " ".join(res.stderr.split())
+    res = sao("stats", "2", "--db", str(db))
+    assert res.exit_code == 2 and "enable" not in res.stderr and "SAO was on but its step never ran" in res.stderr
+
+
+def test_export_writes_the_prompt_the_models_saw_and_leaves_out_pairs_of_two_templates(tmp_path: Path) -> None:
+    """A pair whose sides got the same rendered prompt exports that prompt; one whose sides got
+    different prompts (two templates) has no one prompt, so it is left out, and ``--metadata``
+    rows say what each side saw."""
+    same = pair("capital of Peru?", "Lima", "Quito", "A", prompts=["Answer briefly: capital of Peru?"] * 2)
+    two = pair("capital of Peru?", "Lima", "Quito", "A",
+               prompts=["Answer briefly: capital of Peru?", "You are a poet. capital of Peru?"])
+    out = tmp_path / "p.jsonl"
+    assert export_pairs([same, two], out) == 1
+    assert json.loads(out.read_text())["prompt"] == "Answer briefly: capital of Peru?"
+    assert export_pairs([same, two], out, include_all=True, with_metadata=True) == 1
+    rec = to_record(two, with_metadata=True)
+    assert (rec["prompt_chosen"], rec["prompt_rejected"]) == tuple(two.prompts or [])

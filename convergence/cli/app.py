@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,12 @@ async def _optimize(
 
 
 def _estimate(t: Any) -> str:
-    return f"{t.estimate:.4f}" if t.estimate is not None else "-"
+    return _score(t.estimate)
+
+
+def _score(value: float | None, spec: str = ".4f") -> str:
+    """A score for a table; "-" when there is none (None or NaN), never "nan"."""
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def _print_outcome(outcome: Any, optimizer: Any) -> None:
@@ -399,6 +405,7 @@ def show(run: int = typer.Argument(..., help="Run id (see `convergence runs`).")
 
 async def _show(path: Path, run_id: int, top: int) -> None:
     from convergence.cli.progress import short_config
+    from convergence.reporting.model import shown_score
 
     store = await _open_store(path)
     try:
@@ -410,8 +417,8 @@ async def _show(path: Path, run_id: int, top: int) -> None:
         gt = Table(title="Generations")
         for col in ("gen", "trials", "best", "mean"):
             gt.add_column(col, justify="right")
-        for g in report.generation_summaries():
-            gt.add_row(str(g.number + 1), str(g.n_trials), f"{g.best_score:.4f}", f"{g.mean_score:.4f}")
+        for g in report.generation_summaries():  # no complete trial (early stopping, racing, failures): no score
+            gt.add_row(str(g.number + 1), str(g.n_trials), _score(g.best_score), _score(g.mean_score))
         console.print(gt)
         metrics = list(report.metric_directions) or sorted({k for t in report.trials for k in t.metrics})
         tt = Table(title=f"Top {top} trials")  # #1 is the run's best (engine/selection.py: rank)
@@ -421,9 +428,9 @@ async def _show(path: Path, run_id: int, top: int) -> None:
                     "errors", "configuration"):
             tt.add_column(col)
         for i, t in enumerate(ranked, 1):
-            tt.add_row(str(i), str(t.trial_id), str(t.generation + 1), t.proposer, f"{t.score:.4f}",
+            tt.add_row(str(i), str(t.trial_id), str(t.generation + 1), t.proposer, _score(shown_score(t)),
                        *([_estimate(t)] if estimates else []),
-                       *[f"{t.metrics.get(m, float('nan')):.4g}" for m in metrics], str(t.n_errors),
+                       *[_score(t.metrics.get(m), ".4g") for m in metrics], str(t.n_errors),
                        short_config(t.config, 70))
         console.print(tt)
     finally:

@@ -25,8 +25,9 @@ class RichEvents:
         self.progress = Progress(
             TextColumn("[bold]gen {task.fields[gen]}[/]"),
             BarColumn(),
+            TextColumn("calls"),
             MofNCompleteColumn(),
-            TextColumn("errors {task.fields[errors]}"),
+            TextColumn("{task.fields[outcome]}"),
             TextColumn("best [green]{task.fields[best]}[/]"),
             TimeElapsedColumn(),
             console=console,
@@ -35,7 +36,8 @@ class RichEvents:
         )
         self._tasks: dict[int, Any] = {}
         """One bar per generation still evaluating (two at once in async mode)."""
-        self._errors = 0
+        self._counts: dict[Any, list[int]] = {}
+        """Per bar: [successful calls, failed calls] (a full bar of failed calls is no progress)."""
         self._best = "-"
 
     def __enter__(self) -> RichEvents:
@@ -46,9 +48,11 @@ class RichEvents:
         self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def generation_started(self, generation: int, total: int, n_trials: int, n_cases: int) -> None:
-        self._tasks[generation] = self.progress.add_task(
-            "", total=n_trials * n_cases, gen=f"{generation + 1}/{total}", errors=0, best=self._best
+        task = self.progress.add_task(
+            "", total=n_trials * n_cases, gen=f"{generation + 1}/{total}", outcome=_outcome(0, 0), best=self._best
         )
+        self._tasks[generation] = task
+        self._counts[task] = [0, 0]
 
     def _current(self) -> Any:
         """The oldest generation still evaluating: its calls are served first (FIFO)."""
@@ -60,11 +64,11 @@ class RichEvents:
         return next(reversed(self._tasks.values()), None)
 
     def case_finished(self, trial: Proposal, result: CaseResult, cached: bool) -> None:
-        if result.call.error:
-            self._errors += 1
         task = self._current()
         if task is not None:
-            self.progress.update(task, advance=1, errors=self._errors)
+            counts = self._counts.setdefault(task, [0, 0])
+            counts[1 if result.call.error else 0] += 1
+            self.progress.update(task, advance=1, outcome=_outcome(*counts))
 
     def trial_finished(self, trial: TrialRecord, best: TrialRecord | None) -> None:
         if best is not None:
@@ -74,14 +78,22 @@ class RichEvents:
 
     def generation_finished(self, generation: int, best: TrialRecord | None, new: list[TrialRecord]) -> None:
         task = self._tasks.pop(generation, None)
-        if task is not None:  # racing skips calls: the bar ends full when the generation does
-            total = next((t.total for t in self.progress.tasks if t.id == task), None)
-            self.progress.update(task, completed=total)
+        ok, failed = self._counts.pop(task, [0, 0]) if task is not None else (0, 0)
+        if task is not None:  # calls not made (racing, a budget, a broken target) leave the bar short, and say so
+            total = next((t.total for t in self.progress.tasks if t.id == task), None) or 0
+            if total > ok + failed:
+                self.progress.update(task, outcome=f"{_outcome(ok, failed)}, {total - ok - failed} not run")
         if self.quiet:
             return
         usable = [t for t in new if t.usable]
         gen_best = max(usable, key=lambda t: t.score, default=None)
         line = f"  generation {generation + 1}: {len(new)} new trial(s)"
+        if failed and not ok:
+            line += f", [red]no successful call[/] ({failed} failed)"
+        elif not ok and new:
+            line += ", no call made"
+        elif failed:
+            line += f", {failed} of {ok + failed} call(s) failed"
         abandoned = sum(1 for t in new if t.status == "abandoned")
         if abandoned:
             line += f" ({abandoned} abandoned by racing)"
@@ -138,6 +150,13 @@ class RichEvents:
             self.progress.console.print(f"[cyan]{text}[/]")
 
 
+def _outcome(ok: int, failed: int) -> str:
+    """A bar's calls by result: a generation whose calls all failed says so."""
+    if failed and not ok:
+        return f"[red]0 ok, {failed} failed[/]"
+    return f"{ok} ok" + (f", [yellow]{failed} failed[/]" if failed else "")
+
+
 def sao_line(step: dict[str, Any]) -> str:
     """The SAO agent's generation in one line: pairs, consistency under swap, whom the judge prefers."""
     if "pairs" not in step:
@@ -148,6 +167,9 @@ def sao_line(step: dict[str, Any]) -> str:
     outcomes = step.get("outcomes") or {}
     if outcomes:
         line += " (" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")"
+    agreement = step.get("metric_agreement")
+    if agreement:
+        line += f"; agrees with the metrics on {agreement['agreed']}/{agreement['measured']} test case(s)"
     preferred = step.get("preferred") or []
     if preferred and preferred[0].get("config"):
         top = preferred[0]

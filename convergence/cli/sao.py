@@ -74,8 +74,28 @@ async def _scope(store: Any, path: Path, run: int | None, study: str | None) -> 
         raise _fail(f"no run {run} in {escape(str(path))}")
     pairs = await store.sao_pairs(run_id=run)
     if not pairs:
-        raise _fail(f"run {run} has no SAO pairs: {SAO_HINT}")
+        raise _fail(f"run {run} has no SAO pairs: {escape(await _why_no_pairs(store, run))}")
     return pairs, f"run {run}", run
+
+
+async def _why_no_pairs(store: Any, run: int) -> str:
+    """Why a run made no pair: SAO was off (the hint), or what its step said each time it ran."""
+    row = await store.get_run(run)
+    society = (row.config if row is not None else {}).get("society") or {}
+    agents = society.get("agents") or {}
+    on = society.get("enabled", False) and (
+        "sao" in agents or (society.get("learning") or {}).get("sao_enabled", False))
+    if not on:
+        return f"SAO was off in this run; {SAO_HINT} (or list sao in society.agents) and run again"
+    notes = [f"generation {r.generation + 1}: {r.detail['sao']['note']}" for r in await store.society_log(run)
+             if r.agent == "sao" and isinstance(r.detail, dict) and isinstance(r.detail.get("sao"), dict)
+             and r.detail["sao"].get("note")]
+    if notes:
+        return "SAO was on but made no pair (" + "; ".join(notes[-3:]) + ")"
+    every = (society.get("sao") or {}).get("every", 2)
+    status = row.status if row is not None else "?"
+    return (f"SAO was on but its step never ran: it runs after a generation's evaluation, every {every} "
+            f"generation(s), once two configurations have scored (this run ended first: status {status})")
 
 
 # --------------------------------------------------------------------------- export
@@ -242,7 +262,11 @@ def _print_stats(what: str, stats: dict[str, Any], rated: list[dict[str, Any]], 
     total = stats["total"]
     t.add_row("pairs", str(total))
     t.add_row("kept", f"{stats['kept']} ({pct(stats['kept'] / total if total else None)})")
-    t.add_row("consistent under swap", pct(stats["consistency_rate"]))
+    t.add_row("consistent under swap", pct(stats["consistency_rate"]) if stats["judged"]
+              else "- (no pair judged here: imported pairs carry no judgment)")
+    t.add_row("agrees with the metrics", f"{pct(stats['metric_agreement'])} of {stats['metric_agreement_pairs']} "
+              "duels on test cases" if stats["metric_agreement_pairs"]
+              else "- (not measured: no duel on a test case with a reference answer)")
     t.add_row("diversity (kept prompts)", "-" if stats["diversity"] is None else f"{stats['diversity']:.3f}")
     t.add_row("unique prompts", str(stats["unique_prompts"]))
     t.add_row("outcomes", escape(_count_line(stats["outcomes"], filters=False)) or "-")

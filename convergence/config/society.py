@@ -151,6 +151,10 @@ class SAOConfig(Strict):
     """Max tokens of a written judgment (the verdict is a short continuation)."""
     tie_margin: Float = Field(0.1, ge=0, le=10)
     """Likelihood judge: a difference in total log-prob (nats) below this is a tie."""
+    calibration: Int = Field(2, ge=0, le=1000)
+    """In the loop: duels per step on test cases with a reference answer (two target calls and two
+    judge calls each). Such a pair is kept only if the judge agrees with the metrics, and their
+    agreement rate says how far the judge's verdicts on written prompts (no reference) can be trusted."""
     rating_prior: Float = Field(1.0, gt=0, le=100)
     """Bradley-Terry prior: virtual ties against an average configuration (keeps all-wins finite)."""
 

@@ -18,7 +18,7 @@ Outcome = Literal["A", "B", "tie", "inconsistent", "unparseable"]
 """The swap rule's result over both judgments."""
 
 FILTERS = ("unparseable", "inconsistent", "tie", "too_short", "too_long", "duplicate_prompt",
-           "duplicate_responses", "response_error")
+           "duplicate_responses", "response_error", "disagrees_with_metric")
 """Quality filters, in the order they are checked and counted."""
 
 
@@ -43,7 +43,8 @@ class SAOPair:
     hash_a: str | None = None
     hash_b: str | None = None
     source: str = "standalone"
-    """loop | standalone | import"""
+    """loop (a written prompt) | test_case (a test case's input: ``reference`` says what the metrics
+    prefer) | standalone | import"""
     model: str = ""
     """The society LLM that wrote the prompt and judged."""
     run_id: int | None = None
@@ -52,6 +53,17 @@ class SAOPair:
     """The judge's raw texts (first, second) for inspection."""
     id: int | None = None
     created_at: float | None = None
+    reference: Verdict | None = None
+    """On a test case with a reference answer: which response the run's metrics score higher (A, B or
+    tie); None for a written prompt, which has no reference. A kept pair must agree with it."""
+    prompts: list[str] | None = None
+    """What the models of A and B actually received (the target's rendered prompt), when the target
+    can say; None when unknown (a Python or HTTP target, an imported or standalone pair)."""
+
+    @property
+    def judged(self) -> bool:
+        """The verdicts came from a judgment (not an imported file, which states a preference unjudged)."""
+        return self.source != "import"
 
     @property
     def kept(self) -> bool:

@@ -129,9 +129,9 @@ class Confirmer:
     def _estimate(self, trials: list[TrialRecord], scores: dict[str, dict[str, list[float]]]
                   ) -> selection.NoiseModel:
         model = selection.fit(trials, scores, self.case_ids)
-        for t in trials:
-            t.estimate = (model.estimate(t, scores[t.config_hash]) if self.cfg.estimate == "shrinkage"
-                          else t.score)
+        for t in trials:  # a trial that ran no case has no score to estimate from (not the run's average)
+            t.estimate = (None if not scores[t.config_hash] else model.estimate(t, scores[t.config_hash])
+                          if self.cfg.estimate == "shrinkage" else t.score)
         return model
 
     def _summary(self, trials: list[TrialRecord], scores: dict[str, dict[str, list[float]]],
@@ -139,11 +139,11 @@ class Confirmer:
                  allowance: int) -> dict[str, Any]:
         ranked = selection.ranking(trials)
         top = []
+        bounds = (0.0, sum(max(w, 0.0) for w in self.evaluator.metric_weights().values()))
         for t in ranked[:5]:
-            half = selection.half_width(scores[t.config_hash])
             top.append({"config_hash": t.config_hash, "trial_id": t.trial_id, "mean": t.score,
                         "estimate": t.estimate, "n_cases": t.n_cases, "repeats": t.repeats,
-                        "ci95": [t.score - half, t.score + half] if half is not None else None,
+                        "ci95": selection.interval(t.score, scores[t.config_hash], bounds),
                         "confirmed": t.config_hash in confirmed})
         p = selection.paired_p(scores[ranked[0].config_hash], scores[ranked[1].config_hash]) \
             if len(ranked) > 1 else None

@@ -146,7 +146,7 @@ class Optimizer:
             for problem in self.society.memory_errors:
                 events.message(self._redactor.text(problem))
             self.society.time_left = budget.remaining_seconds
-            self.society.bind(TaskAccess(self.cases, runner.agent_call))
+            self.society.bind(TaskAccess(self.cases, runner.agent_call, runner.grade, runner.render))
             await session.warm_start(st, self.space.contains)
             scheduler = GenerationScheduler(st, opt=self.opt, space=self.space, society=self.society, store=store,
                                             runner=runner, events=events, redactor=self._redactor)

@@ -35,7 +35,8 @@ order) and :func:`best` takes its first usable trial: every place that shows or 
 (``RunOutcome.best``, the report, the export, warm start, the CLI's tables) goes through them.
 
 The report shows, for the top configurations, a 95 % t-interval over test
-cases (the spread of per-case scores, centred on the configuration's score)
+cases (the spread of per-case scores, centred on the configuration's score,
+clipped to the range the score can take: 0 to the sum of the metric weights)
 and a paired Wilcoxon signed-rank test of the best against the runner-up on
 the cases both ran: "distinguishable" when p < 0.05.
 """
@@ -150,6 +151,18 @@ def half_width(scores: CaseScores, level: float = 0.95) -> float | None:
     from scipy.stats import t
 
     return float(t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def interval(score: float, scores: CaseScores, bounds: tuple[float, float],
+             level: float = 0.95) -> list[float] | None:
+    """The ``level`` t-interval of ``score`` over test cases, clipped to the range the score can take
+    (``bounds``: 0 to the sum of the metric weights, each normalised metric being in [0, 1]): a score
+    bounded by 1 never gets an interval above 1. None with fewer than two cases."""
+    half = half_width(scores, level)
+    if half is None:
+        return None
+    low, high = bounds
+    return [min(max(score - half, low), high), max(min(score + half, high), low)]
 
 
 def paired_p(a: CaseScores, b: CaseScores) -> float | None:

@@ -8,6 +8,7 @@ end-of-run selection); :class:`Gen` is one generation in flight and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -64,16 +65,25 @@ class Gen:
 
 @dataclass(slots=True)
 class FailureWatch:
-    """Trips when every call so far failed with one and the same error across
-    at least three configurations and two test cases: a broken target (URL,
-    server down, bad key), not a bad configuration or a bad test case. Once
-    tripped no new call starts; calls in flight finish, and one success among
-    them un-trips it (the run goes on)."""
+    """Trips when every call so far failed with one and the same error: a broken
+    target (URL, server down, bad key), not a bad configuration or a bad test case.
+
+    That takes the same error on at least two configurations and two test cases,
+    or, for an error that names the target rather than a configuration
+    (:data:`BROKEN_TARGET`: connection refused, DNS, authentication, an import
+    that fails), on the first :data:`MIN_FAILED_CALLS` calls of the first
+    configuration already (its cases go out first, so a second configuration's
+    first call can be a whole test set away). One success, or a second kind of
+    error, and it never trips: a target with occasional failures keeps running.
+    Once tripped no new call starts; calls in flight finish, and one success
+    among them un-trips it (the run goes on)."""
 
     any_success: bool = False
     error: str | None = None
     configs: set[str] = field(default_factory=set)
     cases: set[str] = field(default_factory=set)
+    calls: int = 0
+    """Failed calls counted (all with ``error``)."""
     mixed: bool = False
     hit: bool = False
 
@@ -90,15 +100,26 @@ class FailureWatch:
         elif error != self.error:
             self.mixed = True
             return
+        self.calls += 1
         self.configs.add(config_hash)
         self.cases.add(case_id)
-        self.hit = len(self.configs) >= MIN_FAILED_CONFIGS and len(self.cases) >= min(2, n_cases)
+        cases = len(self.cases) >= min(2, n_cases)
+        self.hit = cases and (len(self.configs) >= MIN_FAILED_CONFIGS or (
+            self.calls >= min(MIN_FAILED_CALLS, n_cases) and BROKEN_TARGET.search(error) is not None))
 
     def reason(self) -> str:
+        """The run's stop reason: the prefix and the error alone (a resumed run reads the error back)."""
         return f"{ALL_FAILED_PREFIX}{self.error}"
 
 
-MIN_FAILED_CONFIGS = 3
+MIN_FAILED_CONFIGS = 2
+MIN_FAILED_CALLS = 4
+BROKEN_TARGET = re.compile(
+    r"ConnectionError|ConnectError|ConnectionRefused|APIConnectionError|connection refused|"
+    r"Name or service not known|nodename nor servname|getaddrinfo|AuthenticationError|PermissionDenied|"
+    r"\bhttp_40[137]\b|ModuleNotFoundError|ImportError|No module named",
+    re.IGNORECASE)
+"""Errors that name the target, not a configuration: the same one on every call means the target is broken."""
 ALL_FAILED_PREFIX = "every call failed with the same error, stopped early: "
 
 

@@ -182,6 +182,24 @@ class TrialRunner:
         output = self.redactor.exact_deep(call.output) if self.secrets else call.output
         return to_text(output)
 
+    async def grade(self, case: TestCase, output: str) -> float:
+        """The run's score of ``output`` on ``case`` by its per-case metrics (SAO's duels on test cases).
+        No latency or cost is known, so both sides get the same: only the quality metrics differ."""
+        metrics = await self.evaluator.evaluate(case, CallResult(output=output))
+        return self.evaluator.score_means(metrics).score
+
+    def render(self, config: dict[str, Any], task_input: object) -> str | None:
+        """The prompt the target sends for ``config`` on ``task_input``; None when it cannot say."""
+        render = getattr(getattr(self.executor, "target", None), "messages_for", None)
+        if render is None:
+            return None
+        try:
+            messages = render(self.space.resolve(config), TestCase("sao", task_input))
+        except Exception:  # noqa: BLE001 - a template error shows up in the call itself
+            return None
+        return "\n\n".join(f"[{m.get('role', 'user')}]\n{m.get('content', '')}" if len(messages) > 1
+                            else str(m.get("content", "")) for m in messages)
+
     def view(self, slot: Slot, case_id: str) -> CaseView:
         """A case's score as racing compares it (computed when first needed: a look or an incumbent)."""
         view = slot.views.get(case_id)

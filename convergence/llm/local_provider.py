@@ -88,12 +88,46 @@ def model_path() -> str:
     return str(assemble())
 
 
+_GGML_ERROR, _GGML_CONT = 4, 5
+"""ggml's log levels today: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the last line)."""
+_log_callback: Any = None
+"""Our llama.cpp log callback (kept referenced: C holds only a pointer to it)."""
+
+
+def _route_llama_log() -> None:
+    """Send llama.cpp's log to the ``convergence.llm.local`` logger: errors as errors, the rest as debug.
+
+    llama-cpp-python's own callback still maps ggml's levels by the old enum (where 3 was ERROR), so
+    with ``verbose=False`` it prints llama.cpp's warnings (level 3 now), such as the
+    ``llama_kv_cache_iswa: using full-size SWA cache`` line every load of Gemma 3 gives."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    log = logging.getLogger("convergence.llm.local")
+    last = [0]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        level = last[0] if level == _GGML_CONT else level
+        last[0] = level
+        log.log(logging.ERROR if level == _GGML_ERROR else logging.DEBUG, "%s",
+                text.decode("utf-8", "replace").rstrip("\n"))
+
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    _log_callback = callback
+
+
 def get_llama() -> Llama:
     """The process-wide model, loaded on first use (thread-safe)."""
     global _llm
     if _llm is None:
         with _LOAD_LOCK:
             if _llm is None:
+                _route_llama_log()
                 _llm = _recording_llama_class()(
                     model_path=model_path(),
                     n_ctx=N_CTX,

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,8 @@ from convergence.config.models import OutputConfig
 from convergence.core.types import TrialRecord
 from convergence.reporting import plots
 from convergence.reporting.export import EXTENSIONS, export_config
-from convergence.reporting.importance import parameter_importance
-from convergence.reporting.model import RunReport
+from convergence.reporting.importance import parameter_importance, too_few
+from convergence.reporting.model import RunReport, shown_score
 from convergence.reporting.pareto import pareto_front
 from convergence.reporting.sao import SAOReport
 from convergence.reporting.society import AgentSummary, SocietyReport
@@ -91,6 +91,8 @@ def results_document(report: RunReport, front: list[TrialRecord], importance: di
         "pareto_front": [asdict(t) for t in front],
         "generations": [asdict(g) for g in report.generation_summaries()],
         "parameter_importance": importance,
+        "parameter_importance_note": ("Optuna PED-ANOVA, top 30 % of complete configurations" if importance
+                                      else f"not given: {too_few(report.trials) or 'no parameter to rank'}"),
         "society": None if report.society is None else asdict(report.society),
         "sao": None if report.sao is None else asdict(report.sao),
         "selection": report.selection,
@@ -139,8 +141,8 @@ def render_csv(report: RunReport, trials: list[TrialRecord]) -> str:
     writer.writeheader()
     for t in trials:
         row: dict[str, Any] = {
-            "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation,
-            "proposer": t.proposer, "status": t.status, "score": t.score, "estimate": t.estimate,
+            "run_id": report.run_id, "trial_id": t.trial_id, "generation": t.generation + 1,
+            "proposer": t.proposer, "status": t.status, "score": shown_score(t), "estimate": t.estimate,
             "cost_usd": t.cost_usd, "latency_ms": t.latency_ms, "n_cases": t.n_cases, "repeats": t.repeats,
             "n_errors": t.n_errors,
         }
@@ -199,7 +201,7 @@ def _trial_table(report: RunReport, trials: Sequence[TrialRecord], ranked: bool)
     rows = []
     for i, t in enumerate(trials, 1):
         rows.append(([str(i)] if ranked else []) + [_num(t.trial_id), str(t.generation + 1), _md(t.proposer),
-                     _num(t.score)] + ([_num(t.estimate)] if estimates else [])
+                     _num(shown_score(t))] + ([_num(t.estimate)] if estimates else [])
                      + [_num(t.metrics.get(m)) for m in metrics]
                      + [_num(t.cost_usd)] + ([_num(t.latency_ms)] if own_latency else [])
                      + [_md(t.config.get(p, ""), 40) for p in report.parameters])
@@ -273,6 +275,11 @@ def sao_markdown(sao: SAOReport) -> list[str]:
            f"- **Consistent under swap:** {rate} of parseable pairs gave the same verdict with A and B swapped",
            "- **Outcomes:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.outcomes.items())) or _DASH),
            "- **Filtered:** " + (" · ".join(f"{_md(k)} {v}" for k, v in sorted(sao.filtered.items())) or "none")]
+    out.append("- **Agreement with the metrics:** " + (
+        f"{sao.metric_agreement:.0%} of {sao.metric_agreement_pairs} duels on test cases gave the response the "
+        "metrics score higher (pairs that disagree are not kept)" if sao.metric_agreement is not None else
+        "not measured (no duel on a test case with a reference answer): the verdicts on written prompts are "
+        "unchecked"))
     if sao.rank_agreement is not None:
         out.append(f"- **Agreement with measured scores:** Spearman {sao.rank_agreement:+.2f} over "
                    f"{sum(p.score is not None for p in sao.preferred)} rated configurations")
@@ -361,6 +368,8 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
     if rows:
         out += _table(["rank", "trial", "mean", "estimate", "95% CI over cases", "cases + repeats", "confirmed",
                        "configuration"], rows) + [""]
+        out += ["The 95% CI is a t-interval of the per-case scores, clipped to the range a score can take "
+                "(0 to the sum of the metric weights).", ""]
     p = sel.get("runner_up_p")
     if p is not None:
         verdict = ("**distinguishable** from the runner-up" if sel.get("distinguishable")
@@ -370,7 +379,7 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
 
 
 def render_markdown(report: RunReport, front: list[TrialRecord], importance: dict[str, float],
-                    plot_files: Sequence[Path]) -> str:
+                    plot_files: Sequence[Path], skipped_plots: Mapping[str, str] | None = None) -> str:
     best, worst = report.best, report.worst
     out = [f"# Convergence report — {_md(report.study)}, run {report.run_id}", ""]
     out += [f"- **Target:** {_md(report.description)}"] if report.description else []
@@ -418,19 +427,23 @@ def render_markdown(report: RunReport, front: list[TrialRecord], importance: dic
         out += sao_markdown(report.sao)
     if report.learner:
         out += learner_markdown(report.learner)
-    out += ["## Parameter importance", "",
-            "Share of the score's variance each parameter explains on its own (grouped by value, "
-            "numbers in quantile bins, corrected for chance). A simple estimate, not fANOVA: "
-            "read it as a ranking.", ""]
+    out += ["## Parameter importance", ""]
     described = report.parameter_descriptions
-    out += _table(["parameter", "share", *(["description"] if described else [])],
-                  [[_md(p), f"{v:.1%}", *([_md(described.get(p, ""))] if described else [])]
-                   for p, v in importance.items()]) + [""]
-    if plot_files:
+    if importance:
+        out += ["How much each parameter mattered for reaching the top 30 % of the run's configurations "
+                "(Optuna's PED-ANOVA over the complete configurations; shares sum to 100 %). The "
+                "configurations come from an optimizer, not a designed experiment: read it as a ranking.", ""]
+        out += _table(["parameter", "share", *(["description"] if described else [])],
+                      [[_md(p), f"{v:.1%}", *([_md(described.get(p, ""))] if described else [])]
+                       for p, v in importance.items()]) + [""]
+    else:
+        out += [f"Not given: {too_few(report.trials) or 'no parameter to rank'}.", ""]
+    if plot_files or skipped_plots:
         out += ["## Plots", ""]
         for f in plot_files:
             title = PLOT_TITLES.get(f.stem, f.stem)
             out.append(f"![{title}]({f.name})" if f.suffix == ".png" else f"- [{title}]({f.name})")
+        out += [f"- {PLOT_TITLES.get(name, name)}: not drawn, {why}." for name, why in (skipped_plots or {}).items()]
         out.append("")
     return "\n".join(out)
 
@@ -455,7 +468,8 @@ _CHARTS: dict[str, Callable[[RunReport, dict[str, float]], plots.Chart | plots.P
 def plot_kinds(report: RunReport, cfg: OutputConfig) -> list[str]:
     """The asked plots this run can draw. ``society`` needs a society log;
     from the default list (``visualizations`` not set) it also needs the
-    society switched on, so a plain run keeps its usual plots."""
+    society switched on, so a plain run keeps its usual plots (a plot with nothing to show is
+    not drawn either: :func:`write_reports` says why in the report)."""
     kinds: list[str] = []
     for name in dict.fromkeys(cfg.visualizations):
         if name == "society" and (report.society is None or not (
@@ -463,6 +477,17 @@ def plot_kinds(report: RunReport, cfg: OutputConfig) -> list[str]:
             continue
         kinds.append(name)
     return kinds
+
+
+def _why_no_plot(report: RunReport, name: str, importance: dict[str, float]) -> str | None:
+    """Why plot ``name`` would be empty for this run (None: it has something to show)."""
+    if name == "society":
+        return None
+    if not report.usable:
+        return "no trial completed (no successful trial to plot)"
+    if name == "parameter_importance" and not importance:
+        return too_few(report.trials) or "no parameter to rank"
+    return None
 
 
 def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[Path]:
@@ -479,7 +504,12 @@ def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[P
     written: list[Path] = []
 
     plot_files: list[Path] = []
+    skipped: dict[str, str] = {}
     for name in plot_kinds(report, cfg):
+        why = _why_no_plot(report, name, importance)
+        if why is not None:  # an empty plot says nothing: the report says why there is none
+            skipped[name] = why
+            continue
         files = plots.render(_CHARTS[name](report, importance), out_dir / name, cfg.plot_format)
         plot_files.append(files[0])
         written += [f for f in files if f not in written]
@@ -493,7 +523,7 @@ def write_reports(report: RunReport, out_dir: Path, cfg: OutputConfig) -> list[P
         written.append(write_csv(report, trials, out_dir / "results.csv"))
     if "markdown" in cfg.formats:
         path = out_dir / "report.md"
-        atomic_write_text(path, render_markdown(report, front, importance, plot_files))
+        atomic_write_text(path, render_markdown(report, front, importance, plot_files, skipped))
         written.append(path)
 
     export = cfg.export_best_config

@@ -29,6 +29,11 @@ class GenerationSummary:
     """Trials whose configuration had not been evaluated in an earlier generation."""
 
 
+def shown_score(t: TrialRecord) -> float | None:
+    """The score a table shows: None for a trial that ran no case (its 0.0 is no measurement)."""
+    return None if t.n_cases == 0 and not t.repeats else t.score
+
+
 def _scored(t: TrialRecord) -> bool:
     return t.usable and math.isfinite(t.score)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from convergence.core.sao_pair import SAOPair
 from convergence.core.types import Config, TrialRecord
-from convergence.society.sao.verdict import consistency_rate
+from convergence.society.sao.verdict import consistency_rate, metric_agreement
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,6 +46,11 @@ class SAOReport:
     """Spearman correlation of preference ratings with measured scores (None under 3 rated configurations)."""
     examples: list[dict[str, str]] = field(default_factory=list)
     """A few kept pairs: prompt, chosen, rejected (shortened)."""
+    metric_agreement: float | None = None
+    """Share of duels on test cases (a reference answer) whose verdict was the metrics' preference:
+    how far the verdicts on written prompts, which have no reference, can be trusted. None: no such duel."""
+    metric_agreement_pairs: int = 0
+    """The duels on test cases that measured it."""
 
 
 def summarize_sao(pairs: Sequence[SAOPair], ratings: Mapping[str, Mapping[str, Any]],
@@ -62,8 +67,10 @@ def summarize_sao(pairs: Sequence[SAOPair], ratings: Mapping[str, Mapping[str, A
     ]
     preferred.sort(key=lambda p: (-p.preference, p.config_hash))
     kept = [p for p in pairs if p.kept]
+    agreed, measured = metric_agreement([(p.outcome, p.reference) for p in pairs])
     return SAOReport(
-        pairs=len(pairs), kept=len(kept), consistency=consistency_rate([p.outcome for p in pairs]),
+        pairs=len(pairs), kept=len(kept), consistency=consistency_rate([p.outcome for p in pairs if p.judged]),
+        metric_agreement=agreed / measured if measured else None, metric_agreement_pairs=measured,
         outcomes=dict(Counter(p.outcome for p in pairs)),
         filtered=dict(Counter(f for p in pairs for f in p.failed_filters)),
         preferred=preferred, rank_agreement=_spearman(preferred),

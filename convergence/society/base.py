@@ -86,10 +86,15 @@ class TaskAccess:
     ``Society.bind``): the test cases, as examples of its inputs, and a call of
     the target with a configuration on a new input, budgeted, retried and
     counted like every evaluation call; it returns the output as text and
-    raises :class:`TargetCallError` when the call failed."""
+    raises :class:`TargetCallError` when the call failed. ``grade``: the score
+    the run's metrics give an output on a test case (its reference answer
+    decides). ``render``: the prompt the target sends for a configuration and
+    an input, or None when the target cannot say."""
 
     cases: Sequence[TestCase]
     call: Callable[[Config, object], Awaitable[str]]
+    grade: Callable[[TestCase, str], Awaitable[float]] | None = None
+    render: Callable[[Config, object], str | None] | None = None
 
 
 class TargetCallError(ConvergenceError):

@@ -233,6 +233,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE generations ADD COLUMN context_json TEXT;
         """,
     ),
+    (
+        8,
+        """
+        -- an SAO duel on a test case: which response the metrics score higher (A | B | tie; NULL: a written
+        -- prompt, no reference answer), and what each side's model actually received (JSON [a, b]; NULL: unknown)
+        ALTER TABLE sao_pairs ADD COLUMN reference TEXT;
+        ALTER TABLE sao_pairs ADD COLUMN prompts_json TEXT;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -151,12 +151,13 @@ SQL_SOCIETY = (
 SQL_SAO_PAIR = (
     "INSERT INTO sao_pairs(study_id, run_id, generation, source, model, persona, prompt, prompt_input_json, "
     "response_a, response_b, config_a_json, config_b_json, hash_a, hash_b, verdict_1, verdict_2, outcome, "
-    "failed_filters_json, judgments_json, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    "failed_filters_json, judgments_json, created_at, reference, prompts_json) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 SAO_PAIR_COLS = (
     "sao_pairs.id, run_id, generation, source, model, persona, prompt, prompt_input_json, response_a, "
     "response_b, config_a_json, config_b_json, hash_a, hash_b, verdict_1, verdict_2, outcome, "
-    "failed_filters_json, judgments_json, sao_pairs.created_at"
+    "failed_filters_json, judgments_json, sao_pairs.created_at, reference, prompts_json"
 )
 SQL_SAO_RATINGS_CLEAR = "DELETE FROM sao_ratings WHERE run_id=?"
 SQL_SAO_RATING = (
@@ -176,7 +177,8 @@ def sao_pair_row(study_id: int, pair: SAOPair) -> tuple[Any, ...]:
         None if pair.config_a is None else dump(pair.config_a),
         None if pair.config_b is None else dump(pair.config_b), pair.hash_a, pair.hash_b, pair.verdict_1,
         pair.verdict_2, pair.outcome, dump(list(pair.failed_filters)), dump(list(pair.judgments)),
-        pair.created_at if pair.created_at is not None else time.time(),
+        pair.created_at if pair.created_at is not None else time.time(), pair.reference,
+        None if pair.prompts is None else dump(list(pair.prompts)),
     )
 
 
@@ -186,7 +188,8 @@ def sao_pair(r: Any) -> SAOPair:
         prompt_input=None if r[7] is None else json.loads(r[7]), response_a=r[8], response_b=r[9],
         config_a=None if r[10] is None else json.loads(r[10]), config_b=None if r[11] is None else json.loads(r[11]),
         hash_a=r[12], hash_b=r[13], verdict_1=r[14], verdict_2=r[15], outcome=r[16],
-        failed_filters=json.loads(r[17]), judgments=json.loads(r[18] or "[]"), created_at=r[19],
+        failed_filters=json.loads(r[17]), judgments=json.loads(r[18] or "[]"), created_at=r[19], reference=r[20],
+        prompts=None if r[21] is None else json.loads(r[21]),
     )
 
 

@@ -7,6 +7,13 @@ has the society LLM judge every pair in both orders. Challengers are the
 configurations whose measured score is closest to the incumbent's, fewest
 duels first: the pairs whose verdict is least predictable from the scores.
 
+Each step also runs ``sao.calibration`` duels on test cases with a reference
+answer: the run's metrics score both responses, a pair is kept only if the
+judge's verdict is the metrics' preference, and the share that agrees is the
+judge's measured agreement (the written prompts have no reference to check).
+Every pair records what each side's target received when the target can say
+(a LiteLLM target's rendered prompt).
+
 Consistent verdicts (A, B or tie in both orders) are duels; a Bradley-Terry
 fit over the run's duels gives each configuration a preference rating
 (:mod:`convergence.society.sao.ratings`), stored per run and usable in the
@@ -22,20 +29,22 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import anyio
 
 from convergence.config.society import SAOConfig
 from convergence.core.sao_pair import SAOPair
 from convergence.core.space import SearchSpace, config_hash
-from convergence.core.types import Config, TrialRecord
+from convergence.core.types import Config, TestCase, TrialRecord
 from convergence.llm.agent_client import LLMClient
 from convergence.society.base import ProposalContext, TaskAccess
 from convergence.society.memory import AgentMemory
 from convergence.society.sao.mixin import SAOMixin
 from convergence.society.sao.personas import Persona
 from convergence.society.sao.ratings import Duel, Rating, ratings
-from convergence.society.sao.verdict import consistency_rate
+from convergence.society.sao.verdict import consistency_rate, metric_agreement
 from convergence.society.strategies import nearest_unseen
 from convergence.tracing import traced
 
@@ -65,6 +74,8 @@ class SAOAgent(SAOMixin):
         """What the last step did (console, report, store)."""
         self._generations_done: set[int] = set()
         self._loaded_run: int | None = None
+        self._calibrated = 0
+        """Duels on test cases so far: the next one takes the next test case."""
 
     # ------------------------------------------------------------------ wiring
 
@@ -162,29 +173,73 @@ class SAOAgent(SAOMixin):
     async def duel_round(self, pairings: list[tuple[TrialRecord, TrialRecord]], generation: int,
                          run_id: int | None) -> list[SAOPair]:
         """Pairs for this generation's duels, each stored as it is made."""
-        assert self.task is not None
-        task = self.task
         turns = itertools.cycle(pairings)  # later rounds go on where the last one stopped
 
         async def make(persona: Persona, examples: list[Any]) -> SAOPair:
             a, b = next(turns)
-            configs = (a.config, b.config)
-
-            async def responder(task_input: Any, i: int) -> str:
-                return await task.call(configs[i], task_input)
-
-            pair = await self.make_pair(persona, examples, responder)
-            pair.config_a, pair.config_b, pair.hash_a, pair.hash_b = a.config, b.config, a.config_hash, b.config_hash
-            pair.source, pair.run_id, pair.generation = "loop", run_id, generation
-            if pair.outcome in ("A", "B", "tie"):
-                self.duels.append(Duel(a.config_hash, b.config_hash, pair.outcome))
-            return pair
+            task_input = await self.write_prompt(persona, examples)
+            return await self._duel(a, b, task_input, generation, run_id, source="loop", persona=persona.text)
 
         def store(pair: SAOPair) -> None:
             if self.memory is not None:
                 self.memory.store.record_sao_pair(self.memory.study_id, pair)
 
-        return await self.run_rounds(self.sao_config.batch_size, make, on_pair=store)
+        made = await self.run_rounds(self.sao_config.batch_size, make, on_pair=store)
+        return made + await self._calibrate(pairings, generation, run_id, store)
+
+    async def _calibrate(self, pairings: list[tuple[TrialRecord, TrialRecord]], generation: int,
+                         run_id: int | None, store: Callable[[SAOPair], None]) -> list[SAOPair]:
+        """``calibration`` duels on test cases with a reference answer: the metrics say which response
+        is better, so the judge's verdict is checked (a kept pair agrees) and its agreement measured."""
+        assert self.task is not None
+        task, grade = self.task, self.task.grade
+        cases = [c for c in task.cases if c.expected is not None]
+        if grade is None or not cases or not self.sao_config.calibration:
+            return []
+        jobs = []
+        for i in range(self.sao_config.calibration):
+            jobs.append((pairings[i % len(pairings)], cases[self._calibrated % len(cases)]))
+            self._calibrated += 1
+        made: list[SAOPair | None] = [None] * len(jobs)
+
+        async def one(i: int, a: TrialRecord, b: TrialRecord, case: TestCase) -> None:
+            async def graded(output: str) -> float:
+                return await grade(case, output)
+
+            try:
+                made[i] = await self._duel(a, b, case.input, generation, run_id, source="test_case", grade=graded)
+            except Exception as exc:  # noqa: BLE001 - one failed duel must not lose the step
+                self.failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        async with anyio.create_task_group() as tg:
+            for i, ((a, b), case) in enumerate(jobs):
+                tg.start_soon(one, i, a, b, case)
+        out = [p for p in made if p is not None]
+        for pair in out:
+            store(pair)
+        self.sao_dataset.extend(out)
+        return out
+
+    async def _duel(self, a: TrialRecord, b: TrialRecord, task_input: Any, generation: int, run_id: int | None,
+                    *, source: str, persona: str = "",
+                    grade: Callable[[str], Awaitable[float]] | None = None) -> SAOPair:
+        """Incumbent ``a`` and challenger ``b`` answer ``task_input`` through the target; the judge decides."""
+        assert self.task is not None
+        task = self.task
+        configs = (a.config, b.config)
+
+        async def responder(task_input: Any, i: int) -> str:
+            return await task.call(configs[i], task_input)
+
+        pair = await self.answer_and_judge(persona, task_input, responder, grade)
+        pair.config_a, pair.config_b, pair.hash_a, pair.hash_b = a.config, b.config, a.config_hash, b.config_hash
+        pair.source, pair.run_id, pair.generation = source, run_id, generation
+        if task.render is not None:
+            seen = [task.render(c, task_input) for c in configs]
+            pair.prompts = [seen[0], seen[1]] if seen[0] is not None and seen[1] is not None else None
+        if pair.outcome in ("A", "B", "tie"):
+            self.duels.append(Duel(a.config_hash, b.config_hash, pair.outcome))
+        return pair
 
     def _refit(self, run_id: int | None) -> None:
         self.ratings = ratings(self.duels, self.sao_config.rating_prior)
@@ -210,6 +265,7 @@ class SAOAgent(SAOMixin):
         return {
             "pairs": len(made), "kept": sum(p.kept for p in made), "failures": len(self.failures),
             "consistency": consistency_rate(outcomes), "outcomes": dict(Counter(outcomes)),
+            "metric_agreement": _agreement(made),
             "filtered": dict(filters), "duels": len(self.duels),
             "preferred": [{"config": self.trials[r.config_hash].config if r.config_hash in self.trials else None,
                            "hash": r.config_hash, "preference": round(r.preference, 3), "wins": r.wins,
@@ -218,3 +274,9 @@ class SAOAgent(SAOMixin):
 
     def summary(self) -> dict[str, Any]:
         return {"sao": self.step} if self.step else {}
+
+
+def _agreement(pairs: Sequence[SAOPair]) -> dict[str, Any] | None:
+    """How often the judge agreed with the metrics on this step's test cases; None without such a duel."""
+    agreed, measured = metric_agreement([(p.outcome, p.reference) for p in pairs])
+    return {"agreed": agreed, "measured": measured, "rate": agreed / measured} if measured else None

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from convergence.core.sao_pair import FILTERS, SAOPair
 from convergence.errors import ConvergenceError
+from convergence.society.sao.verdict import metric_agreement
 
 EXPECTED = "expected prompt/chosen/rejected"
 _OUTCOME_FILTERS = ("unparseable", "inconsistent", "tie")
@@ -47,9 +48,17 @@ def skip_reasons(pair: SAOPair, include_all: bool = False) -> list[str]:
     with ``include_all`` only a pair without a preference (tie, inconsistent,
     unparseable) is left out, since it has no chosen/rejected to write."""
     reasons: list[str] = [o for o in _OUTCOME_FILTERS if pair.outcome == o]
+    if pair.prompts is not None and pair.prompts[0] != pair.prompts[1]:
+        reasons.append("different_prompts")  # no one prompt both responses answer: not a preference pair
     if include_all:
         return reasons
     return reasons + [f for f in pair.failed_filters if f not in reasons]
+
+
+def seen_prompt(pair: SAOPair) -> str:
+    """The prompt the models answered: the target's rendered prompt when it is known (and the same for
+    both sides), else the task input as text (what a Python or HTTP target received)."""
+    return pair.prompts[0] if pair.prompts is not None and pair.prompts[0] == pair.prompts[1] else pair.prompt
 
 
 def to_record(pair: SAOPair, conversational: bool = False, *, with_metadata: bool = False) -> dict[str, Any]:
@@ -61,14 +70,15 @@ def to_record(pair: SAOPair, conversational: bool = False, *, with_metadata: boo
             f"pair {pair.id if pair.id is not None else '?'} has outcome {pair.outcome!r}: no chosen/rejected response"
         )
     record: dict[str, Any]
+    prompt = seen_prompt(pair)
     if conversational:
         record = {
-            "prompt": [{"role": "user", "content": pair.prompt}],
+            "prompt": [{"role": "user", "content": prompt}],
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
         }
     else:
-        record = {"prompt": pair.prompt, "chosen": chosen, "rejected": rejected}
+        record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if with_metadata:
         a_won = pair.outcome == "A"
         record.update({
@@ -78,6 +88,10 @@ def to_record(pair: SAOPair, conversational: bool = False, *, with_metadata: boo
             # JSON text (null included): a column of dicts whose keys differ per row has no stable schema
             "config_chosen": json.dumps(pair.config_a if a_won else pair.config_b, sort_keys=True, default=str),
             "config_rejected": json.dumps(pair.config_b if a_won else pair.config_a, sort_keys=True, default=str),
+            # what each side's model received ("" unknown): with two templates they differ
+            "prompt_chosen": (pair.prompts[0] if a_won else pair.prompts[1]) if pair.prompts else "",
+            "prompt_rejected": (pair.prompts[1] if a_won else pair.prompts[0]) if pair.prompts else "",
+            "reference": pair.reference or "",
         })
     return record
 
@@ -297,13 +311,18 @@ def dataset_stats(pairs: Sequence[SAOPair]) -> dict[str, Any]:
 
     ``filters`` counts each filter of ``sao_pairs.FILTERS`` (the outcome ones -
     unparseable, inconsistent, tie - from the outcome too). ``consistency_rate``:
-    A/B/tie over A/B/tie/inconsistent (None: no parseable pair). ``diversity``
+    A/B/tie over A/B/tie/inconsistent among judged pairs (None: none; an imported
+    pair states a preference nobody judged here). ``metric_agreement``: share of
+    duels on test cases where the judge's verdict is the metrics' preference
+    (None: no such duel; ``metric_agreement_pairs`` of them). ``diversity``
     of the kept prompts (None: none kept)."""
     outcomes = Counter(p.outcome for p in pairs)
     filters: Counter[str] = Counter({f: 0 for f in FILTERS})
     for p in pairs:
         filters.update(skip_reasons(p))
-    judged = sum(outcomes[o] for o in ("A", "B", "tie", "inconsistent"))
+    judged_outcomes = Counter(p.outcome for p in pairs if p.judged)  # an imported pair was never judged here
+    judged = sum(judged_outcomes[o] for o in ("A", "B", "tie", "inconsistent"))
+    agreed, measured = metric_agreement([(p.outcome, p.reference) for p in pairs])
     kept_prompts = [p.prompt for p in pairs if p.kept]
     diversity: float | None = None
     if kept_prompts:
@@ -315,7 +334,10 @@ def dataset_stats(pairs: Sequence[SAOPair]) -> dict[str, Any]:
         "kept": len(kept_prompts),
         "outcomes": {o: outcomes[o] for o in ("A", "B", "tie", "inconsistent", "unparseable")},
         "filters": dict(filters),
-        "consistency_rate": (judged - outcomes["inconsistent"]) / judged if judged else None,
+        "consistency_rate": (judged - judged_outcomes["inconsistent"]) / judged if judged else None,
+        "judged": judged,
+        "metric_agreement": agreed / measured if measured else None,
+        "metric_agreement_pairs": measured,
         "diversity": diversity,
         "sources": dict(sorted(Counter(p.source for p in pairs).items())),
         "unique_prompts": len({p.prompt for p in pairs}),

@@ -40,6 +40,7 @@ import anyio
 from convergence.config.society import SAOConfig
 from convergence.core.sao_pair import SAOPair, Verdict
 from convergence.llm.agent_client import LLMClient, as_client
+from convergence.llm.logprob import LogProb
 from convergence.society.sao.personas import Persona, build_personas
 from convergence.society.sao.similarity import is_near_duplicate, similarity
 from convergence.society.sao.verdict import combine, judge_prompt, parse_continuation, swap
@@ -200,15 +201,13 @@ class SAOMixin:
         model; on 13 obvious pairs total was consistent under swap 9 times and right all 9."""
         prompt = f"Question: {task.strip()}\nResponse A: {first.strip()}\nResponse B: {second.strip()}\n" \
                  "The better response is:"
-        scores = []
+        measured = []
         for response in (first, second):
             lp = await self.sao_llm.logprob(prompt, " " + response.strip())
             if lp.value is None:
                 return None, f"no log-probs from {self.sao_llm.model}: {lp.detail or lp.method}"
-            scores.append(lp.value)
-        diff = scores[0] - scores[1]
-        verdict: Verdict = "tie" if abs(diff) < self.sao_config.tie_margin else ("A" if diff > 0 else "B")
-        return verdict, f"log-prob: A {scores[0]:.3f}, B {scores[1]:.3f} -> [[{verdict}]]"
+            measured.append(lp)
+        return likelihood_verdict(measured[0], measured[1], self.sao_config.tie_margin)
 
     async def judge(self, task: str, a: str, b: str) -> tuple[Any, Any, list[str]]:
         """Both orders: (verdict with A first, verdict with B first mapped back to A/B labels, raw texts)."""
@@ -240,12 +239,19 @@ class SAOMixin:
     async def make_pair(self, persona: Persona, examples: Sequence[Any], responder: Responder | None = None) -> SAOPair:
         """persona -> prompt -> two responses (``responder``, default :attr:`responder`) -> two judgments -> filters."""
         task_input = await self.write_prompt(persona, examples)
+        return await self.answer_and_judge(persona.text, task_input, responder)
+
+    async def answer_and_judge(self, persona: str, task_input: Any, responder: Responder | None = None,
+                               grade: Callable[[str], Awaitable[float]] | None = None) -> SAOPair:
+        """Two responses to ``task_input``, judged in both orders, filtered. ``grade``: the metrics' score
+        of a response (a test case with a reference answer); then the pair records which response the
+        metrics prefer (``reference``) and is kept only if the judge agrees."""
         task = input_text(task_input)
         ra, rb = await self.respond(task_input, responder)
         errors = isinstance(ra, Exception) or isinstance(rb, Exception)
         a = ra if isinstance(ra, str) else f"(failed: {type(ra).__name__})"
         b = rb if isinstance(rb, str) else f"(failed: {type(rb).__name__})"
-        pair = SAOPair(persona=persona.text, prompt=task, prompt_input=task_input, response_a=a, response_b=b,
+        pair = SAOPair(persona=persona, prompt=task, prompt_input=task_input, response_a=a, response_b=b,
                        verdict_1=None, verdict_2=None, outcome="unparseable", model=self.sao_llm.model,
                        created_at=time.time())
         short = [len(r.strip()) < self.sao_config.min_response_length for r in (a, b)]
@@ -261,6 +267,11 @@ class SAOMixin:
             pair.verdict_1, pair.verdict_2, pair.judgments = await self.judge(task, a, b)
         pair.outcome = combine(pair.verdict_1, pair.verdict_2) if not errors else "unparseable"
         pair.failed_filters = self.filters(pair, errors)
+        if grade is not None and not errors:
+            score_a, score_b = await grade(a), await grade(b)
+            pair.reference = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
+            if pair.outcome in ("A", "B") and pair.outcome != pair.reference:
+                pair.failed_filters.append("disagrees_with_metric")
         self.known_prompts.append(task)
         return pair
 
@@ -328,6 +339,33 @@ class SAOMixin:
         stats.update(rounds=self.sao_rounds, personas=len(self.personas), llm_calls=self.sao_llm.calls,
                      llm_seconds=round(self.sao_llm.seconds, 3), failures=len(self.failures))
         return stats
+
+
+def likelihood_verdict(a: LogProb, b: LogProb, tie_margin: float) -> tuple[Verdict | None, str]:
+    """The verdict two log-probs support. A ``top_logprobs_bound`` is an upper bound, not a
+    measurement: it decides only against a measured value above it by more than ``tie_margin`` (the
+    bounded side is then surely less likely); two bounds, or a measured value under a bound, decide
+    nothing (None). Values of different measuring methods are not compared."""
+    said = f"log-prob: A {_shown(a)}, B {_shown(b)}"
+    assert a.value is not None and b.value is not None
+    bound_a, bound_b = a.method == "top_logprobs_bound", b.method == "top_logprobs_bound"
+    if bound_a and bound_b:
+        return None, f"{said}: both are upper bounds (neither response in the top log-probs), no verdict"
+    if bound_a or bound_b:
+        diff = (b.value - a.value) if bound_a else (a.value - b.value)  # measured minus the other's bound
+        if diff <= tie_margin:
+            return None, f"{said}: an upper bound against a measured value it may exceed, no verdict"
+        verdict: Verdict = "B" if bound_a else "A"
+        return verdict, f"{said} -> [[{verdict}]]"
+    if a.method != b.method:
+        return None, f"{said}: measured by different methods ({a.method}, {b.method}), no verdict"
+    diff = a.value - b.value
+    verdict = "tie" if abs(diff) < tie_margin else ("A" if diff > 0 else "B")
+    return verdict, f"{said} -> [[{verdict}]]"
+
+
+def _shown(lp: LogProb) -> str:
+    return f"{lp.value:.3f}" if lp.method != "top_logprobs_bound" else f"<= {lp.value:.3f} (bound)"
 
 
 def _shared(a: Persona, b: Persona) -> int:

@@ -121,3 +121,11 @@ def consistency_rate(outcomes: Sequence[Outcome]) -> float | None:
     if not parseable:
         return None
     return sum(o in ("A", "B", "tie") for o in parseable) / len(parseable)
+
+
+def metric_agreement(pairs: Sequence[tuple[Outcome, Verdict | None]]) -> tuple[int, int]:
+    """(agreed, measured) over (outcome, reference) of duels on test cases: ``measured`` counts those
+    where the metrics prefer one response and the judge gave a verdict (an inconsistent one included:
+    it is not agreement); ``agreed`` those whose consistent verdict is the metrics' preference."""
+    measured = [(o, r) for o, r in pairs if r in ("A", "B") and o != "unparseable"]
+    return sum(o == r for o, r in measured), len(measured)

@@ -60,6 +60,8 @@ class Gen:
     """After which generation the society learner made the decision it was proposed under."""
     controls: dict[str, dict[str, str]] = field(default_factory=dict)
     """The agents' controls it was proposed under."""
+    loaded: bool = False
+    """Its slots exist and hold the results the store already had (a resumed run's replay)."""
 
 
 @dataclass(slots=True)

@@ -79,6 +79,8 @@ class TrialRunner:
                     else:
                         slot.pending = 0
                         self._complete(slot)
+                g.loaded = True
+                st.wake.set()  # a resumed run proposes its first new generation once every replay is loaded
         g.trials = self.record_trials(g)
         st.wake.set()
         return g.trials

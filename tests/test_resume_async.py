@@ -121,7 +121,7 @@ async def test_the_first_generation_after_an_async_resume_is_proposed_from_every
     ctx = seen[first_new]
     score = {t.config_hash: t.score for t in out.trials}
     implied = sorted((score[h] for h in complete), reverse=True)
-    assert sorted((t.config_hash for t in ctx.history)) == sorted(complete), \
+    assert sorted(t.config_hash for t in ctx.history) == sorted(complete), \
         "the first new generation's history is every trial the store holds complete"
     assert [t.score for t in ctx.population] == implied[:POPULATION], \
         "its population (the elites' source) is the best of them, best first"

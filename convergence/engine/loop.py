@@ -150,7 +150,8 @@ class Optimizer:
             if (lcfg := self.cfg.society.learner) is not None:
                 st.learner = await LearnerDriver.start(
                     lcfg.plugin, lcfg.options, society=self.society, store=store, study=study, run_id=st.run_id,
-                    seed=st.seed, opt=self.opt, db_path=self.loaded.db_path)
+                    seed=st.seed, opt=self.opt, db_path=self.loaded.db_path,
+                    timeout_seconds=self.cfg.society.agent_timeout_seconds)
             async with store.writing():
                 status, stop_reason = await scheduler.run()
                 if not st.all_failed.tripped:

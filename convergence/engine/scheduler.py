@@ -205,7 +205,7 @@ class GenerationScheduler:
         if budget.exhausted:
             return "stopped", budget.exhausted
         # a learner's prediction is an early-stopping rule: off with early stopping
-        why = (st.learner.learner.stop_reason()
+        why = (st.learner.stop_reason()
                if st.learner is not None and self.opt.execution.early_stopping.enabled else None)
         if why and g.number < evo.generations - 1:
             return "finished", f"early stopping: {why}"

@@ -96,10 +96,10 @@ def hanging_learner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 
 
 def make(tmp_path: Path, generations: int, timeout: float) -> Any:
-    (tmp_path / "tgt.py").write_text(TARGET)
+    (tmp_path / "hang_tgt.py").write_text(TARGET)
     text = textwrap.dedent(f"""
         study: hang
-        target: {{type: python, function: "tgt:call", retry: {{max_retries: 0}}}}
+        target: {{type: python, function: "hang_tgt:call", retry: {{max_retries: 0}}}}
         storage: {{path: db.sqlite}}
         search_space:
           parameters:

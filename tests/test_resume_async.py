@@ -50,11 +50,11 @@ class StopAfter(NoEvents):
 
 
 def make(tmp_path: Path) -> Any:
-    (tmp_path / "tgt.py").write_text(TARGET)
+    (tmp_path / "resume_tgt.py").write_text(TARGET)
     cases = "\n".join(f"      - {{input: '{'c' * (i + 1)}'}}" for i in range(N_CASES))
     text = textwrap.dedent("""
         study: async-resume
-        target: {type: python, function: "tgt:quality", retry: {max_retries: 0}}
+        target: {type: python, function: "resume_tgt:quality", retry: {max_retries: 0}}
         storage: {path: db.sqlite}
         search_space:
           parameters:
@@ -64,7 +64,7 @@ def make(tmp_path: Path) -> Any:
             inline:
         """) + cases + "\n" + textwrap.dedent(f"""
           metrics:
-            q: {{function: "tgt:as_score"}}
+            q: {{function: "resume_tgt:as_score"}}
         optimization:
           seed: 11
           warm_start: 0

@@ -123,6 +123,8 @@ class RunState:
     """The run's case order (seeded when racing: every configuration meets the cases in this order)."""
     limiter: anyio.CapacityLimiter
     all_failed: FailureWatch
+    feed_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    """Held by the trial feeding the concurrency limit; trials take turns in the order they started."""
     warm: list[dict[str, Any]] = field(default_factory=list)
     racer: Racer | None = None
     learner: LearnerDriver | None = None

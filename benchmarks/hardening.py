@@ -22,6 +22,9 @@ Sub-commands (each prints a table of numbers and a final PASS/FAIL line):
   received, ``runs.elapsed_seconds`` vs the episodes' time (from each
   episode's first call to its kill or exit; the raw wall-time figure, which
   includes interpreter start-up, is printed too).
+* ``kill-resume-async``  the same kill and ``--resume`` in async mode (one
+  kill per cycle): the first generation the resumed run proposes (proposals,
+  mean score) and the final best against uninterrupted runs.
 * ``two-resume``   kill a run, then start two ``--resume`` at once (exactly
   one may proceed, the other must exit non-zero within 5 s while the winner
   still has ~7 s of work); and kill -9 then resume at once (stale lease
@@ -265,7 +268,7 @@ def cases_yaml(n_cases: int) -> str:
 
 
 def python_yaml(*, study: str, function: str, db: Path, seed: int, population: int, generations: int,
-                n_cases: int, concurrency: int, elite: int = 1) -> str:
+                n_cases: int, concurrency: int, elite: int = 1, mode: str = "generational") -> str:
     return (
         f"study: {json.dumps(study)}\n"
         f"target: {{type: python, function: \"harden_targets:{function}\", timeout_seconds: 60,\n"
@@ -275,7 +278,7 @@ def python_yaml(*, study: str, function: str, db: Path, seed: int, population: i
         + "optimization:\n"
         f"  seed: {seed}\n"
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: {elite}}}\n"
-        f"  execution: {{mode: generational, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
+        f"  execution: {{mode: {mode}, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
         "  racing: {enabled: false}\n"
         f"output: {{save_path: results}}\n"
         f"storage: {{path: {json.dumps(str(db))}}}\n"
@@ -807,6 +810,115 @@ def cmd_kill_resume(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
     return v
 
 
+# --------------------------------------------------------------------------- 2b. kill-resume-async
+
+
+def _gen_facts(db: Path) -> dict[int, tuple[int, float | None]]:
+    """Generation number -> (proposals, mean score) of the newest run in ``db``."""
+    with open_ro(db) as c:
+        run_id = run_ids(c)[-1]
+        return {n: (len(json.loads(pj)), mean) for n, pj, mean in c.execute(
+            "SELECT number, proposals_json, mean_score FROM generations WHERE run_id = ?", (run_id,))}
+
+
+def cmd_kill_resume_async(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
+    """Async mode: SIGKILL a seeded run once at a random moment, ``--resume`` it, and compare the first
+    generation the resumed run proposes (its proposals and mean score) and the final best with
+    uninterrupted runs of the same config. Async runs are not bit-for-bit repeatable (what a generation
+    sees depends on which calls landed first), so the comparison is of distributions, not identity. A
+    generation proposed with the stored population keeps ``elite_size`` survivors and proposes
+    population - elite; one proposed blind (no population) proposes the whole population."""
+    kc = KRConfig(seed=seed + 11, generations=10)
+    n_cycles = 3 if quick else 20
+    n_refs = 2 if quick else 4
+    print(f"kill-resume-async: {n_cycles} cycles of one SIGKILL then --resume, async mode, population "
+          f"{kc.population} (elite 1) x {kc.generations} generations x {kc.n_cases} cases, concurrency "
+          f"{kc.concurrency}, target sleeping {kc.sleep_ms} ms; {n_refs} uninterrupted references\n")
+    base = workdir(root, "kill-resume-async")
+    rng = random.Random(seed)
+
+    def setup(name: str) -> tuple[Path, Path, dict[str, str]]:
+        d = subdir(base, name)
+        db, log = d / "run.db", d / "calls.log"
+        (d / "opt.yaml").write_text(python_yaml(
+            study="harden-kill-async", function="counted", db=db, seed=kc.seed, population=kc.population,
+            generations=kc.generations, n_cases=kc.n_cases, concurrency=kc.concurrency, mode="async"))
+        return db, log, cli.env({"HARDEN_CALL_LOG": str(log), "HARDEN_SLEEP_MS": kc.sleep_ms})
+
+    args = ["optimize", "opt.yaml", "-q", "--no-outputs"]
+    refs: list[tuple[dict[int, tuple[int, float | None]], float]] = []
+    spans = []
+    for r in range(n_refs):
+        db, log, env = setup(f"ref{r}")
+        p = run_cli(cli, args, db.parent, env, f"ref{r}")
+        times = [t for _, _, t in read_call_log(log)]
+        f = last_run_facts(db, kc.n_cases)
+        if p.rc != 0 or f is None or f.best is None:
+            v = Verdict("kill-resume-async")
+            v.check(f"the uninterrupted reference run completes (exit {p.rc}: {last_lines(p.stderr)})", False)
+            return v
+        refs.append((_gen_facts(db), f.best[0]))
+        spans.append((min(times) - p.t0_wall, max(times) - p.t0_wall))
+    first_call = sum(a for a, _ in spans) / len(spans)
+    last_call = sum(b for _, b in spans) / len(spans)
+    print(f"  references: first call {first_call:.2f}s, last call {last_call:.2f}s after start; kills drawn "
+          f"uniformly in the first 60 % of that span\n")
+    rows = []
+    blind = tracebacks = failures = 0
+    firsts: list[float] = []
+    ref_firsts: list[float] = []
+    bests: list[float] = []
+    for ci in range(n_cycles):
+        db, _log, env = setup(f"cycle{ci:02d}")
+        t_kill = rng.uniform(first_call, first_call + 0.6 * (last_call - first_call))
+        p = spawn(cli, args, db.parent, env, f"c{ci}-kill")
+        while p.poll() is None and p.wall < t_kill:
+            time.sleep(0.002)
+        killed = p.kill9()
+        tracebacks += has_traceback(p.stderr)
+        status = _last_run_status(db)
+        if not killed or status in (None, "finished"):
+            rows.append([ci, f"{t_kill:.2f}", "no mid-run kill", "-", "-", "-", "-", "-"])
+            continue
+        stored = _gen_facts(db)
+        k = max(stored) + 1
+        r = run_cli(cli, [*args, "--resume"], db.parent, env, f"c{ci}-resume")
+        tracebacks += has_traceback(r.stderr)
+        f = last_run_facts(db, kc.n_cases)
+        if r.rc != 0 or f is None or f.status != "finished" or k >= kc.generations:
+            failures += r.rc != 0
+            rows.append([ci, f"{t_kill:.2f}", k, "-", "-", "-", f.best[0] if f and f.best else "-", f"exit {r.rc}"])
+            continue
+        n_prop, mean = _gen_facts(db)[k]
+        ref_means = [g[k][1] for g, _ in refs if g.get(k) and g[k][1] is not None]
+        ref_mean = sum(ref_means) / len(ref_means) if ref_means else None
+        blind += n_prop == kc.population
+        if mean is not None and ref_mean is not None:
+            firsts.append(mean)
+            ref_firsts.append(ref_mean)
+        bests.append(f.best[0] if f.best else 0.0)
+        rows.append([ci, f"{t_kill:.2f}", k, n_prop, mean, ref_mean, f.best[0] if f.best else None, "ok"])
+    print(table(["cycle", "kill at s", "first new gen", "its proposals", "its mean", "refs' mean (same gen)",
+                 "final best", "resume"], rows))
+    ref_bests = [b for _, b in refs]
+
+    def avg(xs: list[float]) -> float:
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    print(f"\n  resumed runs: first new generation proposed blind (population {kc.population} proposals, "
+          f"no elite) {blind}/{len(bests)}; its mean {avg(firsts):.3f} vs {avg(ref_firsts):.3f} uninterrupted "
+          f"(same generations)")
+    print(f"  final best: resumed {min(bests, default=float('nan')):.3f}-{max(bests, default=float('nan')):.3f} "
+          f"(mean {avg(bests):.3f}), uninterrupted {min(ref_bests):.3f}-{max(ref_bests):.3f} "
+          f"(mean {avg(ref_bests):.3f})")
+    v = Verdict("kill-resume-async")
+    v.check(f"at least one real kill mid-run (got {len(bests)})", len(bests) > 0)
+    v.check(f"every resume finished (failures {failures})", failures == 0)
+    v.check(f"no first new generation proposed blind (got {blind})", blind == 0)
+    v.check(f"0 tracebacks (got {tracebacks})", tracebacks == 0)
+    return v
+
+
 def _has_run(db: Path) -> bool:
     return _last_run_status(db) is not None
 
@@ -1302,6 +1414,7 @@ def cmd_secrets(cli: Cli, root: Path, quick: bool, seed: int) -> Verdict:
 COMMANDS: dict[str, Callable[[Cli, Path, bool, int], Verdict]] = {
     "two-process": cmd_two_process,
     "kill-resume": cmd_kill_resume,
+    "kill-resume-async": cmd_kill_resume_async,
     "two-resume": cmd_two_resume,
     "secrets": cmd_secrets,
 }

@@ -19,7 +19,7 @@ SCRIPT = ROOT / "benchmarks" / "hardening.py"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["two-process", "kill-resume", "two-resume", "secrets"])
+@pytest.mark.parametrize("command", ["two-process", "kill-resume", "kill-resume-async", "two-resume", "secrets"])
 def test_hardening_quick(command: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         # kill-resume: an attempt counted and killed before the target logged it over-counts by one,

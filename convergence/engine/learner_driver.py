@@ -7,9 +7,11 @@ Kept out of the scheduler (``scheduler.py``), which only says *when* the learner
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +41,13 @@ from convergence.storage.store import Store
 MEMORY_ROWS = 5000
 """Experiences of earlier runs a learner is given at start (the newest)."""
 
+STRIKES = 3
+"""Steps in a row a learner may miss (time out, or still be busy with one that did) before it is set aside."""
+
+
+class LearnerTimeout(Exception):
+    """A learner's update did not return within ``society.agent_timeout_seconds``."""
+
 
 @dataclass(slots=True)
 class GenerationFacts:
@@ -58,8 +67,16 @@ class LearnerDriver:
     """One run's learner, its memory in the store and the decision in force."""
 
     def __init__(self, learner: Learner, plugin: str, memory: LearnerMemory, store: Store, study_id: int,
-                 run_id: int, society: Society) -> None:
+                 run_id: int, society: Society, timeout_seconds: float | None = None) -> None:
         self.learner = learner
+        self.timeout_seconds = timeout_seconds
+        """How long one ``update`` may take (``society.agent_timeout_seconds``); None: no limit."""
+        self.busy: threading.Thread | None = None
+        """The thread of an update that timed out and has not returned (it cannot be cancelled)."""
+        self.strikes = 0
+        """Steps missed in a row (timed out, or skipped while the learner was still busy)."""
+        self.failed = False
+        """Set aside after :data:`STRIKES` missed steps: the run goes on with the shares in force."""
         self.run_id = run_id
         self.plugin = plugin
         self.memory = memory
@@ -74,7 +91,8 @@ class LearnerDriver:
 
     @classmethod
     async def start(cls, plugin: str, options: Mapping[str, Any], *, society: Society, store: Store, study: str,
-                    run_id: int, seed: int, opt: OptimizationConfig, db_path: Any) -> LearnerDriver:
+                    run_id: int, seed: int, opt: OptimizationConfig, db_path: Any,
+                    timeout_seconds: float | None = None) -> LearnerDriver:
         """The ``society.learner`` plugin, started from what it learned in earlier runs of the study."""
         from convergence.registry import registry
 
@@ -100,7 +118,7 @@ class LearnerDriver:
         except Exception as exc:
             raise PluginError(f"learner {plugin!r} ({origin}) failed to start: {type(exc).__name__}: {exc}"
                               ) from exc
-        driver = cls(learner, plugin, memory, store, study_id, run_id, society)
+        driver = cls(learner, plugin, memory, store, study_id, run_id, society, timeout_seconds)
         driver.persist()
         return driver
 
@@ -116,16 +134,30 @@ class LearnerDriver:
         "learner": self.plugin, "generation": result.generation, "improvement": result.improvement,
         "controls": result.controls}, output=lambda out: out)
     async def step(self, result: GenerationResult) -> dict[str, Any]:
-        """The learner reads the generation (in a worker thread) and sets the next shares and controls."""
+        """The learner reads the generation (in a worker thread) and sets the next shares and controls.
+
+        An update that runs past the time limit is abandoned (its thread cannot be stopped): the shares in
+        force stay, the user is told, and after :data:`STRIKES` missed steps in a row the learner is set aside.
+        The wait never holds up a cancellation (Ctrl-C ends the run at once)."""
+        if self.failed:
+            return {"shares": dict(self.society.shares), "controls": {}, "summary": {}}
+        if self.busy is not None and self.busy.is_alive():
+            return self._missed(result, "is still busy with an update that timed out")
+        self.busy = None
         try:
-            out = await anyio.to_thread.run_sync(self.learner.update, result)
+            out = await _in_daemon_thread(self.learner.update, result, self.timeout_seconds,
+                                          name=f"convergence-learner-{self.plugin}")
             decision = out if isinstance(out, Decision) else Decision(shares=out)
             shares = valid_shares(decision.shares, self.society.shares)
             controls = {a: dict(c) for a, c in decision.controls.items()}
             self.society.set_controls(controls)
+        except LearnerTimeout as exc:
+            self.busy = exc.args[0]
+            return self._missed(result, f"did not answer within {self.timeout_seconds:g}s")
         except Exception as exc:
             raise PluginError(f"learner {self.plugin!r} failed after generation {result.generation + 1}: "
                               f"{type(exc).__name__}: {exc}") from exc
+        self.strikes = 0
         self.society.set_shares(shares)
         self.decided_at = result.generation
         self.persist()
@@ -134,6 +166,50 @@ class LearnerDriver:
         self.store.record_learner(self.run_id, result.generation, self.learner.name, dict(shares), asdict(result),
                                   detail)
         return {"shares": dict(shares), "controls": controls, "summary": summary}
+
+    def _missed(self, result: GenerationResult, why: str) -> dict[str, Any]:
+        """A step the learner missed: the shares and controls in force stay; set aside after STRIKES."""
+        self.strikes += 1
+        note = (f"learner {self.plugin!r} {why} after generation {result.generation + 1}; the society keeps the "
+                f"shares it had")
+        if self.strikes >= STRIKES:
+            self.failed = True
+            note += (f". After {self.strikes} missed steps in a row, learner {self.plugin!r} is set aside for the "
+                     f"rest of the run")
+        return {"shares": dict(self.society.shares), "controls": {}, "summary": {"message": note}}
+
+    def stop_reason(self) -> str | None:
+        """The learner's early-stopping rule; none from a learner set aside or still busy."""
+        if self.failed or (self.busy is not None and self.busy.is_alive()):
+            return None
+        return self.learner.stop_reason()
+
+
+async def _in_daemon_thread(fn: Callable[[Any], Any], arg: Any, timeout: float | None, *, name: str) -> Any:
+    """``fn(arg)`` in a thread of its own, awaited up to ``timeout`` seconds (:class:`LearnerTimeout` with the
+    thread after). A daemon thread, not one of anyio's workers: a cancelled or timed-out wait returns at once,
+    and a thread that never returns does not keep the process from exiting."""
+    done = anyio.Event()
+    box: dict[str, Any] = {}
+    token = anyio.lowlevel.current_token()
+
+    def work() -> None:
+        try:
+            box["value"] = fn(arg)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            box["error"] = exc
+        with contextlib.suppress(Exception):  # the run already ended (abandoned): nobody waits
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    with anyio.move_on_after(math.inf if timeout is None else timeout):
+        await done.wait()
+    if not done.is_set():
+        raise LearnerTimeout(thread)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def memory_key(plugin: str) -> str:

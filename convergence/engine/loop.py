@@ -153,7 +153,8 @@ class Optimizer:
             if (lcfg := self.cfg.society.learner) is not None:
                 st.learner = await LearnerDriver.start(
                     lcfg.plugin, lcfg.options, society=self.society, store=store, study=study, run_id=st.run_id,
-                    seed=st.seed, opt=self.opt, db_path=self.loaded.db_path)
+                    seed=st.seed, opt=self.opt, db_path=self.loaded.db_path,
+                    timeout_seconds=self.cfg.society.agent_timeout_seconds)
             async with store.writing():  # the lease's heartbeat runs while the model loads
                 await warm_up(llm_users(self.loaded, self.space, (p for p, _ in self.society.members),
                                         target_in_process=isinstance(executor, LocalExecutor)), events.message)

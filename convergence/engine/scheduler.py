@@ -68,7 +68,8 @@ class GenerationScheduler:
                 while True:
                     st.wake = anyio.Event()  # set by a finished generation or a queue running low
                     if starting and next_gen < evo.generations and (not in_flight or (
-                            asynchronous and len(in_flight) < MAX_IN_FLIGHT and self.runner.running_low())):
+                            asynchronous and len(in_flight) < MAX_IN_FLIGHT and self.runner.running_low()
+                            and (next_gen in st.stored_gens or not self._replay_unsettled()))):
                         g = await self.start_generation(next_gen)
                         if g is None:
                             starting = False
@@ -101,6 +102,15 @@ class GenerationScheduler:
                 st.gens_run += 1
                 await self.finish_generation(g)
         return status, stop_reason
+
+    def _replay_unsettled(self) -> bool:
+        """A resumed run (async): a replayed generation has not loaded its stored results yet, or the oldest
+        one in flight is complete but not finished. The first new generation waits for both, so it is
+        proposed from everything stored (population, elites, history) like the run before the kill."""
+        in_flight, stored = self.st.in_flight, self.st.stored_gens
+        if any(g.number in stored and not g.loaded for g in in_flight):
+            return True
+        return bool(in_flight) and in_flight[0].number in stored and in_flight[0].trials is not None
 
     # ------------------------------------------------------------------ starting
 
@@ -195,7 +205,7 @@ class GenerationScheduler:
         if budget.exhausted:
             return "stopped", budget.exhausted
         # a learner's prediction is an early-stopping rule: off with early stopping
-        why = (st.learner.learner.stop_reason()
+        why = (st.learner.stop_reason()
                if st.learner is not None and self.opt.execution.early_stopping.enabled else None)
         if why and g.number < evo.generations - 1:
             return "finished", f"early stopping: {why}"

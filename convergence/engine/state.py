@@ -61,6 +61,8 @@ class Gen:
     """After which generation the society learner made the decision it was proposed under."""
     controls: dict[str, dict[str, str]] = field(default_factory=dict)
     """The agents' controls it was proposed under."""
+    loaded: bool = False
+    """Its slots exist and hold the results the store already had (a resumed run's replay)."""
 
 
 @dataclass(slots=True)
@@ -142,6 +144,8 @@ class RunState:
     """The run's case order (seeded when racing: every configuration meets the cases in this order)."""
     limiter: anyio.CapacityLimiter
     all_failed: FailureWatch
+    feed_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    """Held by the trial feeding the concurrency limit; trials take turns in the order they started."""
     warm: list[dict[str, Any]] = field(default_factory=list)
     racer: Racer | None = None
     learner: LearnerDriver | None = None

@@ -63,22 +63,27 @@ class TrialRunner:
                 for p in g.proposals:
                     slot = Slot(g.number, p, self.space.resolve(p.config))
                     g.slots.append(slot)
-                    hits = st.cached.get(p.config_hash, {})
-                    todo = []
-                    for case in st.ordered_cases:
-                        hit = hits.get(case.id)
-                        if hit is not None:
-                            st.cached_hits += 1
-                            self._add_result(slot, hit)
-                            self.events.case_finished(p, hit, True)
-                        else:
-                            todo.append(case)
+                    hits = st.cached.get(p.config_hash)
+                    todo = st.ordered_cases
+                    if hits:
+                        todo = []
+                        for case in st.ordered_cases:
+                            hit = hits.get(case.id)
+                            if hit is not None:
+                                st.cached_hits += 1
+                                self._add_result(slot, hit)
+                                self.events.case_finished(p, hit, True)
+                            else:
+                                todo.append(case)
                     slot.pending = len(todo)
                     if todo and not slot.abandoned:
+                        st.waiting += len(todo)
                         tg.start_soon(self._eval_trial, slot, todo)
                     else:
                         slot.pending = 0
                         self._complete(slot)
+                g.loaded = True
+                st.wake.set()  # a resumed run proposes its first new generation once every replay is loaded
         g.trials = self.record_trials(g)
         st.wake.set()
         return g.trials
@@ -114,31 +119,49 @@ class TrialRunner:
 
     @tracing.traced("convergence.trial", inputs=trace_views.trial_inputs, output=trace_views.trial_output)
     async def _eval_trial(self, slot: Slot, cases: list[TestCase]) -> TrialRecord:
-        """One configuration on its pending test cases, in the run's case order, each call waiting
-        for a slot of the run's concurrency limit (FIFO). One path, traced or not: the trial is
-        the parent of its calls in a trace."""
-        async with anyio.create_task_group() as tg:
-            for case in cases:
-                self.st.waiting += 1
-                tg.start_soon(self._eval_case, slot, case)
+        """One configuration on its pending test cases, in the run's case order. One path, traced or not:
+        the trial is the parent of its calls in a trace.
+
+        Work is made as slots free up, not up front: a case's task is created only once it holds a slot of
+        the run's concurrency limit, so a run's tasks follow its concurrency, not its test-case file. The
+        trials feed the limit one after another in the order they started (``feed_lock``, FIFO), so the
+        calls go out in the same order as one queue of every (trial, case) would send them."""
+        st = self.st
+        left = len(cases)  # counted in ``st.waiting`` until each takes a slot (or is skipped)
+        try:
+            async with anyio.create_task_group() as tg, st.feed_lock:
+                for case in cases:
+                    if slot.abandoned or st.budget.exhausted:
+                        break  # nothing more of this trial will be called
+                    token = object()
+                    await st.limiter.acquire_on_behalf_of(token)
+                    left -= 1
+                    st.waiting -= 1
+                    if st.waiting <= self.concurrency or self.running_low():
+                        st.wake.set()
+                    if not slot.abandoned and not st.all_failed.tripped and st.budget.reserve_call():
+                        tg.start_soon(self._eval_case, slot, case, token)
+                    else:
+                        st.limiter.release_on_behalf_of(token)
+                        self._case_done(slot)
+        finally:
+            st.waiting -= left
+        if left:  # the cases never sent (abandoned by racing, or the budget is spent)
+            slot.pending -= left - 1
+            self._case_done(slot)
         return slot.record or self.score(slot.generation, slot.proposal, slot.results)
 
-    async def _eval_case(self, slot: Slot, case: TestCase) -> None:
-        st = self.st
-        queued = True
+    async def _eval_case(self, slot: Slot, case: TestCase, token: object) -> None:
+        """One reserved call holding the slot ``token`` took (released when it lands)."""
         try:
-            async with st.limiter:
-                queued = False
-                st.waiting -= 1
-                if st.waiting <= self.concurrency or self.running_low():
-                    st.wake.set()
-                if not slot.abandoned and not st.all_failed.tripped and st.budget.reserve_call():
-                    result = await self.call(slot.params, case, slot.proposal.config_hash)
-                    self._add_result(slot, result)
-                    self.events.case_finished(slot.proposal, result, False)
+            result = await self.call(slot.params, case, slot.proposal.config_hash)
+            self._add_result(slot, result)
+            self.events.case_finished(slot.proposal, result, False)
         finally:
-            if queued:
-                st.waiting -= 1
+            self.st.limiter.release_on_behalf_of(token)
+        self._case_done(slot)
+
+    def _case_done(self, slot: Slot) -> None:
         slot.pending -= 1
         if slot.pending == 0 and slot.record is None:
             self._complete(slot)

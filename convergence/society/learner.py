@@ -5,7 +5,9 @@ agents' controls: a :class:`Decision`).
 A learner is a plugin (``learner`` entry of the registry) chosen with
 ``society.learner: {plugin: NAME, ...options}``. Its entry is a factory
 ``make(context: LearnerContext) -> Learner``. The loop calls ``update`` in a
-worker thread (learning must not stall evaluation) and applies the shares it
+thread of its own (learning must not stall evaluation), for at most
+``society.agent_timeout_seconds`` (past that the step is missed and the shares
+in force stay; three missed in a row set the learner aside), and applies the shares it
 returns through ``Society.set_shares`` and the controls through each
 :class:`~convergence.society.base.Tunable` agent; ``stop_reason`` lets a
 learner's predictor stop the run early, with a reason the user sees.

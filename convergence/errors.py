@@ -26,13 +26,14 @@ them; each subclass lives next to the code that raises it::
      +-- SAODatasetError      society/sao/dataset.py  a preference dataset that cannot be read or written
      +-- OutputsError         reporting/outputs.py  a run's report files cannot be written (the run is stored)
 
-Four exception classes are internal and never reach the caller: ``At``
+Five exception classes are internal and never reach the caller: ``At``
 (config/fields.py, a validator's error that the loader reports as a
 ``ConfigError``), ``PathError`` (targets/http_target.py, a missing JSON path,
 turned into a ``TargetError``), ``_Bad`` (society/sao/dataset.py, a record's problem,
 raised again as an ``SAODatasetError`` with the file and line) and
 ``TraceFailure`` (tracing/session.py, a redacted stand-in recorded in a trace,
-never raised).
+never raised) and ``LearnerTimeout`` (engine/learner_driver.py, a learner's update
+that outran ``society.agent_timeout_seconds``: the driver keeps the shares in force).
 """
 
 from __future__ import annotations

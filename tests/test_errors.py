@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "convergence"
 pytestmark = pytest.mark.anyio
 
-INTERNAL = {"At", "PathError", "SpecError", "TraceFailure", "_Bad"}
+INTERNAL = {"At", "LearnerTimeout", "PathError", "SpecError", "TraceFailure", "_Bad"}
 """Exception classes that never reach the caller (see convergence/errors.py)."""
 
 STILL_VALUE_ERRORS = {"TestCaseError", "MetricConfigError", "MetricError", "JudgeParseError", "TemplateError"}

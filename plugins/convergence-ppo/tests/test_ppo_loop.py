@@ -85,7 +85,9 @@ def _cli(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as con:
+    """Read-only: polling before the run creates the file must not create an empty one (which
+    ``optimize`` refuses as a damaged database)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
         return list(con.execute(sql))
 
 

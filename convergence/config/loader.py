@@ -301,11 +301,18 @@ def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: d
     their ``${...}`` references replaced; without it, floats are checked finite."""
     if isinstance(node, str):
         if not interpolate:
+            _check_encodable(node, path, problems, lines, "this value")
             return node
         text, errors = _interpolate_text(node)
         problems.extend(Problem(_dotted(path), e, _line_for(lines, path)) for e in errors)
+        if not errors and text is not node:
+            _check_encodable(text, path, problems, lines, "the value from the environment")
         return text
     if isinstance(node, dict):
+        if not interpolate:
+            for k in node:
+                if isinstance(k, str):
+                    _check_encodable(k, path + (k,), problems, lines, "this key")
         return {k: _rebuild(v, path + (k,), problems, lines, interpolate) for k, v in node.items()}
     if isinstance(node, list):
         return [_rebuild(v, path + (i,), problems, lines, interpolate) for i, v in enumerate(node)]
@@ -313,6 +320,19 @@ def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: d
         problems.append(Problem(_dotted(path), f"{node} is not allowed: numbers must be finite (no .inf or .nan)",
                                 _line_for(lines, path)))
     return node
+
+
+def _check_encodable(text: str, path: tuple[Any, ...], problems: list[Problem], lines: dict, what: str) -> None:
+    """A lone surrogate (``"\\udc80"`` in a double-quoted YAML string, or undecodable bytes in an
+    environment variable) is not text: it cannot be stored, printed or sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        problems.append(Problem(_dotted(path), f"{what} contains a lone surrogate U+{ord(bad):04X} at position "
+                                               f"{exc.start}, which is not text (it cannot be stored or printed); "
+                                               "write the character itself, or a valid \\U escape",
+                                _line_for(lines, path)))
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

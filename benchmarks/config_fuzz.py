@@ -7,7 +7,8 @@ The fuzzer (what it generates, how it runs and judges a variant, the counts) is
 suite. This is its command line:
 
     python benchmarks/config_fuzz.py                  # 600 variants, subprocesses (~3 min on 2 cores)
-    python benchmarks/config_fuzz.py --all            # every generated variant (~3000; --in-process: ~70 s)
+    python benchmarks/config_fuzz.py --all            # every generated variant (~3500; --in-process: ~6 min)
+    python benchmarks/config_fuzz.py --in-process --all --kind r2 --kind runtime   # hardening round 2's shapes
     python benchmarks/config_fuzz.py --in-process -n 100
     python benchmarks/config_fuzz.py --list           # what would run
 """

@@ -7,7 +7,8 @@ The fuzzer (what it generates, how it runs and judges a variant, the counts) is
 suite. This is its command line:
 
     python benchmarks/config_fuzz.py                  # 600 variants, subprocesses (~3 min on 2 cores)
-    python benchmarks/config_fuzz.py --all            # every generated variant (~3000; --in-process: ~70 s)
+    python benchmarks/config_fuzz.py --all            # every generated variant (~3500; --in-process: ~6 min)
+    python benchmarks/config_fuzz.py --in-process --all --kind r2 --kind runtime   # hardening round 2's shapes
     python benchmarks/config_fuzz.py --in-process -n 100
     python benchmarks/config_fuzz.py --list           # what would run
 """
@@ -36,19 +37,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="run validate in this process (fast) instead of subprocesses")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per variant before it counts as a hang")
     ap.add_argument("--workers", type=int, default=None, help="parallel subprocesses (default: CPU count)")
+    ap.add_argument("--kind", action="append", default=[],
+                    help="only variants whose kind starts with this (repeatable), e.g. r2 or runtime")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--show", type=int, default=20, help="failures to print in detail")
     args = ap.parse_args(argv)
     n = None if args.all else args.n
     if args.list:
-        all_variants = generate()
+        all_variants = [v for v in generate() if not args.kind or v.kind.startswith(tuple(args.kind))]
         for v in sample(all_variants, n):
             print(f"{v.expect:6} {v.section:14} {v.kind:14} {v.id[:120]}")
         print(f"{len(all_variants)} generated")
         return 0
     start = time.perf_counter()
-    report = run(n, in_process=args.in_process, timeout=args.timeout, workers=args.workers, progress=not args.json)
+    report = run(n, in_process=args.in_process, timeout=args.timeout, workers=args.workers, progress=not args.json,
+                 kinds=tuple(args.kind))
     summary = report.summary()
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-from convergence.config.loader import LoadedConfig, load_config
+from convergence.config.loader import ConfigError, LoadedConfig, Problem, load_config, parse_mapping
 from convergence.core.types import TestCase
 from convergence.engine.loop import LoopEvents, Optimizer, RunOutcome
 from convergence.reporting.outputs import write_outputs as write_run_outputs
@@ -25,7 +26,7 @@ class StoreOpenError(StorageError):
 
 
 async def optimize(
-    config: str | Path | LoadedConfig | None = None,
+    config: str | Path | Mapping[str, Any] | LoadedConfig | None = None,
     *,
     resume: bool = False,
     events: LoopEvents | None = None,
@@ -37,7 +38,8 @@ async def optimize(
 ) -> RunOutcome:
     """Run the study ``config`` describes: ``await optimize("optimization.yaml")``.
 
-    ``config`` may be a path or an already loaded config (``load_config``), with ``cases`` when
+    ``config`` may be a path, a mapping with the file's sections (relative paths in it are relative to
+    the current folder), or an already loaded config (``load_config``), with ``cases`` when
     they were already checked (``engine.preflight.check``). ``on_ready`` sees the optimizer once
     it is built, before any call (the CLI prints what will run); ``on_run_started`` gets the run
     id once the run row is committed. Outputs (reports, plots, the best configuration) are
@@ -49,9 +51,7 @@ async def optimize(
         warnings.warn("optimize(config_path=...) is deprecated: pass the config as the first argument",
                       DeprecationWarning, stacklevel=2)
         config = config if config is not None else config_path
-    if config is None:
-        raise TypeError("optimize() needs a config: a path to optimization.yaml or a loaded config")
-    loaded = config if isinstance(config, LoadedConfig) else load_config(str(config))
+    loaded = as_loaded(config)
     if cases is None:
         cases = check(loaded).cases  # what `convergence validate` checks, before the first call
     try:
@@ -71,6 +71,21 @@ async def optimize(
         return outcome
     finally:
         await store.close()
+
+
+def as_loaded(config: object) -> LoadedConfig:
+    """``optimize()``'s config argument as a checked config: a path (str or Path), a mapping with the
+    file's sections, or a config already loaded. Anything else is a :class:`ConfigError`, not a TypeError
+    from deep inside."""
+    if isinstance(config, LoadedConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    if isinstance(config, Mapping):
+        return parse_mapping(dict(config))
+    what = "nothing (None)" if config is None else f"an object of type {type(config).__name__}"
+    raise ConfigError(Path("<optimize() argument>"), [Problem(
+        "", f"expected a path to optimization.yaml, a mapping of its sections, or a loaded config; got {what}")])
 
 
 async def write_outputs(loaded: LoadedConfig, run_id: int) -> list[Path]:

@@ -21,6 +21,15 @@ one way:
 and a few valid edits (comments, CRLF, BOM, ``$${`` escapes, interpolation,
 anchors and merges, markup characters in names) that must still validate.
 
+Round 2 (``round2``, kinds ``r2-*``) adds: ranges whose ``step`` overflows the space size, lone
+surrogates and control characters in names, labels and paths, templates that loop, blow up or reach
+into Python (``range(10**9)``, nested loops, ``'x' * 10**9``, ``center(10**9)``, namespace doubling,
+``__class__``), nonsense URLs, ports, Ray addresses, environment variable names and model names, and
+``society.learner`` options the synergy/PPO learners refuse (for the valid ones, the learner is started
+the way a run starts it). ``runtime_variants`` are valid configs whose Python target raises
+``SystemExit``, ``KeyboardInterrupt`` or another ``BaseException``: those run for real, and must end
+cleanly (exit 0, or 3 when every call failed).
+
 Each variant runs through ``convergence validate`` (a subprocess with a
 timeout, or in-process with ``--in-process``) and through what ``optimize``
 does before its first call (in-process, with the run itself stubbed out). The
@@ -82,6 +91,7 @@ class Variant:
     where: str = "field"  # least location a rejection must give: "field" | "line" | "file"
     field: str | None = None  # the mutated field's dotted path, when known
     filename: str = ""
+    run: bool = False  # optimize runs for real (a target that misbehaves at call time), not only up to its first call
 
 
 @dataclass
@@ -106,6 +116,13 @@ HELPERS: dict[str, str] = {
         "def noargs():\n    return 1\n"
         "def metric(output, case, call, args):\n    return 1.0\n"
         "def legacy_eval(response, expected, metadata):\n    return {'quality': 1.0}\n"
+        "def exits(params, input):\n    raise SystemExit(3)\n"
+        "def interrupts(params, input):\n    raise KeyboardInterrupt\n"
+        "class Custom(BaseException):\n    pass\n"
+        "def base_error(params, input):\n    raise Custom('a BaseException')\n"
+        "async def async_exits(params, input):\n    raise SystemExit('bye')\n"
+        "async def async_interrupts(params, input):\n    raise KeyboardInterrupt\n"
+        "def half(params, input):\n    if 'one' in str(input):\n        raise SystemExit(1)\n    return str(input)\n"
     ),
     "fz_boom.py": "raise RuntimeError('boom at import')\ndef call(params, input):\n    return 1\n",
     "fz_exit.py": "import sys\nsys.exit(3)\n",
@@ -717,6 +734,162 @@ def semantic(name: str, data: dict) -> list[Variant]:
     return out
 
 
+LOOPING_TEMPLATES = {
+    "range-1e9": "{% for i in range(10**9) %}x{% endfor %}",
+    "nested-ranges": "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "string-times-1e9": "{{ 'x' * 10**9 }}",
+    "list-times-1e8": "{{ [1] * 10**8 }}",
+    "center-1e9": "{{ 'x'|center(10**9) }}",
+    "percent-width": "{{ '%1000000000s' % 1 }}",
+    "namespace-doubling": "{% set ns = namespace(a='x') %}{% for i in range(80) %}{% set ns.a = ns.a ~ ns.a %}"
+                          "{% endfor %}{{ ns.a }}",
+    "dunder": "{{ ''.__class__.__mro__ }}",
+    "recursive-macro": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+}
+"""Templates that loop, blow up or reach into Python: each must be a clear error, quickly."""
+
+
+def round2(name: str, data: dict) -> list[Variant]:
+    """Hardening round 2: shapes that traced back, hung or were accepted as nonsense."""
+    t_key = "target" if "target" in data else "api"
+    t = data[t_key]
+    kind = t.get("type", "litellm") if t_key == "target" else ("litellm" if "model" in t else "http")
+    params = data["search_space"]["parameters"]
+    p0 = next(iter(params))
+    pp = ("search_space", "parameters", p0)
+    S: list[tuple[str, tuple[Any, ...], Any, str | None]] = []
+
+    def s(label: str, path: tuple[Any, ...], value: Any, expected: str | None = "") -> None:
+        S.append((label, path, value, dotted(path) if expected == "" else expected))
+
+    # ---- numbers that overflow
+    s("step-overflows", pp, {"type": "continuous", "min": 0, "max": 1e308, "step": 0.1}, dotted(pp + ("step",)))
+    s("step-tiny", pp, {"type": "continuous", "min": 0, "max": 1e300, "step": 1e-300}, dotted(pp + ("step",)))
+    s("step-2**60-points", pp, {"type": "continuous", "min": 0, "max": 2.0**60, "step": 0.5}, dotted(pp + ("step",)))
+    # ---- control characters in names and labels
+    s("label-tab", pp, {"type": "categorical", "values": {"a\tb": 1, "c": 2}}, dotted(pp + ("values",)))
+    s("label-escape", pp, {"type": "categorical", "values": {"a\x1b[31m": 1, "c": 2}}, dotted(pp + ("values",)))
+    s("param-name-escape", ("search_space", "parameters", "a\x1bb"), {"type": "categorical", "values": [1, 2]},
+      "search_space.parameters")
+    s("metric-name-tab", ("evaluation", "metrics", "m\tx"), {"function": "contains"}, "evaluation.metrics")
+    # ---- templates that loop or escape
+    for label, template in LOOPING_TEMPLATES.items():
+        s(f"template-{label}", pp, {"type": "categorical", "values": {"a": "plain", "loop": template}},
+          dotted(pp + ("values", "loop")))
+    if kind == "litellm" and t_key == "target" and "messages" not in t:
+        s("prompt-range-1e9", (t_key, "prompt"), LOOPING_TEMPLATES["range-1e9"])
+    if kind == "http":
+        s("body-range-1e9", (t_key, "request", "body"), {"prompt": LOOPING_TEMPLATES["range-1e9"]},
+          dotted((t_key, "request", "body")))
+    # ---- URLs, addresses, ports, env var names, model names, paths
+    s("society-api-base-text", ("society", "llm", "api_base"), "not a url")
+    s("society-api-base-port", ("society", "llm", "api_base"), "http://127.0.0.1:99999/v1")
+    s("society-api-base-ftp", ("society", "llm", "api_base"), "ftp://127.0.0.1/v1")
+    s("society-key-env-space", ("society", "llm", "api_key_env"), "bad name")
+    s("society-key-env-digit", ("society", "llm", "api_key_env"), "1KEY")
+    s("society-model-space", ("society", "llm", "model"), "open ai/gpt")
+    s("rlp-model-space", ("society", "rlp", "model_name"), "a b")
+    s("sao-model-tab", ("society", "sao", "model_name"), "x\ty")
+    s("sao-temperatures", ("society", "sao", "response_temperatures"), [-5, 100],
+      "society.sao.response_temperatures")
+    ray = ("optimization", "execution", "ray")
+    for label, address in [("port-99999", "127.0.0.1:99999"), ("port-0", "h:0"), ("client-port-0", "ray://h:0"),
+                           ("client-port-huge", "ray://h:123456"), ("space", "bad host:10001"),
+                           ("no-port", "h:"), ("no-host", ":80"), ("client-empty", "ray://"),
+                           ("path", "h:80/x"), ("url", "http://h:80")]:
+        s(f"ray-address-{label}", ray + ("address",), address)
+    for label, names in [("space", ["bad name"]), ("digit", ["1X"]), ("dash", ["A-B"]), ("empty", [""])]:
+        s(f"ray-env-vars-{label}", ray + ("env_vars",), names, dotted(ray + ("env_vars",)))
+    s("ray-runtime-env-name", ray + ("runtime_env",), {"env_vars": {"BAD-NAME": "x"}}, dotted(ray + ("runtime_env",)))
+    s("ray-memory-fraction", ray + ("resources",), {"memory": 0.5}, dotted(ray + ("resources",)))
+    s("ray-resource-empty", ray + ("resources",), {"": 1}, dotted(ray + ("resources",)))
+    s("storage-nul", ("storage", "path"), "a\x00b.db")
+    s("save-path-newline", ("output", "save_path"), "res\nults")
+    s("export-path-tab", ("output", "export_best_config", "output_path"), "best\t.yaml")
+    s("cases-path-nul", ("evaluation", "test_cases"), {"path": "cases\x00.jsonl"},
+      dotted(("evaluation", "test_cases", "path")))
+    mp = ("evaluation", "metrics", "jz")
+    s("judge-key-env-space", mp, {"function": "llm_judge", "judge": {"api_key_env": "bad name"}},
+      dotted(mp + ("judge", "api_key_env")))
+    s("judge-model-space", mp, {"function": "llm_judge", "judge": {"model": "a b"}}, dotted(mp + ("judge", "model")))
+    s("judge-api-base-port", mp, {"function": "llm_judge", "judge": {"api_base": "http://h:99999"}},
+      dotted(mp + ("judge", "api_base")))
+    if kind == "http" and t_key == "target":
+        s("auth-token-env-space", (t_key, "auth"), {"type": "bearer", "token_env": "bad name"},
+          dotted((t_key, "auth", "token_env")))
+        s("auth-username-colon", (t_key, "auth"), {"type": "basic", "username": "a:b", "password_env": "FZ_TOKEN"},
+          dotted((t_key, "auth", "username")))
+        for f, path in (("result_field", "a..b"), ("cost_field", ".cost"), ("error_field", "x.")):
+            s(f"response-{f}-empty-part", (t_key, "response", f), path)
+    if kind == "litellm" and t_key == "target":
+        s("api-key-env-space", (t_key, "api_key_env"), "bad name")
+        s("api-base-port", (t_key, "api_base"), "http://h:99999/v1")
+        s("api-base-text", (t_key, "api_base"), "not a url")
+        s("model-space", (t_key, "model"), "open ai/gpt")
+    # ---- learner options: validate refuses what the run would
+    society = {k: v for k, v in (data.get("society") or {}).items() if k != "learner"}
+    for label, learner in [("synergy-unknown", {"plugin": "synergy", "nonsense_option": 1}),
+                           ("synergy-shifts", {"plugin": "synergy", "algorithm": "double_dqn", "shifts": [2.0]}),
+                           ("synergy-ema-alpha", {"plugin": "synergy", "ema_alpha": 5.0}),
+                           ("synergy-predictor", {"plugin": "synergy", "predictor": "zzz"}),
+                           ("synergy-algorithm", {"plugin": "synergy", "algorithm": "nope"}),
+                           ("ppo-unknown", {"plugin": "ppo", "nonsense_option": 1}),
+                           ("plugin-unknown", {"plugin": "no_such_learner"})]:
+        s(f"learner-{label}", ("society",), {**society, "enabled": True, "learner": learner}, "society.learner")
+
+    out = []
+    for label, path, value, expected in S:
+        new = with_value(data, path, value)
+        out.append(Variant(f"{name}:r2-{label}", name, str(path[0]), f"r2-{label.split('-')[0]}", dump(new), "reject",
+                           "field" if expected else "line", expected or None))
+    # valid learner settings stay valid (and the learner starts: see InProcess.optimize)
+    for label, learner in [("synergy", {"plugin": "synergy"}),
+                           ("synergy-sac", {"plugin": "synergy", "algorithm": "sac"}), ("ppo", {"plugin": "ppo"})]:
+        out.append(Variant(f"{name}:r2-valid-learner-{label}", name, "valid", "r2-valid-learner",
+                           dump(with_value(data, ("society",), {**society, "enabled": True, "learner": learner})),
+                           "accept", "file"))
+    # a lone surrogate, written the way YAML allows it (a double-quoted escape)
+    if "study" in data:
+        body = dump({**data, "study": "SURROGATE_PLACEHOLDER"}).replace(b"SURROGATE_PLACEHOLDER", b'"t\\udc80"')
+        out.append(Variant(f"{name}:r2-study-surrogate", name, "study", "r2-surrogate", body, "reject", "field",
+                           "study"))
+    body = dump(with_value(data, ("output", "save_path"), "SURROGATE_PLACEHOLDER")).replace(
+        b"SURROGATE_PLACEHOLDER", b'"res\\ud800ults"')
+    out.append(Variant(f"{name}:r2-path-surrogate", name, "output", "r2-surrogate", body, "reject", "field",
+                       "output.save_path"))
+    return out
+
+
+RUNTIME_CONFIG = """\
+study: fz-runtime-{fn}
+target: {{type: python, function: "fz_funcs:{fn}", retry: {{max_retries: 0}}}}
+search_space:
+  parameters:
+    x: {{type: categorical, values: [a, b]}}
+evaluation:
+  test_cases:
+    inline: [{{input: one, expected: one}}, {{input: two, expected: two}}]
+  metrics:
+    exact: {{function: exact_match}}
+optimization:
+  evolution: {{population_size: 2, generations: 1, elite_size: 1}}
+  racing: {{enabled: false}}
+  selection: {{confirm_top: 0}}
+output: {{save_path: fz_runtime_results/{fn}, visualizations: []}}
+storage: {{path: .convergence/fz-runtime-{fn}.db}}
+"""
+
+
+def runtime_variants() -> list[Variant]:
+    """Valid configs whose target misbehaves when called: the run must end cleanly (exit 0, or 3 when every
+    call failed), never with a traceback or as if the user pressed Ctrl-C."""
+    out = []
+    for fn in ("exits", "interrupts", "base_error", "async_exits", "async_interrupts", "half"):
+        out.append(Variant(f"runtime:{fn}", "full_python", "runtime", f"runtime-{fn}",
+                           RUNTIME_CONFIG.format(fn=fn).encode(), "accept", "file", run=True))
+    return out
+
+
 def text_level(name: str, text: str, data: dict) -> list[Variant]:
     """Damage to the file itself, and valid edits that must keep validating."""
     out: list[Variant] = []
@@ -801,6 +974,8 @@ def generate() -> list[Variant]:
         for gen in (type_sweep, null_and_missing_sweep, unknown_key_sweep, semantic):
             variants += gen(name, data)
         variants += text_level(name, text, data)
+        variants += round2(name, data)
+    variants += runtime_variants()
     seen: set[str] = set()
     unique = []
     for i, v in enumerate(variants):
@@ -993,6 +1168,9 @@ class InProcess:
         return Outcome(v, result.exit_code, stderr, time.perf_counter() - start, traceback=tb)
 
     def optimize(self, o: Outcome, path: Path, timeout: float) -> None:
+        if o.variant.run:
+            self._run_for_real(o, path, timeout)
+            return
         started: list[Any] = []
         original = self.app._run_async
         self.app._run_async = lambda fn, *args: started.append(args)  # everything before the first call, no run
@@ -1009,6 +1187,74 @@ class InProcess:
             o.optimize_traceback = True
             return
         o.optimize_rc = 0 if started and result.exit_code == 0 else result.exit_code
+        if o.optimize_rc == 0:
+            problem = _learner_start_problem(path)
+            if problem is not None:  # the run builds the learner after the first generation is proposed
+                o.optimize_rc = 2
+                o.notes.append(f"learner refused at the run's start: {problem[:200]}")
+
+    def _run_for_real(self, o: Outcome, path: Path, timeout: float) -> None:
+        """The whole run: exit 0, or 3 (every call failed), both clean ends; 130 means the target's own
+        KeyboardInterrupt was taken for Ctrl-C."""
+        try:
+            done, result = self._invoke(["optimize", path.name, "--quiet", "--no-outputs"], path.parent, timeout * 3)
+        except BaseException as exc:  # noqa: BLE001 - the target's BaseException escaped the run: a traceback
+            import traceback as _tb
+
+            o.optimize_traceback = True
+            o.stderr += "".join(_tb.format_exception(exc))
+            return
+        if not done:
+            o.hang = True
+            o.notes.append("optimize run hang")
+            return
+        exc = result.exception
+        if exc is not None and not isinstance(exc, SystemExit):
+            o.optimize_traceback = True
+            import traceback as _tb
+
+            o.stderr += "".join(_tb.format_exception(exc))
+            return
+        text = _stderr(result) + result.output
+        if "Traceback (most recent call last)" in text:
+            o.optimize_traceback = True
+            o.stderr += text
+            return
+        o.optimize_rc = 0 if result.exit_code in (0, 3) else result.exit_code
+        if o.optimize_rc != 0:
+            o.stderr += text
+
+
+def _learner_start_problem(path: Path) -> str | None:
+    """Start the ``society.learner`` of an accepted config the way a run does (its factory with the run's
+    context), so "validate accepts" means "the run's learner starts"."""
+    from convergence.config.loader import ConfigError, load_config
+
+    try:
+        loaded = load_config(path)
+    except ConfigError:
+        return None
+    cfg = loaded.config
+    if cfg.society.learner is None:
+        return None
+    from convergence.registry import registry
+    from convergence.society.learner import LearnerContext
+
+    roster = cfg.society.roster(cfg.optimization.algorithm)
+    total = sum(roster.values()) or 1.0
+    state = Path(tempfile.mkdtemp(prefix="fz-learner-"))
+    try:
+        ctx = LearnerContext(agents=list(roster), shares={k: v / total for k, v in roster.items()},
+                             options=cfg.society.learner.options, seed=0, study=cfg.study_name, state_dir=state,
+                             min_improvement=cfg.optimization.execution.early_stopping.min_improvement,
+                             generations=cfg.optimization.evolution.generations)
+        learner = registry().load("learner", cfg.society.learner.plugin)(ctx)
+        learner.initial_shares()
+    except Exception as exc:  # noqa: BLE001 - what the run would report as "failed to start"
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return None
 
 
 def _stderr(result: Any) -> str:
@@ -1058,8 +1304,10 @@ class Report:
 
 
 def run(n: int | None = 600, *, in_process: bool = False, timeout: float = 20.0, workers: int | None = None,
-        optimize_check: bool = True, progress: bool = False) -> Report:
-    variants = sample(generate(), n)
+        optimize_check: bool = True, progress: bool = False, kinds: tuple[str, ...] = ()) -> Report:
+    """Run ``n`` variants (a stratified sample; None: all), only those whose kind starts with one of
+    ``kinds`` when given."""
+    variants = sample([v for v in generate() if not kinds or v.kind.startswith(kinds)], n)
     old_env = {k: os.environ.get(k) for k in [*ENV, UNSET]}
     os.environ.update(ENV)
     os.environ.pop(UNSET, None)
@@ -1088,9 +1336,9 @@ def run(n: int | None = 600, *, in_process: bool = False, timeout: float = 20.0,
                     outcomes.append(f.result())
                     if progress and i % 50 == 0:
                         print(f"  {i}/{len(variants)}", file=sys.stderr)
-        if optimize_check and ip is not None:
+        if ip is not None:
             for o in outcomes:
-                if not o.hang:
+                if not o.hang and (optimize_check or o.variant.run):
                     ip.optimize(o, paths[o.variant.id], timeout)
         for o in outcomes:
             judge(o, paths[o.variant.id].name)

@@ -49,6 +49,25 @@ def slow_sync(params, input):
     time.sleep(params["seconds"])
     return input
 
+def exits(params, input):
+    import sys
+    sys.exit(3)
+
+def interrupts(params, input):
+    raise KeyboardInterrupt
+
+class Custom(BaseException):
+    pass
+
+def base_error(params, input):
+    raise Custom("not an Exception")
+
+async def async_exits(params, input):
+    raise SystemExit("bye")
+
+async def async_interrupts(params, input):
+    raise KeyboardInterrupt
+
 class Model:
     @staticmethod
     def predict(params, input):
@@ -132,6 +151,23 @@ async def test_exception_becomes_failed_result_with_type(user_module: tuple[str,
     assert not result.ok and "ConnectionError: upstream reset" in (result.error or "")
     assert result.attempts == 3  # 1 + max_retries
     assert module(name).calls.count(("flaky", "y")) == 3
+
+
+@pytest.mark.anyio
+async def test_a_function_calling_sys_exit_or_raising_keyboardinterrupt_fails_only_its_case(
+        user_module: tuple[str, Path]) -> None:
+    """SystemExit, KeyboardInterrupt and any BaseException raised by the user's function (sync or async)
+    are that case's failure with a clear message, not the end of the run."""
+    name, base = user_module
+    expected = {"exits": "sys.exit(3)", "interrupts": "raised KeyboardInterrupt", "base_error": "raised Custom",
+                "async_exits": "sys.exit('bye')", "async_interrupts": "raised KeyboardInterrupt"}
+    for fn, words in expected.items():
+        result = await runner(name, fn, base).run({}, Case(id="a", input="x"))
+        assert not result.ok, fn
+        assert words in (result.error or ""), (fn, result.error)
+        assert result.attempts == 1, fn  # not retried: the function will do it again
+    ok = await runner(name, "sync_echo", base).run({"prefix": ""}, Case(id="b", input="still running"))
+    assert ok.ok and ok.output == "still running"
 
 
 @pytest.mark.anyio

@@ -44,6 +44,22 @@ app = typer.Typer(
 ConfigArg = typer.Argument(Path("optimization.yaml"), help="The optimization YAML file.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from convergence._version import __version__
+
+        console.print(f"convergence {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+) -> None:
+    """Find the best configuration for an LLM call or an API."""
+
+
 # --------------------------------------------------------------------------- optimize
 
 
@@ -319,7 +335,7 @@ def validate(config: Path = ConfigArg) -> None:
         "  metrics: "
         + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
         f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
-        f"up to {evo.generations * evo.population_size * n_cases} calls",
+        f"{_calls_line(cfg, n_cases)}",
         f"  proposers: {society_line(cfg)}",
     ]
     for line in out:
@@ -331,12 +347,21 @@ def validate(config: Path = ConfigArg) -> None:
     console.print("[green]valid[/]", highlight=False)
 
 
+def _calls_line(cfg: Any, n_cases: int) -> str:
+    """The target calls the run expects: the dry-run forecast's figure (one source), with what caps it."""
+    from convergence.engine.dry_run import target_calls
+
+    needed, calls = target_calls(cfg, n_cases)
+    capped = f" (the plan needs {needed}; budget.max_calls caps it)" if calls < needed else ""
+    return f"{calls} target calls{capped}; `optimize --dry-run` forecasts time and cost"
+
+
 @app.command()
 def schema(out: Path | None = typer.Option(None, "--out", "-o", help="Write to a file instead of stdout.")) -> None:
     """Print the JSON Schema of optimization.yaml (for editor completion)."""
-    from convergence.config.models import ConvergenceConfig
+    from convergence.config.schema import config_json_schema
 
-    text = json.dumps(ConvergenceConfig.model_json_schema(by_alias=False), indent=2)
+    text = json.dumps(config_json_schema(), indent=2)
     if out:
         out.write_text(text + "\n")
         console.print(f"wrote {out}")
@@ -346,7 +371,8 @@ def schema(out: Path | None = typer.Option(None, "--out", "-o", help="Write to a
 
 @app.command()
 def init(
-    directory: Path = typer.Argument(Path("."), help="Where to write optimization.yaml and a sample test set."),
+    directory: Path = typer.Argument(Path("."), help="Where to write optimization.yaml (its test cases are inline, "
+                                                     "so it is the only file)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Write a starter optimization.yaml for the embedded local model."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # piped output (CI logs, files) gets wide tables instead of wrapped cells
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, emoji=False)  # "x.yaml:100:" stays text
@@ -55,7 +56,38 @@ def _db_path(db: Path | None, config: Path | None) -> Path:
             return loaded.db_path
         except ConfigError:
             pass
-    return Path(".convergence/convergence.db")
+    fallback = Path(".convergence/convergence.db")
+    if fallback.exists():
+        return fallback
+    found = _databases_one_folder_down()
+    if len(found) == 1:
+        yaml_path, db_path = found[0]
+        err.print(f"using the database of {yaml_path} ({db_path}); pass --config or --db to choose another",
+                  highlight=False, markup=False)
+        return db_path
+    if len(found) > 1:
+        names = ", ".join(str(y) for y, _ in found[:6])
+        err.print(f"[red]several project databases one folder down[/] ({escape(names)}): pass --config FILE "
+                  "(its storage.path) or --db PATH", highlight=False)
+        raise typer.Exit(2)
+    return fallback
+
+
+def _databases_one_folder_down() -> list[tuple[Path, Path]]:
+    """(YAML, its existing database) for each ``*/optimization.yaml`` one folder below the current
+    one: the README runs ``convergence optimize my-study/optimization.yaml`` then ``convergence runs``
+    from the folder above, where the database (beside the YAML) is not in the current folder."""
+    from convergence.config.loader import ConfigError, load_config
+
+    out = []
+    for yaml_path in sorted(Path(".").glob("*/optimization.yaml"))[:50]:
+        try:
+            db_path = load_config(yaml_path).db_path
+        except ConfigError:
+            continue
+        if db_path.is_file():
+            out.append((yaml_path, db_path))
+    return out
 
 
 def _run_async(fn: Any, *args: Any) -> Any:
@@ -77,7 +109,10 @@ async def _open_store(path: Path) -> Any:
     from convergence.storage.store import Store
 
     if not path.exists():
-        err.print(f"[red]no database at {path}[/] (run `convergence optimize` first, or pass --db/--config)")
+        where = "" if path != Path(".convergence/convergence.db") else (
+            "; looked for ./optimization.yaml, .convergence/convergence.db and */optimization.yaml one folder down")
+        err.print(f"[red]no database at {escape(str(path))}[/]{where} (run `convergence optimize` first, "
+                  "or pass --db/--config)", highlight=False)
         raise typer.Exit(2)
     return await Store.open(path)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
-from convergence.config.fields import At, Float, Int, Name, ReportFormat, Strict, Text
+from convergence.config.fields import At, EnvName, Float, Int, Name, PathText, ReportFormat, Strict, Text, Url
 from convergence.config.targets import (
     AuthConfig,
     HTTPTargetConfig,
@@ -51,8 +51,8 @@ class ApiConfig(Strict):
     response: ResponseConfig = Field(default_factory=ResponseConfig)
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
-    api_base: Text | None = None
-    api_key_env: Text | None = None
+    api_base: Url | None = None
+    api_key_env: EnvName | None = None
     adapter_enabled: bool = False
     mock_mode: bool = False
 
@@ -150,9 +150,9 @@ class LegacyConfig(Strict):
     session_id: Name | None = None
     """The study name when neither ``study`` nor ``api.name`` is given."""
     tracking_backend: str = "builtin"
-    sqlite_path: Text | None = None
+    sqlite_path: PathText | None = None
     """= storage.path"""
-    export_dir: Text | None = None
+    export_dir: PathText | None = None
     """= output.save_path"""
     export_formats: list[ReportFormat] | None = None
     """= output.formats"""

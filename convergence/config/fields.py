@@ -8,7 +8,9 @@ build on them without importing one another in a circle.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
@@ -84,10 +86,77 @@ def _non_empty(v: str) -> str:
     return v
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _env_name(v: str) -> str:
+    if not _ENV_NAME.match(v):
+        raise ValueError(f"{short(v, 60)} is not an environment variable name: letters, digits and _, "
+                         "not starting with a digit (e.g. OPENAI_API_KEY)")
+    return v
+
+
+def _no_control(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"{short(v, 60)} contains control characters (a newline, a tab, NUL ...)")
+    return v
+
+
+def _model_name(v: str) -> str:
+    if any(c.isspace() for c in v) or not v.isprintable():
+        raise ValueError(f"{short(v, 60)} is not a model name: model strings have no spaces or control "
+                         "characters (e.g. openai/gpt-4o-mini, local/gemma-3-270m)")
+    return v
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with an HTTP(S) URL that gets called, or None."""
+    if "{{" in url or "{%" in url:
+        return f"{short(url, 80)} is not a template: the URL is called as written"
+    if any(c.isspace() for c in url) or not url.isprintable():
+        return f"{short(url, 80)} contains whitespace or control characters; expected http(s)://host[:port]/..."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{short(url, 80)} is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"{short(url, 80)} must start with http:// or https:// (got scheme {parts.scheme or 'none'!r})"
+    if not parts.hostname:
+        return f"{short(url, 80)} has no host name"
+    if port == 0:
+        return f"{short(url, 80)} has port 0"
+    return None
+
+
+def _url(v: str) -> str:
+    problem = url_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def _field_path(v: str) -> str:
+    if any(not part.strip() for part in v.split(".")):
+        raise ValueError(f"{short(v, 60)} is not a dotted field path: a part is empty (expected e.g. "
+                         "choices.0.message.content)")
+    return v
+
+
 Name = Annotated[str, AfterValidator(_name)]
 """A study, parameter or metric name: 1-200 printable characters."""
 Text = Annotated[str, AfterValidator(_non_empty)]
 """A non-empty string (model, endpoint, function, path ...)."""
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""The name of an environment variable (``OPENAI_API_KEY``): what ``*_env`` keys hold."""
+PathText = Annotated[str, AfterValidator(_non_empty), AfterValidator(_no_control)]
+"""A file or folder path: non-empty, no control characters (a NUL cannot be in a path)."""
+ModelName = Annotated[str, AfterValidator(_non_empty), AfterValidator(_model_name)]
+"""A LiteLLM model string: non-empty, no spaces."""
+Url = Annotated[str, AfterValidator(_non_empty), AfterValidator(_url)]
+"""An http(s) URL that gets called (an ``api_base``)."""
+FieldPath = Annotated[str, AfterValidator(_non_empty), AfterValidator(_field_path)]
+"""A dotted path into a JSON response (``choices.0.text``): no empty parts."""
 
 
 class Strict(BaseModel):

@@ -301,11 +301,18 @@ def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: d
     their ``${...}`` references replaced; without it, floats are checked finite."""
     if isinstance(node, str):
         if not interpolate:
+            _check_encodable(node, path, problems, lines, "this value")
             return node
         text, errors = _interpolate_text(node)
         problems.extend(Problem(_dotted(path), e, _line_for(lines, path)) for e in errors)
+        if not errors and text is not node:
+            _check_encodable(text, path, problems, lines, "the value from the environment")
         return text
     if isinstance(node, dict):
+        if not interpolate:
+            for k in node:
+                if isinstance(k, str):
+                    _check_encodable(k, path + (k,), problems, lines, "this key")
         return {k: _rebuild(v, path + (k,), problems, lines, interpolate) for k, v in node.items()}
     if isinstance(node, list):
         return [_rebuild(v, path + (i,), problems, lines, interpolate) for i, v in enumerate(node)]
@@ -313,6 +320,19 @@ def _rebuild(node: Any, path: tuple[Any, ...], problems: list[Problem], lines: d
         problems.append(Problem(_dotted(path), f"{node} is not allowed: numbers must be finite (no .inf or .nan)",
                                 _line_for(lines, path)))
     return node
+
+
+def _check_encodable(text: str, path: tuple[Any, ...], problems: list[Problem], lines: dict, what: str) -> None:
+    """A lone surrogate (``"\\udc80"`` in a double-quoted YAML string, or undecodable bytes in an
+    environment variable) is not text: it cannot be stored, printed or sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        problems.append(Problem(_dotted(path), f"{what} contains a lone surrogate U+{ord(bad):04X} at position "
+                                               f"{exc.start}, which is not text (it cannot be stored or printed); "
+                                               "write the character itself, or a valid \\U escape",
+                                _line_for(lines, path)))
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -481,7 +501,30 @@ def parse_config(text: str, path: Path) -> LoadedConfig:
             loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(path, [Problem("", f"expected a mapping at the top level, got {type(data).__name__}", 1)])
-    problems = []
+    return _from_data(data, path, lines, path.parent.resolve())
+
+
+def parse_mapping(data: Any, base_dir: str | Path | None = None, *, name: str = "<dict>") -> LoadedConfig:
+    """A config given as a Python mapping (``optimize({...})``), checked exactly like a file's
+    contents; relative paths in it are relative to ``base_dir`` (default: the current folder).
+    Problems name ``name`` instead of a file, and have no line."""
+    path = Path(name)
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ConfigError(path, [Problem("", "expected a mapping of section names (study, target, search_space, "
+                                             f"...) to their settings, got {type(data).__name__}")])
+    import json
+
+    try:  # the same value types YAML gives: JSON-like data, fresh (no shared or recursive objects)
+        data = json.loads(json.dumps(data, allow_nan=True))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigError(path, [Problem("", f"the mapping holds a value a config cannot: {short(str(exc), 120)} "
+                                             "(use strings, numbers, booleans, lists and mappings)")]) from None
+    loaded = _from_data(data, path, {}, Path(base_dir or ".").resolve())
+    return loaded
+
+
+def _from_data(data: dict[str, Any], path: Path, lines: dict[tuple[Any, ...], int], base_dir: Path) -> LoadedConfig:
+    problems: list[Problem] = []
     written = _rebuild(data, (), problems, lines, interpolate=False)
     if problems:
         raise ConfigError(path, problems)
@@ -501,7 +544,7 @@ def parse_config(text: str, path: Path) -> LoadedConfig:
             loc, message = _friendly(err, raw)
             problems.append(Problem(_dotted(loc), message, _line_for(lines, loc)))
         raise ConfigError(path, _dedupe(problems)) from None
-    return LoadedConfig(cfg, path, path.parent.resolve(), raw, written, lines)
+    return LoadedConfig(cfg, path, base_dir, raw, written, lines)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

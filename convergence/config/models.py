@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,12 +34,16 @@ from convergence.config.fields import (
     SQLITE_MAX,
     SQLITE_MIN,
     At,
+    EnvName,
     Float,
     Int,
+    ModelName,
     Name,
+    PathText,
     ReportFormat,
     Strict,
     Text,
+    Url,
     short,
 )
 from convergence.config.society import SocietyConfig
@@ -89,6 +94,9 @@ class CategoricalParam(Strict):
             for label in v:
                 if not label.strip() or len(label) > MAX_NAME:
                     raise At((label,), f"label must be 1-{MAX_NAME} characters")
+                if not label.isprintable():
+                    raise At((label,), "label must not contain control characters (it names the value in "
+                                       "reports and tables)")
         return v
 
 
@@ -109,6 +117,11 @@ class ContinuousParam(Strict):
             raise ValueError(f"the range {self.min}..{self.max} is too wide to sample")
         if self.log and self.min <= 0:
             raise ValueError("log scale needs min > 0")
+        if self.step is not None:
+            points = (self.max - self.min) / self.step
+            if not math.isfinite(points) or points > MAX_EXACT_INT:
+                raise At("step", f"({self.step}) cuts {self.min}..{self.max} into more than 2**53 points, "
+                                 "which floats cannot tell apart; use a larger step or leave step out")
         return self
 
 
@@ -177,7 +190,7 @@ class SearchSpaceConfig(Strict):
 class TestCasesConfig(Strict):
     __test__ = False  # not a pytest test class despite the name
 
-    path: Text | None = None
+    path: PathText | None = None
     inline: list[dict[str, Any]] | None = None
     augmentation: AugmentationConfig | None = None
     limit: Int | None = Field(None, gt=0)
@@ -195,10 +208,10 @@ similarity, latency, cost, success, llm_judge, custom, sao_preference) or ``modu
 
 
 class JudgeConfig(Strict):
-    model: Text = "local/gemma-3-270m"
+    model: ModelName = "local/gemma-3-270m"
     rubric: Text = "Is the response correct and helpful given the expected answer?"
-    api_base: Text | None = None
-    api_key_env: Text | None = None
+    api_base: Url | None = None
+    api_key_env: EnvName | None = None
     temperature: Float = Field(0.0, ge=0, le=2)
     max_tokens: Int = Field(8, ge=1, le=100_000)
     timeout_seconds: Float = Field(60.0, gt=0, le=86_400)
@@ -335,6 +348,8 @@ class SelectionConfig(Strict):
         return v
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
 RAY_RESOURCE_OPTIONS = ("num_cpus", "num_gpus", "memory")
 """Keys of ``ray.resources`` that are Ray's own options; any other key is a custom resource."""
 
@@ -360,7 +375,7 @@ class RayConfig(Strict):
     runtime_env: dict[str, Any] = Field(default_factory=dict)
     """Ray runtime environment for the actors and tasks (``working_dir``, ``pip``, ...), passed to Ray as given.
     Ray logs it, ``env_vars`` values included: put no secret in it. Secrets go through ``env_vars`` below."""
-    env_vars: list[Text] = Field(default_factory=list)
+    env_vars: list[EnvName] = Field(default_factory=list)
     """More env var names the workers need (e.g. OPENAI_API_KEY, which LiteLLM reads without ``api_key_env``).
     With the ones the target's section names (``*_env`` keys, ``${VAR}``), their values are sent to the
     workers as a task/actor argument and set in the worker's environment, never in the runtime env."""
@@ -371,12 +386,18 @@ class RayConfig(Strict):
     @classmethod
     def _address(cls, v: str) -> str:
         v = v.strip()
-        if v in ("auto", "local") or (v.startswith("ray://") and len(v) > 6):
+        if v in ("auto", "local"):
             return v
-        host, sep, port = v.rpartition(":")
-        if sep and host and port.isdigit() and "/" not in v:
-            return v
-        raise ValueError(f"{v!r}: expected auto, local, ray://host:port or host:port")
+        rest = v.removeprefix("ray://")
+        host, sep, port = rest.rpartition(":")
+        if v.startswith("ray://") and not sep:
+            host, port = rest, "10001"  # Ray Client's default port
+        if host and port.isdigit() and "/" not in rest and host.isprintable() and not any(
+                c.isspace() for c in host):
+            if 1 <= int(port) <= 65535:
+                return v
+            raise ValueError(f"{short(v, 60)}: port {port} is out of range (1-65535)")
+        raise ValueError(f"{short(v, 60)}: expected auto, local, ray://host:port or host:port")
 
     @field_validator("resources")
     @classmethod
@@ -384,6 +405,11 @@ class RayConfig(Strict):
         bad = {k: x for k, x in v.items() if x < 0}
         if bad:
             raise ValueError(f"resource amounts must be >= 0: {bad}")
+        for k, x in v.items():
+            if not k.strip() or not k.isprintable():
+                raise At((k,), "a resource needs a name (printable, not empty)")
+            if k == "memory" and x != int(x):
+                raise At((k,), f"is in bytes: a whole number, got {x}")
         return v
 
     @field_validator("runtime_env")
@@ -392,6 +418,10 @@ class RayConfig(Strict):
         env = v.get("env_vars", {})
         if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in env.items()):
             raise ValueError("runtime_env.env_vars must map names to strings")
+        for k in env:
+            if not _ENV_NAME.match(k):
+                raise At(("env_vars", k), f"{short(k, 60)} is not an environment variable name (letters, digits "
+                                          "and _, not starting with a digit)")
         return v
 
 
@@ -471,7 +501,7 @@ class OptimizationConfig(Strict):
 class ExportBestConfig(Strict):
     enabled: bool = True
     format: Literal["yaml", "json", "python"] = "yaml"
-    output_path: Text | None = None
+    output_path: PathText | None = None
 
 
 Visualization = Literal["score_over_time", "parameter_importance", "pareto_front", "cost_vs_quality", "society"]
@@ -481,7 +511,7 @@ _DEFAULT_VISUALIZATIONS: tuple[Visualization, ...] = (
 
 
 class OutputConfig(Strict):
-    save_path: Text = "results"
+    save_path: PathText = "results"
     save_all_experiments: bool = True
     formats: list[ReportFormat] = Field(default_factory=lambda: list(_DEFAULT_FORMATS))
     visualizations: list[Visualization] = Field(default_factory=lambda: list(_DEFAULT_VISUALIZATIONS))
@@ -490,7 +520,7 @@ class OutputConfig(Strict):
 
 
 class StorageConfig(Strict):
-    path: Text = ".convergence/convergence.db"
+    path: PathText = ".convergence/convergence.db"
     """SQLite file, relative to the YAML's directory: one per project."""
 
 

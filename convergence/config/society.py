@@ -14,11 +14,11 @@ and ``sao`` when ``learning.sao_enabled``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from convergence.config.fields import At, Float, Int, Strict, Text, short
+from convergence.config.fields import At, EnvName, Float, Int, ModelName, Strict, Text, Url, short
 
 AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes")
 """Built-in society agents; plugins add more (``agent`` and ``sampler`` entries of the registry)."""
@@ -37,11 +37,11 @@ STRATEGY_NAMES = ("exploit", "explore", "recombine", "fix_weakest", "free")
 
 
 class SocietyLLMConfig(Strict):
-    model: Text = "local/gemma-3-270m"
+    model: ModelName = "local/gemma-3-270m"
     """Any LiteLLM model string; the default is the embedded model (no key, no network)."""
-    api_key_env: Text | None = None
+    api_key_env: EnvName | None = None
     """Environment variable holding the key (the key itself never goes in the YAML)."""
-    api_base: Text | None = None
+    api_base: Url | None = None
     temperature: Float = Field(0.7, ge=0, le=2)
     """Sampling temperature of answers (thoughts use ``rlp.temperature``)."""
     max_tokens: Int = Field(256, ge=16, le=100_000)
@@ -64,7 +64,7 @@ class RLPConfig(Strict):
     (configurations); rewarded by information gain; a learned distribution
     over reasoning strategies. Field names follow the seed's ``RLPConfig``."""
 
-    model_name: Text | None = None
+    model_name: ModelName | None = None
     """LiteLLM model for thoughts and answers; default: ``society.llm.model``."""
     G: Int = Field(4, ge=1, le=32, validation_alias=AliasChoices("G", "group_size"))
     """Thoughts per generation (the group for the group-relative advantage)."""
@@ -111,7 +111,7 @@ class SAOConfig(Strict):
     one ``generate_synthetic_dataset`` call) runs up to ``iterative_rounds``
     rounds of ``batch_size`` concurrent pairs until it has its kept pairs."""
 
-    model_name: Text | None = None
+    model_name: ModelName | None = None
     """LiteLLM model that writes prompts and judges; default: ``society.llm.model``."""
     n_personas: Int = Field(1000, ge=1, le=20_000)
     """Personas composed from the shipped attribute lists (near-duplicates removed)."""
@@ -120,7 +120,8 @@ class SAOConfig(Strict):
     response_pairs: Int = 2
     """The seed's "responses per prompt": always a pair (A and B), as in the paper, so 2 is the only
     value accepted (it changes nothing; it may be left out)."""
-    response_temperatures: tuple[Float, Float] = (0.2, 1.0)
+    response_temperatures: tuple[Annotated[Float, Field(ge=0, le=2)], Annotated[Float, Field(ge=0, le=2)]] = (
+        0.2, 1.0)
     """Standalone only: the one configuration answers at these two temperatures."""
     min_response_length: Int = Field(1, ge=0, le=100_000)
     """Characters; shorter responses fail the ``too_short`` filter (the seed's 50 suits long answers)."""

@@ -7,7 +7,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from convergence.config.fields import At, Float, Int, Strict, Text, short
+from convergence.config.fields import (
+    At,
+    EnvName,
+    FieldPath,
+    Float,
+    Int,
+    ModelName,
+    Strict,
+    Text,
+    Url,
+    short,
+)
 
 # --------------------------------------------------------------------------- target
 
@@ -16,11 +27,19 @@ class AuthConfig(Strict):
     """Credentials always come from environment variables, never the YAML."""
 
     type: Literal["bearer", "api_key", "basic", "none"] = "none"
-    token_env: Text | None = None
+    token_env: EnvName | None = None
     header_name: Text = "x-api-key"
     username: str | None = None
-    username_env: Text | None = None
-    password_env: Text | None = None
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        if v is not None and (":" in v or not v.isprintable()):
+            raise ValueError(f"{short(v, 40)} cannot be a Basic-auth user name: it may not contain ':' (it "
+                             "separates the user from the password) or control characters")
+        return v
 
     @model_validator(mode="after")
     def _needs_env(self) -> AuthConfig:
@@ -53,11 +72,11 @@ class RequestConfig(Strict):
 
 
 class ResponseConfig(Strict):
-    result_field: Text | None = "result"
+    result_field: FieldPath | None = "result"
     """Dotted path to the output, e.g. ``choices.0.message.content``."""
-    success_field: Text | None = None
-    error_field: Text | None = "error"
-    cost_field: Text | None = None
+    success_field: FieldPath | None = None
+    error_field: FieldPath | None = "error"
+    cost_field: FieldPath | None = None
 
 
 class RetryConfig(Strict):
@@ -98,13 +117,13 @@ class LiteLLMTargetConfig(_TargetCommon):
     """Any LiteLLM model string, including the embedded ``local/gemma-3-270m``."""
 
     type: Literal["litellm"] = "litellm"
-    model: Text
+    model: ModelName
     prompt: str | None = None
     """Completion-style Jinja template (the embedded model is a base model)."""
     messages: list[dict[str, str]] | None = None
     """Chat messages (``role`` and ``content``), each ``content`` a Jinja template."""
-    api_base: Text | None = None
-    api_key_env: Text | None = None
+    api_base: Url | None = None
+    api_key_env: EnvName | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     """Fixed call parameters, overridden by the configuration under test."""
     call_params: list[Text] | None = None

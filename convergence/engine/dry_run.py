@@ -360,6 +360,15 @@ def _litellm_figures(cfg: ConvergenceConfig, t: LiteLLMTargetConfig, space: Sear
 # --------------------------------------------------------------------------- the estimate
 
 
+def target_calls(cfg: ConvergenceConfig, n_cases: int) -> tuple[int, int]:
+    """(target calls the plan needs, target calls expected once max_calls caps them): the numbers
+    ``validate`` prints and :func:`forecast` reports, from the same plan."""
+    per_gen = plan(cfg, SearchSpace.from_config(cfg.search_space))
+    needed = sum(per_gen) * n_cases + society_calls(cfg, per_gen)[1]
+    cap = cfg.optimization.budget.max_calls
+    return needed, needed if cap is None else min(needed, cap)
+
+
 def forecast(loaded: LoadedConfig, cases: list[TestCase], *, history: History | None = None) -> Forecast:
     """The estimate of a run of ``loaded`` on ``cases`` (from the preflight), with the
     study's earlier calls (:func:`load_history`) as the measured latency when given."""

@@ -215,7 +215,7 @@ def python_task(job: tuple[TargetSpec, Secrets], params: Config, case: TestCase)
                 value = asyncio.run(_awaited(value))
         except TargetError:
             raise
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the function's own: this case fails
             raise as_target_error(exc) from exc
         return to_call_result(value)
     except Exception as exc:  # noqa: BLE001 - sent back as a value

@@ -62,10 +62,25 @@ def to_call_result(value: Any) -> CallResult:
     return CallResult(output=value)
 
 
-def as_target_error(exc: Exception) -> TargetError:
+def as_target_error(exc: BaseException) -> TargetError:
     """The user function's exception as the attempt's failure: retryable for timeouts, connection and
-    OS errors (transient), final for anything else."""
+    OS errors (transient), final for anything else. ``SystemExit``, ``KeyboardInterrupt`` and other
+    ``BaseException`` subclasses raised *by the function* fail that case only: a target cannot end the run
+    (a real Ctrl-C reaches the run as a cancellation, never through the function)."""
+    if isinstance(exc, SystemExit):
+        return TargetError(f"the function called sys.exit({exc.code!r}) (SystemExit); a target must return a "
+                           "value or raise an Exception, it cannot end the run", retryable=False)
+    if not isinstance(exc, Exception):
+        return TargetError(f"the function raised {type(exc).__name__}: {exc} (a BaseException, not an Exception); "
+                           "counted as this case's failure, the run goes on (Ctrl-C still stops it)",
+                           retryable=False)
     return TargetError(f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, _RETRYABLE))
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the event loop cancelling the call (a timeout, Ctrl-C, the run ending): re-raised
+    as is, never taken for the function's own failure."""
+    return isinstance(exc, (anyio.get_cancelled_exc_class(), GeneratorExit))
 
 
 class PythonTarget:
@@ -100,7 +115,9 @@ class PythonTarget:
                     value = await value
         except TargetError:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            if is_cancellation(exc):
+                raise
             raise as_target_error(exc) from exc
         return to_call_result(value)
 

@@ -7,8 +7,8 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
+from convergence.config.fields import url_problem
 from convergence.config.models import (
     CategoricalParam,
     HTTPTargetConfig,
@@ -137,26 +137,6 @@ def header_problem(name: str, value: str | None) -> str | None:
             return f"the value {short(value, 60)} is not ASCII (HTTP header values are sent as ASCII)"
         if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in value):
             return f"the value {short(value, 60)} contains control characters (a newline would split the header)"
-    return None
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with an HTTP(S) URL the target would call, or None."""
-    if "{{" in url or "{%" in url:
-        return f"{short(url, 80)} is not a template: the URL is called as written"
-    if any(c.isspace() for c in url):
-        return f"{short(url, 80)} contains whitespace"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        return f"{short(url, 80)} is not a valid URL: {exc}"
-    if parts.scheme not in ("http", "https"):
-        return f"{short(url, 80)} must start with http:// or https:// (got scheme {parts.scheme or 'none'!r})"
-    if not parts.hostname:
-        return f"{short(url, 80)} has no host name"
-    if port == 0:
-        return f"{short(url, 80)} has port 0"
     return None
 
 

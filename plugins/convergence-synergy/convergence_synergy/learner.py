@@ -138,6 +138,33 @@ def parse_options(options: Mapping[str, Any], environ: Mapping[str, str]) -> tup
     return algorithm, source, out
 
 
+def algorithm_config(algorithm: str, opts: Mapping[str, Any]) -> Any:
+    """The algorithm's config dataclass from parsed options (its own checks run here)."""
+    cfg_cls = ALGORITHMS[algorithm][1]
+    cfg_fields = option_names(cfg_cls)
+    cfg_kwargs = {k: v for k, v in opts.items() if k in cfg_fields and k != "lr"}
+    if opts["lr"] is not None:
+        cfg_kwargs["lr"] = opts["lr"]
+    return cfg_cls(**cfg_kwargs)
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """``convergence validate`` and ``optimize`` call this before the run (see docs/plugins.md): every
+    option the learner would refuse when the run builds it (unknown keys, bad values, the algorithm's own
+    config checks, the predictor's settings) fails here, so ``validate`` accepts exactly what runs."""
+    algorithm, _, opts = parse_options(options, os.environ)
+    try:
+        config = algorithm_config(algorithm, opts)
+        ImprovementPredictor(opts["predictor"], float(opts["ema_alpha"]), int(opts["arima_min_history"]),
+                             int(opts["arima_window"]))
+        encoder = Encoder(2, ema=float(opts["state_ema"]), prior=float(opts["state_prior"]))
+        # the algorithm's own checks (e.g. double_dqn's shifts, sac's alpha), on a two-agent society
+        ALGORITHMS[algorithm][0](2, encoder.dim, effective_floor(2, float(opts["floor"])), config,
+                                 torch.Generator().manual_seed(0))
+    except (TypeError, ArithmeticError) as exc:
+        raise ValueError(f"synergy learner: {exc}") from None
+
+
 class SynergyLearner:
     name = "synergy"
 
@@ -157,12 +184,8 @@ class SynergyLearner:
         self.notes: list[str] = []
         self._lock = threading.Lock()
 
-        algo_cls, cfg_cls = ALGORITHMS[self.algorithm]
-        cfg_fields = option_names(cfg_cls)
-        cfg_kwargs = {k: v for k, v in opts.items() if k in cfg_fields and k != "lr"}
-        if opts["lr"] is not None:
-            cfg_kwargs["lr"] = opts["lr"]
-        self.config = cfg_cls(**cfg_kwargs)
+        algo_cls = ALGORITHMS[self.algorithm][0]
+        self.config = algorithm_config(self.algorithm, opts)
         self.reward_scale = float(getattr(self.config, "reward_scale", 1.0))
         self.kl_cost = float(getattr(self.config, "kl_cost", 0.0))
         self.generator = torch.Generator().manual_seed(int(context.seed))
@@ -364,6 +387,9 @@ class SynergyLearner:
 def make_learner(context: LearnerContext) -> SynergyLearner:
     """The ``learner.synergy`` entry point."""
     return SynergyLearner(context)
+
+
+make_learner.check_options = check_options  # type: ignore[attr-defined]
 
 
 def train(context: LearnerContext, results: Iterable[GenerationResult]) -> dict[str, Any]:

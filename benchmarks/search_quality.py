@@ -56,10 +56,17 @@ score is the mean of Bernoulli outcomes over 30 test cases. Every method gets B 
 (B = 50, 100, 200 configuration-equivalents, plus 60 for Convergence alone) and is judged by the true
 (noise-free) value of the configuration it returns: Optuna TPE's ``study.best_params`` (n_trials = B, a trial
 = 30 draws) against Convergence's ``RunOutcome.best`` (30 inline cases, ``budget.max_calls`` = B x 30,
-generational mode), with racing and ``optimization.selection`` on/off as ablation rows.
+generational mode), with racing and ``optimization.selection`` on/off as ablation rows. Peers
+(``benchmarks/noisy_peers.py``, the ``bench`` extra): Optuna TPE + WilcoxonPruner, SMAC3's algorithm
+configuration facade and irace (R, through rpy2), each run as its documentation recommends; a peer that cannot
+run here is skipped with a line saying why. Five problems: llm_noisy, needle_noisy, cats_noisy, cells_noisy
+(few good cells in a large categorical space), heavy_noisy (heavy-tailed case difficulty).
 
-    python benchmarks/search_quality.py --noisy           # 20 seeds, 1,320 runs (~11-15 min on 2 cores)
-    python benchmarks/search_quality.py --noisy --quick   # budgets 50, 100 (+60), 3 seeds (~1 min)
+    python benchmarks/search_quality.py --noisy           # 5 problems, every method, 20 seeds (many hours: SMAC takes
+                                                          # minutes per run, TPE + WilcoxonPruner about one)
+    python benchmarks/search_quality.py --noisy --quick   # budgets 50, 100 (+60), 3 seeds
+    python benchmarks/search_quality.py --noisy --methods tpe tpe_mv convergence convergence_mab no_racing \
+        no_selection neither                              # without the peers: ~2,200 runs, about 20-25 min
     python benchmarks/search_quality.py --noisy --json-out noisy.json   # tables, and every run as JSON
 """
 
@@ -998,10 +1005,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 30; quick 4)")
     ap.add_argument("--budgets", type=int, nargs="+", default=None, help="evaluation budgets (default 60 120)")
     ap.add_argument("--objectives", nargs="+", default=None,
-                    help=f"default: all ({', '.join(OBJECTIVES)}; with --noisy: llm_noisy needle_noisy cats_noisy)")
+                    help=f"default: all ({', '.join(OBJECTIVES)}; with --noisy: llm_noisy needle_noisy cats_noisy "
+                         "cells_noisy heavy_noisy)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help=f"default: all ({', '.join(CONVERGENCE_METHODS + OPTUNA_METHODS)}; with --noisy: "
-                         "tpe tpe_mv convergence convergence_<other set-up> no_racing no_selection neither)")
+                         "tpe tpe_mv tpe_wilcoxon smac irace convergence convergence_<other set-up> no_racing "
+                         "no_selection neither; smac and tpe_wilcoxon are slow: see benchmarks/README.md)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--noisy", action="store_true",

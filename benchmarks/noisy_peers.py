@@ -143,8 +143,10 @@ def run_tpe_wilcoxon(problem: str, budget: int, seed: int) -> dict[str, Any]:
         if log.calls + npb.N_CASES > limit:  # the next trial could overrun the budget
             study.stop()
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.WilcoxonPruner())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # WilcoxonPruner is "experimental"
+        pruner = optuna.pruners.WilcoxonPruner()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     study.optimize(objective, n_trials=limit, callbacks=[stop_when_spent])
     best = study.best_trial
     returned = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in best.params.items()}

@@ -34,6 +34,18 @@ parameters at import time):
   sequences x 11 temperatures, additive main effects plus sparse prompt x
   model and system x prompt interactions; three irrelevant parameters
   (tool_format, language, integer n_retries).
+* ``cells_noisy``: a large categorical space with few good cells: 40 prompts x
+  12 models x 5 few-shot counts x 4 output formats (9,600 relevant cells),
+  weak main effects (true value about 0.25-0.45) and 6 (prompt, model) cells
+  that are good (up to ~0.85) only with their own few-shot count; the good
+  cells' prompts and models have middling main effects, so marginals do not
+  point at them. Two irrelevant parameters (seed_phrase, integer n_retries).
+* ``heavy_noisy``: heavy-tailed case difficulty (Student t, 1.5 degrees of
+  freedom, clipped at +-8: a few cases nearly always fail or always pass
+  whatever the configuration, so they carry no signal, and the rest sit
+  near the middle) on a retrieval-like space (top_k, chunk size,
+  temperature, reranker, query rewrite) with a reranker x case-difficulty
+  interaction; two irrelevant parameters (cache, log_level).
 """
 
 from __future__ import annotations
@@ -63,6 +75,18 @@ def _difficulties(seed: int) -> np.ndarray:
     return np.asarray(d)
 
 
+HEAVY_DF, HEAVY_CLIP = 1.5, 8.0
+
+
+def _heavy_difficulties(seed: int) -> np.ndarray:
+    """30 heavy-tailed case difficulties: Student t quantiles (``HEAVY_DF`` dof), clipped, fixed shuffled order."""
+    from scipy.stats import t
+
+    d = [float(np.clip(t.ppf((j + 0.5) / N_CASES, HEAVY_DF), -HEAVY_CLIP, HEAVY_CLIP)) for j in range(N_CASES)]
+    random.Random(seed).shuffle(d)
+    return np.asarray(d)
+
+
 def _grid(spec: tuple[Any, ...]) -> list[Any]:
     """Every value of one parameter (the same grid the optimizers search)."""
     kind = spec[0]
@@ -85,12 +109,14 @@ class NoisyProblem:
     case_gain: Callable[[dict[str, Any]], float] = lambda p: 0.0
     """c(config): the weight of the standardised case difficulty in the logit."""
     seed: int = 0
+    difficulties: Callable[[int], np.ndarray] = _difficulties
+    """the case difficulties d_j from the problem's seed."""
     difficulty: np.ndarray = field(init=False)
     optimum: float = field(init=False)
     optimum_config: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.difficulty = _difficulties(self.seed)
+        self.difficulty = self.difficulties(self.seed)
         self._z = (self.difficulty - self.difficulty.mean()) / self.difficulty.std()
         self._cache: dict[str, np.ndarray] = {}
 
@@ -241,6 +267,59 @@ def cats_quality(p: dict[str, Any]) -> float:
     return _cats_raw(p) / _CATS_MAX
 
 
+# --------------------------------------------------------------------------- cells_noisy
+
+CELL_PROMPTS = [f"p{i:02d}" for i in range(40)]
+CELL_MODELS = [f"model-{c}" for c in "abcdefghijkl"]
+SHOTS = [0, 1, 2, 4, 8]
+FORMATS = ["plain", "json", "markdown", "xml"]
+_rc = random.Random(20261207)  # fixed tables: the same on every run and machine
+CELL_PQ = [_rc.random() for _ in CELL_PROMPTS]
+CELL_MQ = [_rc.random() for _ in CELL_MODELS]
+FORMAT_Q = [0.9, 1.0, 0.95, 0.85]
+GOOD_CELLS: dict[tuple[int, int], tuple[float, int]] = {}
+"""(prompt, model) -> (strength, the few-shot count it needs): 6 of 480 cells, on middling prompts and models."""
+_middling_p = sorted(range(len(CELL_PROMPTS)), key=lambda i: CELL_PQ[i])[12:28]
+_middling_m = sorted(range(len(CELL_MODELS)), key=lambda j: CELL_MQ[j])[3:9]
+while len(GOOD_CELLS) < 6:
+    GOOD_CELLS.setdefault((_rc.choice(_middling_p), _rc.choice(_middling_m)),
+                          (0.6 + 0.4 * _rc.random(), _rc.choice(SHOTS)))
+
+
+def _cells_raw(p: dict[str, Any]) -> float:
+    i, j = CELL_PROMPTS.index(p["prompt"]), CELL_MODELS.index(p["model"])
+    base = 0.25 * CELL_PQ[i] + 0.25 * CELL_MQ[j]
+    strength, shots = GOOD_CELLS.get((i, j), (0.0, 0))
+    fit = 1.0 if p["shots"] == shots else 0.3  # a good cell needs its own number of examples
+    return (base + 0.5 * strength * fit) * FORMAT_Q[FORMATS.index(p["format"])]
+
+
+_CELLS_MAX = max(_cells_raw({"prompt": pr, "model": mo, "shots": s, "format": "json"})
+                 for pr in CELL_PROMPTS for mo in CELL_MODELS for s in SHOTS)
+
+
+def cells_quality(p: dict[str, Any]) -> float:
+    return _cells_raw(p) / _CELLS_MAX
+
+
+# --------------------------------------------------------------------------- heavy_noisy
+
+RERANKERS = ["none", "bm25", "cross_encoder", "llm"]
+RERANK_Q = {"none": 0.75, "bm25": 0.85, "cross_encoder": 1.0, "llm": 0.95}
+RERANK_CASE_GAIN = {"none": -0.2, "bm25": 0.0, "cross_encoder": 0.3, "llm": 0.6}
+"""an LLM reranker gains most on hard cases and loses on easy ones."""
+CHUNKS = [128, 256, 512, 1024, 2048]
+
+
+def heavy_quality(p: dict[str, Any]) -> float:
+    k, chunk, t = p["top_k"], p["chunk_size"], p["temperature"]
+    context = k * chunk  # too little context misses the answer, too much drowns it
+    ctx = math.exp(-(((math.log2(context) - 12.0) / 1.6) ** 2))
+    chunk_fit = math.exp(-(((math.log2(chunk) - (9.0 if p["rewrite"] else 8.0)) / 1.5) ** 2))
+    temp = math.exp(-(((t - 0.2) / 0.35) ** 2))
+    return RERANK_Q[p["reranker"]] * (0.45 * ctx + 0.25 * chunk_fit + 0.3 * temp) * (1.0 if p["rewrite"] else 0.93)
+
+
 # --------------------------------------------------------------------------- the problems
 
 PROBLEMS: dict[str, NoisyProblem] = {
@@ -289,6 +368,37 @@ PROBLEMS: dict[str, NoisyProblem] = {
         cats_quality,
         seed=3,
     ),
+    "cells_noisy": NoisyProblem(
+        "cells_noisy",
+        {
+            "prompt": ("cat", CELL_PROMPTS),
+            "model": ("cat", CELL_MODELS),
+            "shots": ("values", SHOTS),
+            "format": ("cat", FORMATS),
+            "seed_phrase": ("cat", ["none", "think", "careful", "brief", "expert", "kind"]),  # irrelevant
+            "n_retries": ("int", 0, 5, 1),  # irrelevant
+        },
+        ["prompt", "model", "shots", "format"],
+        cells_quality,
+        seed=4,
+    ),
+    "heavy_noisy": NoisyProblem(
+        "heavy_noisy",
+        {
+            "top_k": ("int", 1, 20, 1),
+            "chunk_size": ("values", CHUNKS),
+            "temperature": ("float", 0.0, 1.0, 0.05),
+            "reranker": ("cat", RERANKERS),
+            "rewrite": ("cat", [False, True]),
+            "cache": ("cat", ["off", "on"]),  # irrelevant
+            "log_level": ("cat", ["debug", "info", "warning"]),  # irrelevant
+        },
+        ["top_k", "chunk_size", "temperature", "reranker", "rewrite"],
+        heavy_quality,
+        case_gain=lambda p: RERANK_CASE_GAIN[p["reranker"]],
+        seed=5,
+        difficulties=_heavy_difficulties,
+    ),
 }
 
 
@@ -305,6 +415,12 @@ def _optima() -> None:
     cats.find_optimum([{"prompt": p, "model": mo, "system": s, "stop": "newline",
                         "temperature": BEST_T8[MODELS8.index(mo)]}
                        for p in PROMPTS for mo in MODELS8 for s in SYSTEMS])
+    cells = PROBLEMS["cells_noisy"]
+    cells.find_optimum([dict(zip(cells.relevant, v, strict=True))
+                        for v in product(*(_grid(cells.space[k]) for k in cells.relevant))])
+    heavy = PROBLEMS["heavy_noisy"]
+    heavy.find_optimum([dict(zip(heavy.relevant, v, strict=True))
+                        for v in product(*(_grid(heavy.space[k]) for k in heavy.relevant))])
     assert abs(needle_quality(needle.optimum_config) - 1.0) < 1e-9
     assert abs(cats_quality(cats.optimum_config) - 1.0) < 1e-9
 
@@ -328,6 +444,8 @@ def _target(name: str) -> Callable[..., Any]:
 target_llm_noisy = _target("llm_noisy")
 target_needle_noisy = _target("needle_noisy")
 target_cats_noisy = _target("cats_noisy")
+target_cells_noisy = _target("cells_noisy")
+target_heavy_noisy = _target("heavy_noisy")
 
 
 def score(output: Any, case: Any, call: Any, args: Any) -> float:

@@ -56,10 +56,17 @@ score is the mean of Bernoulli outcomes over 30 test cases. Every method gets B 
 (B = 50, 100, 200 configuration-equivalents, plus 60 for Convergence alone) and is judged by the true
 (noise-free) value of the configuration it returns: Optuna TPE's ``study.best_params`` (n_trials = B, a trial
 = 30 draws) against Convergence's ``RunOutcome.best`` (30 inline cases, ``budget.max_calls`` = B x 30,
-generational mode), with racing and ``optimization.selection`` on/off as ablation rows.
+generational mode), with racing and ``optimization.selection`` on/off as ablation rows. Peers
+(``benchmarks/noisy_peers.py``, the ``bench`` extra): Optuna TPE + WilcoxonPruner, SMAC3's algorithm
+configuration facade and irace (R, through rpy2), each run as its documentation recommends; a peer that cannot
+run here is skipped with a line saying why. Five problems: llm_noisy, needle_noisy, cats_noisy, cells_noisy
+(few good cells in a large categorical space), heavy_noisy (heavy-tailed case difficulty).
 
-    python benchmarks/search_quality.py --noisy           # 20 seeds, 1,320 runs (~11-15 min on 2 cores)
-    python benchmarks/search_quality.py --noisy --quick   # budgets 50, 100 (+60), 3 seeds (~1 min)
+    python benchmarks/search_quality.py --noisy           # 5 problems, every method, 20 seeds (many hours: SMAC takes
+                                                          # minutes per run, TPE + WilcoxonPruner about one)
+    python benchmarks/search_quality.py --noisy --quick   # budgets 50, 100 (+60), 3 seeds
+    python benchmarks/search_quality.py --noisy --methods tpe tpe_mv convergence convergence_mab no_racing \
+        no_selection neither                              # without the peers: ~2,200 runs, about 20-25 min
     python benchmarks/search_quality.py --noisy --json-out noisy.json   # tables, and every run as JSON
 """
 
@@ -493,6 +500,9 @@ HEADLINE = "society"
 SELECTION_ON = {"estimate": "shrinkage", "confirm_top": 3, "confirm_share": 0.1, "stochastic": True}
 SELECTION_OFF = {"estimate": "mean", "confirm_top": 0}
 OPTUNA_NOISY = ["tpe", "tpe_mv"]
+PEERS = ["tpe_wilcoxon", "smac", "irace"]
+"""benchmarks/noisy_peers.py (the ``bench`` extra; irace also needs R): skipped, with a line saying why, where
+they cannot run."""
 
 
 def selection_available() -> bool:
@@ -513,7 +523,16 @@ def noisy_variants() -> dict[str, tuple[str, bool, bool | None]]:
             "neither": (HEADLINE, False, False)}
 
 
+def _peers() -> Any:
+    _bench_on_path()
+    import noisy_peers
+
+    return noisy_peers
+
+
 def noisy_label(method: str) -> str:
+    if method in PEERS:
+        return str(_peers().LABELS[method])
     if method == "tpe":
         return "Optuna TPE (best_params)"
     if method == "tpe_mv":
@@ -664,7 +683,9 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
 def run_noisy_job(job: tuple[str, str, int, int]) -> dict[str, Any]:
     problem, method, budget, seed = job
     t0 = time.perf_counter()
-    if method in OPTUNA_NOISY:
+    if method in PEERS:
+        res = getattr(_peers(), f"run_{method}")(problem, budget, seed)
+    elif method in OPTUNA_NOISY:
         res = run_optuna_noisy(problem, method, budget, seed)
     else:
         res = run_convergence_noisy(problem, method, budget, seed)
@@ -677,8 +698,9 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
     keys = sorted({(r["objective"], r["budget"]) for r in results}, key=lambda k: (list(optima).index(k[0]), k[1]))
     for problem, budget in keys:
         cell = [r for r in results if r["objective"] == problem and r["budget"] == budget]
-        methods = [m for m in [*OPTUNA_NOISY, *noisy_variants()] if any(r["method"] == m for r in cell)]
+        methods = [m for m in [*OPTUNA_NOISY, *PEERS, *noisy_variants()] if any(r["method"] == m for r in cell)]
         tpe = [r["returned_true"] for r in cell if r["method"] == "tpe"]
+        ours = {r["seed"]: r["returned_true"] for r in cell if r["method"] == "convergence"}
         rows = []
         for m in methods:
             rs = sorted((r for r in cell if r["method"] == m), key=lambda r: r["seed"])
@@ -704,9 +726,22 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
             }
             if m != "tpe" and tpe:
                 row["u_vs_tpe"], row["p_vs_tpe"] = mann_whitney_greater(list(true), tpe)
+            pairs = [(ours[r["seed"]], r["returned_true"]) for r in rs if r["seed"] in ours]
+            if m != "convergence" and pairs:
+                row["p_convergence_greater"] = paired_greater([a for a, _ in pairs], [b for _, b in pairs])
             rows.append(row)
         tables.append({"objective": problem, "budget": budget, "optimum": optima[problem], "rows": rows})
     return tables
+
+
+def paired_greater(a: list[float], b: list[float]) -> float:
+    """One-sided paired test that ``a`` > ``b`` (pairs = the same seed): Wilcoxon signed-rank, zeros split."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(a) - np.asarray(b)
+    if not np.any(d):
+        return 1.0
+    return float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
 
 
 def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -745,7 +780,7 @@ def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) 
                       "p_ours_greater": p_better, "p_tpe_greater": p_worse,
                       "call_share": float(np.mean(calls)) / (REACH_OF * 30)})
     cells = [(t["objective"], t["budget"]) for t in tables if t["budget"] != REACH_BUDGET]
-    methods = [m for m in [*OPTUNA_NOISY, *noisy_variants()] if any(r["method"] == m for r in results)]
+    methods = [m for m in [*OPTUNA_NOISY, *PEERS, *noisy_variants()] if any(r["method"] == m for r in results)]
     overall = []
     for m in methods:
         rows = [r for t in tables if t["budget"] != REACH_BUDGET for r in t["rows"] if r["method"] == m]
@@ -770,15 +805,18 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
         print(f"\n### {t['objective']}, budget {t['budget']} configuration-equivalents "
               f"({t['budget'] * 30} case calls), {n} seeds; grid optimum {t['optimum']:.4f}\n")
         print("| method | true value of returned config (mean ± std) | regret | noisy score of returned "
-              "| best evaluated (true) | returned vs best evaluated | calls | configs | abandoned "
-              "| repeat draws of returned | vs TPE (MWU) |")
-        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
+              "| best evaluated (true) | regret of best evaluated | loss at selection | calls | configs | abandoned "
+              "| repeat draws of returned | s/run | vs TPE (MWU) | convergence > this (paired) |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
         for r in sorted(t["rows"], key=lambda r: -r["mean_true"]):
             vs = "" if "p_vs_tpe" not in r else f"p={r['p_vs_tpe']:.3f}" + (" *" if r["p_vs_tpe"] < 0.05 else "")
+            pc = r.get("p_convergence_greater")
+            paired = "" if pc is None else f"p={pc:.3f}" + (" *" if pc < 0.05 else "")
             print(f"| {r['label']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
-                  f"| {r['mean_noisy']:.4f} | {r['mean_best_evaluated']:.4f} | -{r['mean_gap']:.4f} "
+                  f"| {r['mean_noisy']:.4f} | {r['mean_best_evaluated']:.4f} "
+                  f"| {t['optimum'] - r['mean_best_evaluated']:.4f} | {r['mean_gap']:.4f} "
                   f"| {r['calls']:.0f} | {r['distinct']:.1f} | {r['abandoned']:.1f} | {r['returned_repeats']:.1f} "
-                  f"| {vs} |")
+                  f"| {r['seconds']:.1f} | {vs} | {paired} |")
     print("\n### Convergence vs Optuna TPE (true value of the returned configuration, mean over seeds)\n")
     print("| budget | problem | convergence | TPE | difference | p (convergence > TPE, MWU one-sided) |")
     print("|--:|---|--:|--:|--:|--:|")
@@ -815,7 +853,7 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
     print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
     for t in tables:
         for r in t["rows"]:
-            racing = r["method"] not in OPTUNA_NOISY and noisy_variants()[r["method"]][1]
+            racing = r["method"] in noisy_variants() and noisy_variants()[r["method"]][1]
             cases = f"{r['abandoned_cases']:.1f}" if r["abandoned_cases"] is not None else "-"
             print(f"| {t['objective']} | {t['budget']} | {r['method']} | {100 * r['returned_is_best_evaluated']:.0f} % "
                   f"| {r['returned_not_complete']} "
@@ -845,17 +883,37 @@ def code_state() -> dict[str, Any]:
             "uncommitted": [*changed.splitlines(), *untracked.splitlines()]}
 
 
+def peer_versions(methods: list[str]) -> dict[str, str]:
+    """Installed versions of the peers that ran (irace: the R package's)."""
+    from importlib.metadata import version
+
+    out = {}
+    if "smac" in methods:
+        out["smac"] = version("smac")
+    if "irace" in methods:
+        from rpy2.robjects import r
+
+        out["rpy2"] = version("rpy2")
+        out["irace"] = str(r('as.character(packageVersion("irace"))')[0])
+        out["R"] = str(r("R.version.string")[0])
+    return out
+
+
 def noisy_main(args: argparse.Namespace) -> None:
     _bench_on_path()
     import noisy_problems as npb
 
     problems = args.objectives or list(npb.PROBLEMS)
     variants = noisy_variants()
-    methods = args.methods or [*OPTUNA_NOISY, *variants]
+    methods = args.methods or [*OPTUNA_NOISY, *PEERS, *variants]
     for name in [*problems, *methods]:
-        if name not in npb.PROBLEMS and name not in OPTUNA_NOISY and name not in variants:
+        if name not in npb.PROBLEMS and name not in OPTUNA_NOISY and name not in PEERS and name not in variants:
             raise SystemExit(f"--noisy: unknown problem or method {name!r} (problems: {', '.join(npb.PROBLEMS)}; "
-                             f"methods: {', '.join([*OPTUNA_NOISY, *variants])})")
+                             f"methods: {', '.join([*OPTUNA_NOISY, *PEERS, *variants])})")
+    skipped = {m: why for m in methods if m in PEERS and (why := _peers().unavailable(m))}
+    for m, why in skipped.items():
+        print(f"skipping peer {m}: {why}", file=sys.stderr)
+    methods = [m for m in methods if m not in skipped]
     seeds = args.seeds or (3 if args.quick else 20)
     budgets = args.budgets or ([50, 100] if args.quick else NOISY_BUDGETS)
     seed_range = range(args.first_seed, args.first_seed + seeds)
@@ -863,7 +921,8 @@ def noisy_main(args: argparse.Namespace) -> None:
     jobs = [(p, m, b, s) for p in problems for b in budgets for m in methods for s in seed_range]
     if "convergence" in methods and REACH_OF in budgets and REACH_BUDGET not in budgets:
         jobs += [(p, "convergence", REACH_BUDGET, s) for p in problems for s in seed_range]
-    jobs.sort(key=lambda j: (-j[2], j[1] not in OPTUNA_NOISY))  # longest first
+    slow = {"smac": 0, "tpe_wilcoxon": 1}
+    jobs.sort(key=lambda j: (slow.get(j[1], 2), -j[2], j[1] not in OPTUNA_NOISY))  # longest first
     started = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -886,7 +945,7 @@ def noisy_main(args: argparse.Namespace) -> None:
         "population": {b: population_for(b) for b in sorted({*budgets, REACH_BUDGET})},
         "code": code_before, "code_changed_during_run": code_state()["sources_sha1"] != code_before["sources_sha1"],
         "workers": args.workers, "wall_seconds": wall,
-        "optuna": optuna.__version__,
+        "optuna": optuna.__version__, "peers_skipped": skipped, "peer_versions": peer_versions(methods),
         "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
     }
     document = {"meta": meta, "tables": tables, "verdicts": verdicts, "runs": results}
@@ -904,6 +963,10 @@ def noisy_main(args: argparse.Namespace) -> None:
           + (f" + {len(code['uncommitted'])} uncommitted file(s) in convergence/" if code["uncommitted"] else "")
           + f", sources sha1 {code['sources_sha1']}"
           + (" (CHANGED during the run: the runs may mix two versions)." if meta["code_changed_during_run"] else "."))
+    for m, why in skipped.items():
+        print(f"\nPeer {m} skipped: {why}.")
+    if meta["peer_versions"]:
+        print(f"\nPeer versions: {meta['peer_versions']}.")
     if not meta["selection_available"]:
         print("\noptimization.selection is not in this Convergence: the selection on/off rows are left out, "
               "and the Convergence rows run the library's default selection of the returned best.")
@@ -912,7 +975,8 @@ def noisy_main(args: argparse.Namespace) -> None:
     print("\nTrue value = mean over the 30 cases of the success probability (noise-free). Regret = grid optimum "
           "- true value. 'returned vs best evaluated' = true value of the returned configuration minus the true "
           "value of the best configuration the method evaluated (loss at selection). MWU: one-sided "
-          "Mann-Whitney U test (* p < 0.05).")
+          "Mann-Whitney U test (* p < 0.05). 'convergence > this (paired)': one-sided Wilcoxon signed-rank test "
+          "on the per-seed pairs (the same seed, so the same case difficulties and job seed).")
 
 
 # --------------------------------------------------------------------------- main
@@ -941,10 +1005,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per method (default 30; quick 4)")
     ap.add_argument("--budgets", type=int, nargs="+", default=None, help="evaluation budgets (default 60 120)")
     ap.add_argument("--objectives", nargs="+", default=None,
-                    help=f"default: all ({', '.join(OBJECTIVES)}; with --noisy: llm_noisy needle_noisy cats_noisy)")
+                    help=f"default: all ({', '.join(OBJECTIVES)}; with --noisy: llm_noisy needle_noisy cats_noisy "
+                         "cells_noisy heavy_noisy)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help=f"default: all ({', '.join(CONVERGENCE_METHODS + OPTUNA_METHODS)}; with --noisy: "
-                         "tpe tpe_mv convergence convergence_<other set-up> no_racing no_selection neither)")
+                         "tpe tpe_mv tpe_wilcoxon smac irace convergence convergence_<other set-up> no_racing "
+                         "no_selection neither; smac and tpe_wilcoxon are slow: see benchmarks/README.md)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--noisy", action="store_true",

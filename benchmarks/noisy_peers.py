@@ -121,14 +121,7 @@ def run_tpe_wilcoxon(problem: str, budget: int, seed: int) -> dict[str, Any]:
     log = Log(prob)
 
     def objective(trial: Any) -> float:
-        p: dict[str, Any] = {}
-        for name, spec in prob.space.items():
-            if spec[0] in ("cat", "values"):
-                p[name] = trial.suggest_categorical(name, list(spec[1]))
-            elif spec[0] == "float":
-                p[name] = round(trial.suggest_float(name, spec[1], spec[2], step=spec[3]), 6)
-            else:
-                p[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[3])
+        p = npb.suggest(trial, prob.space)
         outcomes = []
         for case in order:
             outcomes.append(log.call(p, case))

@@ -450,3 +450,16 @@ target_heavy_noisy = _target("heavy_noisy")
 
 def score(output: Any, case: Any, call: Any, args: Any) -> float:
     return float(output)
+
+
+def suggest(trial: Any, space: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """An Optuna trial's configuration over one of these spaces (the same grid every method searches)."""
+    p: dict[str, Any] = {}
+    for name, spec in space.items():
+        if spec[0] in ("cat", "values"):
+            p[name] = trial.suggest_categorical(name, list(spec[1]))
+        elif spec[0] == "float":
+            p[name] = round(trial.suggest_float(name, spec[1], spec[2], step=spec[3]), 6)
+        else:
+            p[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[3])
+    return p

@@ -644,14 +644,7 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=(method == "tpe_mv"))
 
     def objective_fn(trial: Any) -> float:
-        p: dict[str, Any] = {}
-        for name, spec in prob.space.items():
-            if spec[0] in ("cat", "values"):
-                p[name] = trial.suggest_categorical(name, list(spec[1]))
-            elif spec[0] == "float":
-                p[name] = round(trial.suggest_float(name, spec[1], spec[2], step=spec[3]), 6)
-            else:
-                p[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[3])
+        p = npb.suggest(trial, prob.space)
         return sum(npb.draw(prob, p, j) for j in range(npb.N_CASES)) / npb.N_CASES
 
     with warnings.catch_warnings():

@@ -334,16 +334,11 @@ def run_optuna(objective: str, method: str, budget: int, seed: int) -> dict[str,
     samplers = optuna.samplers
     sampler = samplers.TPESampler(seed=seed) if method == "optuna_tpe" else samplers.RandomSampler(seed=seed)
 
+    _bench_on_path()
+    from noisy_problems import suggest as suggest_over
+
     def suggest(trial: Any) -> dict[str, Any]:
-        p: dict[str, Any] = {}
-        for name, spec in space.items():
-            if spec[0] in ("cat", "values"):
-                p[name] = trial.suggest_categorical(name, list(spec[1]))
-            elif spec[0] == "float":
-                p[name] = round(trial.suggest_float(name, spec[1], spec[2], step=spec[3]), 6)
-            else:
-                p[name] = trial.suggest_int(name, spec[1], spec[2], step=spec[3])
-        return p
+        return suggest_over(trial, space)
 
     seen: set[str] = set()
 

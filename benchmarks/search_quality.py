@@ -525,7 +525,30 @@ def _peers() -> Any:
     return noisy_peers
 
 
+def noisy_methods() -> list[str]:
+    """Every --noisy method, in table order: Optuna TPE, the peers, the ``default`` rows, the older set-ups."""
+    _bench_on_path()
+    import noisy_default
+
+    return [*OPTUNA_NOISY, *PEERS, *noisy_default.ROWS, *noisy_variants()]
+
+
+def head_method(methods: Any) -> str:
+    """The headline Convergence row: ``default`` when it ran, else the older ``convergence`` set-up."""
+    _bench_on_path()
+    import noisy_default
+
+    if noisy_default.HEAD not in methods and "convergence" in methods:
+        return "convergence"
+    return noisy_default.HEAD
+
+
 def noisy_label(method: str) -> str:
+    _bench_on_path()
+    import noisy_default
+
+    if method in noisy_default.ROWS:
+        return noisy_default.label(method)
     if method in PEERS:
         return str(_peers().LABELS[method])
     if method == "tpe":
@@ -539,8 +562,11 @@ def noisy_label(method: str) -> str:
 
 
 def noisy_yaml(problem: str, method: str, budget: int, seed: int) -> str:
+    import noisy_default
     import noisy_problems as npb
 
+    if method in noisy_default.ROWS:
+        return noisy_default.yaml(problem, method, budget, seed, _param_yaml)
     setup, racing, selection = noisy_variants()[method]
     params = "\n".join(f"    {k}: {_param_yaml(v)}" for k, v in npb.PROBLEMS[problem].space.items())
     cases = "\n".join(f"      - {{input: {j}}}" for j in range(npb.N_CASES))
@@ -682,19 +708,23 @@ def run_noisy_job(job: tuple[str, str, int, int]) -> dict[str, Any]:
 
 
 def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> list[dict[str, Any]]:
+    """One table per (problem, budget); each method's n is its own (reused peers may have other seeds), and
+    the paired test against the headline row uses the seeds both have (its n is given)."""
+    head = head_method({r["method"] for r in results})
     tables = []
     keys = sorted({(r["objective"], r["budget"]) for r in results}, key=lambda k: (list(optima).index(k[0]), k[1]))
     for problem, budget in keys:
         cell = [r for r in results if r["objective"] == problem and r["budget"] == budget]
-        methods = [m for m in [*OPTUNA_NOISY, *PEERS, *noisy_variants()] if any(r["method"] == m for r in cell)]
+        methods = [m for m in noisy_methods() if any(r["method"] == m for r in cell)]
         tpe = [r["returned_true"] for r in cell if r["method"] == "tpe"]
-        ours = {r["seed"]: r["returned_true"] for r in cell if r["method"] == "convergence"}
+        ours = {r["seed"]: r["returned_true"] for r in cell if r["method"] == head}
         rows = []
         for m in methods:
             rs = sorted((r for r in cell if r["method"] == m), key=lambda r: r["seed"])
             true = np.array([r["returned_true"] for r in rs])
+            abandoned = sum(r["n_abandoned"] for r in rs)
             row = {
-                "method": m, "label": noisy_label(m), "n": len(rs),
+                "method": m, "label": noisy_label(m), "n": len(rs), "seeds": [r["seed"] for r in rs],
                 "mean_true": float(true.mean()), "std_true": float(true.std(ddof=1)) if len(rs) > 1 else 0.0,
                 "mean_regret": float(np.mean(optima[problem] - true)),
                 "mean_noisy": float(np.mean([r["returned_noisy"] for r in rs])),
@@ -703,22 +733,28 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
                 "calls": float(np.mean([r["calls"] for r in rs])),
                 "distinct": float(np.mean([r["n_distinct"] for r in rs])),
                 "abandoned": float(np.mean([r["n_abandoned"] for r in rs])),
+                "abandoned_share": float(np.mean([r["n_abandoned"] / max(1, r["n_distinct"]) for r in rs])),
                 "returned_repeats": float(np.mean([r["returned_repeats"] for r in rs])),
                 "abandoned_cases": float(np.mean(ac)) if (ac := [r["abandoned_cases"] for r in rs
                                                                  if r["abandoned_cases"] is not None]) else None,
                 "best_evaluated_abandoned": float(np.mean([r["best_evaluated_abandoned"] for r in rs])),
                 "abandoned_better_than_returned": float(np.mean([r["abandoned_better_than_returned"] for r in rs])),
+                "false_abandon_share": (sum(r["abandoned_better_than_returned"] for r in rs) / abandoned
+                                        if abandoned else None),
                 "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rs])),
                 "returned_not_complete": sum(r["returned_status"] != "complete" for r in rs),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
+                "reused": sum("reused_from" in r for r in rs),
             }
             if m != "tpe" and tpe:
                 row["u_vs_tpe"], row["p_vs_tpe"] = mann_whitney_greater(list(true), tpe)
             pairs = [(ours[r["seed"]], r["returned_true"]) for r in rs if r["seed"] in ours]
-            if m != "convergence" and pairs:
-                row["p_convergence_greater"] = paired_greater([a for a, _ in pairs], [b for _, b in pairs])
+            if m != head and pairs:
+                row["p_head_greater"] = paired_greater([a for a, _ in pairs], [b for _, b in pairs])
+                row["n_paired"] = len(pairs)
             rows.append(row)
-        tables.append({"objective": problem, "budget": budget, "optimum": optima[problem], "rows": rows})
+        tables.append({"objective": problem, "budget": budget, "optimum": optima[problem], "head": head,
+                       "rows": rows})
     return tables
 
 
@@ -732,20 +768,24 @@ def paired_greater(a: list[float], b: list[float]) -> float:
     return float(wilcoxon(d, alternative="greater", zero_method="zsplit").pvalue)
 
 
-def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Convergence vs TPE per budget, and convergence at 60 vs TPE at 100."""
+def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]],
+                   budgets: list[int] | None = None) -> dict[str, Any]:
+    """The headline row vs TPE per budget, the headline at 60 vs TPE at 100, every method over the main
+    ``budgets`` (default: those TPE ran at), and the summary against the best peer (:func:`peer_summary`)."""
+    head = head_method({r["method"] for r in results})
+
     def cell(problem: str, budget: int, method: str) -> list[float]:
         return [r["returned_true"] for r in sorted(results, key=lambda r: r["seed"])
                 if r["objective"] == problem and r["budget"] == budget and r["method"] == method]
 
     problems = list(dict.fromkeys(t["objective"] for t in tables))
-    budgets = sorted({t["budget"] for t in tables if t["budget"] != REACH_BUDGET or
-                      any(r["method"] == "tpe" for r in t["rows"])})
+    main_budgets = sorted(set(budgets) if budgets else {t["budget"] for t in tables
+                                                         if any(r["method"] == "tpe" for r in t["rows"])})
     per_budget = []
-    for b in budgets:
+    for b in main_budgets:
         items = []
         for p in problems:
-            ours, tpe = cell(p, b, "convergence"), cell(p, b, "tpe")
+            ours, tpe = cell(p, b, head), cell(p, b, "tpe")
             if not ours or not tpe:
                 continue
             _, pv = mann_whitney_greater(ours, tpe)
@@ -756,9 +796,9 @@ def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) 
                                "significant": sum(i["p_greater"] < 0.05 for i in items), "n": len(items)})
     reach = []
     for p in problems:
-        ours, tpe = cell(p, REACH_BUDGET, "convergence"), cell(p, REACH_OF, "tpe")
+        ours, tpe = cell(p, REACH_BUDGET, head), cell(p, REACH_OF, "tpe")
         calls = [r["calls"] for r in results
-                 if r["objective"] == p and r["budget"] == REACH_BUDGET and r["method"] == "convergence"]
+                 if r["objective"] == p and r["budget"] == REACH_BUDGET and r["method"] == head]
         if not ours or not tpe:
             continue
         _, p_better = mann_whitney_greater(ours, tpe)
@@ -767,46 +807,153 @@ def noisy_verdicts(tables: list[dict[str, Any]], results: list[dict[str, Any]]) 
                       "tpe": float(np.mean(tpe)), "diff": float(np.mean(ours) - np.mean(tpe)),
                       "p_ours_greater": p_better, "p_tpe_greater": p_worse,
                       "call_share": float(np.mean(calls)) / (REACH_OF * 30)})
-    cells = [(t["objective"], t["budget"]) for t in tables if t["budget"] != REACH_BUDGET]
-    methods = [m for m in [*OPTUNA_NOISY, *PEERS, *noisy_variants()] if any(r["method"] == m for r in results)]
+    main = [t for t in tables if t["budget"] in main_budgets]
+    cells = [(t["objective"], t["budget"]) for t in main]
+    methods = [m for m in noisy_methods() if any(r["method"] == m for t in main for r in t["rows"])]
     overall = []
     for m in methods:
-        rows = [r for t in tables if t["budget"] != REACH_BUDGET for r in t["rows"] if r["method"] == m]
+        rows = [r for t in main for r in t["rows"] if r["method"] == m]
         item: dict[str, Any] = {
             "method": m, "cells": len(rows), "mean_true": float(np.mean([r["mean_true"] for r in rows])),
             "mean_best_evaluated": float(np.mean([r["mean_best_evaluated"] for r in rows])),
             "mean_gap": float(np.mean([r["mean_gap"] for r in rows])),
             "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rows])),
         }
-        if m != "convergence" and "convergence" in methods:
-            diffs = [float(np.mean(cell(p, b, "convergence")) - np.mean(cell(p, b, m)))
-                     for p, b in cells if cell(p, b, m) and cell(p, b, "convergence")]
-            item["convergence_ahead"] = sum(d > 0 for d in diffs)
-            item["convergence_minus_this"] = float(np.mean(diffs))
+        if m != head and head in methods:
+            diffs = [float(np.mean(cell(p, b, head)) - np.mean(cell(p, b, m)))
+                     for p, b in cells if cell(p, b, m) and cell(p, b, head)]
+            item["head_ahead"] = sum(d > 0 for d in diffs)
+            item["head_minus_this"] = float(np.mean(diffs)) if diffs else float("nan")
         overall.append(item)
-    return {"per_budget": per_budget, "reach": reach, "overall": overall}
+    return {"head": head, "budgets": main_budgets, "per_budget": per_budget, "reach": reach, "overall": overall,
+            "summary": peer_summary(tables, head, main_budgets)}
+
+
+REACH_PEER_BUDGET = 100
+"""The summary's reach: the smallest budget at which the headline row's mean regret is at most the best
+peer's at this budget (aim: at most 60 % of its calls)."""
+
+
+def peer_summary(tables: list[dict[str, Any]], head: str, budgets: list[int]) -> dict[str, Any]:
+    """Across problems, per budget: each method's mean regret, the best peer (lowest mean regret over the
+    problems the headline row ran), the headline's regret relative to it (aim: >= 20 % lower), the problems it
+    wins against it; and the reach (REACH_PEER_BUDGET)."""
+    peers = [*OPTUNA_NOISY, *PEERS]
+
+    def regrets(budget: int) -> dict[str, dict[str, dict[str, Any]]]:
+        """method -> problem -> its row, at ``budget``."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for t in tables:
+            if t["budget"] == budget:
+                for r in t["rows"]:
+                    out.setdefault(r["method"], {})[t["objective"]] = r
+        return out
+
+    def best_peer(by: dict[str, dict[str, dict[str, Any]]], problems: list[str]) -> str | None:
+        complete = [m for m in peers if m in by and all(p in by[m] for p in problems)]
+        return min(complete, key=lambda m: np.mean([by[m][p]["mean_regret"] for p in problems]), default=None)
+
+    per_budget = []
+    for b in budgets:
+        by = regrets(b)
+        problems = sorted(by.get(head, {}))
+        if not problems:
+            continue
+        mean_regret = {m: float(np.mean([rows[p]["mean_regret"] for p in problems if p in rows]))
+                       for m, rows in by.items()}
+        complete = {m: all(p in rows for p in problems) for m, rows in by.items()}
+        peer = best_peer(by, problems)
+        item: dict[str, Any] = {"budget": b, "problems": problems, "mean_regret": mean_regret,
+                                "all_problems": complete, "best_peer": peer}
+        if peer is not None:
+            wins = [p for p in problems if by[head][p]["mean_regret"] < by[peer][p]["mean_regret"]]
+            significant = [p for p in wins if by[peer][p].get("p_head_greater", 1.0) < 0.05]
+            item.update(relative=1.0 - mean_regret[head] / mean_regret[peer] if mean_regret[peer] else float("nan"),
+                        won=wins, won_significant=significant,
+                        n_paired={p: by[peer][p].get("n_paired", 0) for p in problems})
+        per_budget.append(item)
+    reach: dict[str, Any] = {}
+    at = regrets(REACH_PEER_BUDGET)
+    problems = sorted(at.get(head, {}))
+    peer = best_peer(at, problems) if problems else None
+    if peer is not None:
+        target = float(np.mean([at[peer][p]["mean_regret"] for p in problems]))
+        ours = {}
+        for b in sorted({t["budget"] for t in tables}):
+            by = regrets(b).get(head, {})
+            if all(p in by for p in problems):
+                ours[b] = (float(np.mean([by[p]["mean_regret"] for p in problems])),
+                           float(np.mean([by[p]["calls"] for p in problems])))
+        reached = [b for b, (r, _) in ours.items() if r <= target]
+        peer_calls = float(np.mean([at[peer][p]["calls"] for p in problems]))
+        first = min(reached, default=None)
+        per_problem = {}
+        for p in problems:
+            hit = [b for b in sorted(ours) if regrets(b)[head][p]["mean_regret"] <= at[peer][p]["mean_regret"]]
+            per_problem[p] = min(hit, default=None)
+        reach = {"peer": peer, "peer_budget": REACH_PEER_BUDGET, "peer_mean_regret": target,
+                 "peer_calls": peer_calls, "head_mean_regret": {b: r for b, (r, _) in ours.items()},
+                 "budget": first, "calls_share": ours[first][1] / peer_calls if first is not None else None,
+                 "per_problem": per_problem}
+    return {"per_budget": per_budget, "reach": reach}
+
+
+def _p(p: float | None, n: int | None = None) -> str:
+    if p is None:
+        return ""
+    return f"p={p:.3f}" + (" *" if p < 0.05 else "") + ("" if n is None else f" (n={n})")
 
 
 def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
+    head = verdicts["head"]
     for t in tables:
-        n = t["rows"][0]["n"]
+        ns = sorted({r["n"] for r in t["rows"]})
         print(f"\n### {t['objective']}, budget {t['budget']} configuration-equivalents "
-              f"({t['budget'] * 30} case calls), {n} seeds; grid optimum {t['optimum']:.4f}\n")
-        print("| method | true value of returned config (mean ± std) | regret | noisy score of returned "
-              "| best evaluated (true) | regret of best evaluated | loss at selection | calls | configs | abandoned "
-              "| repeat draws of returned | s/run | vs TPE (MWU) | convergence > this (paired) |")
+              f"({t['budget'] * 30} case calls), {'/'.join(map(str, ns))} seeds; grid optimum {t['optimum']:.4f}\n")
+        print("| method | n | true value of returned (mean ± std) | regret | regret of best evaluated "
+              "| loss at selection | configs seen | calls used | abandoned share | cases at abandonment "
+              "| abandoned truly better than returned (share of abandoned) | s/run | vs TPE (MWU) "
+              f"| {head} > this (paired Wilcoxon, n) |")
         print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
         for r in sorted(t["rows"], key=lambda r: -r["mean_true"]):
-            vs = "" if "p_vs_tpe" not in r else f"p={r['p_vs_tpe']:.3f}" + (" *" if r["p_vs_tpe"] < 0.05 else "")
-            pc = r.get("p_convergence_greater")
-            paired = "" if pc is None else f"p={pc:.3f}" + (" *" if pc < 0.05 else "")
-            print(f"| {r['label']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
-                  f"| {r['mean_noisy']:.4f} | {r['mean_best_evaluated']:.4f} "
-                  f"| {t['optimum'] - r['mean_best_evaluated']:.4f} | {r['mean_gap']:.4f} "
-                  f"| {r['calls']:.0f} | {r['distinct']:.1f} | {r['abandoned']:.1f} | {r['returned_repeats']:.1f} "
-                  f"| {r['seconds']:.1f} | {vs} | {paired} |")
-    print("\n### Convergence vs Optuna TPE (true value of the returned configuration, mean over seeds)\n")
-    print("| budget | problem | convergence | TPE | difference | p (convergence > TPE, MWU one-sided) |")
+            cases = "-" if r["abandoned_cases"] is None else f"{r['abandoned_cases']:.1f}"
+            false = "-" if r["false_abandon_share"] is None else f"{100 * r['false_abandon_share']:.0f} %"
+            paired = _p(r.get("p_head_greater"), r.get("n_paired"))
+            print(f"| {r['label']} | {r['n']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
+                  f"| {t['optimum'] - r['mean_best_evaluated']:.4f} | {r['mean_gap']:.4f} | {r['distinct']:.1f} "
+                  f"| {r['calls']:.0f} | {100 * r['abandoned_share']:.0f} % | {cases} | {false} "
+                  f"| {r['seconds']:.1f} | {_p(r.get('p_vs_tpe'))} | {paired} |")
+    summary = verdicts["summary"]
+    if summary["per_budget"]:
+        print(f"\n### Summary over problems: {head} vs the best peer (mean regret; lower is better)\n")
+        methods = [m for m in noisy_methods() if any(m in i["mean_regret"] for i in summary["per_budget"])]
+        print("| budget | problems | " + " | ".join(methods) + f" | best peer | {head} vs best peer "
+              "(relative regret) | problems won (significant) |")
+        print("|--:|--:|" + "--:|" * len(methods) + "---|--:|---|")
+        for i in summary["per_budget"]:
+            vals = [("-" if m not in i["mean_regret"] else f"{i['mean_regret'][m]:.4f}"
+                     + ("" if i["all_problems"][m] else " (some)")) for m in methods]
+            rel = won = "-"
+            if i["best_peer"] is not None:
+                rel = f"{100 * i['relative']:+.0f} % lower" if i["relative"] >= 0 else \
+                    f"{-100 * i['relative']:.0f} % higher"
+                won = f"{len(i['won'])} of {len(i['problems'])} ({len(i['won_significant'])})"
+            print(f"| {i['budget']} | {len(i['problems'])} | " + " | ".join(vals)
+                  + f" | {i['best_peer'] or '-'} | {rel} | {won} |")
+        print("\n'(some)': the method did not run on every problem of the row (its mean is over those it ran). "
+              "Aim: the relative regret at least 20 % lower.")
+    reach = summary["reach"]
+    if reach:
+        got = reach["budget"]
+        print(f"\n### Reach: the smallest budget at which {head} matches {reach['peer']} at "
+              f"{reach['peer_budget']} (mean regret {reach['peer_mean_regret']:.4f})\n")
+        print(" ".join(f"{head}@{b}: {r:.4f};" for b, r in reach["head_mean_regret"].items()))
+        print(f"\nreached at budget {got}, {100 * reach['calls_share']:.0f} % of the peer's calls (aim: <= 60 %)"
+              if got is not None else f"\nnot reached at any budget {head} ran")
+        print("per problem: " + ", ".join(f"{p}: {b if b is not None else 'not reached'}"
+                                          for p, b in reach["per_problem"].items()))
+    print(f"\n### {head} vs Optuna TPE (true value of the returned configuration, mean over seeds)\n")
+    print(f"| budget | problem | {head} | TPE | difference | p ({head} > TPE, MWU one-sided) |")
     print("|--:|---|--:|--:|--:|--:|")
     for pb in verdicts["per_budget"]:
         for i in pb["items"]:
@@ -814,39 +961,24 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
                   f"| {i['p_greater']:.3f} |")
     print()
     for pb in verdicts["per_budget"]:
-        print(f"* budget {pb['budget']}: convergence ahead on mean in {pb['wins']} of {pb['n']} problems "
+        print(f"* budget {pb['budget']}: {head} ahead on mean in {pb['wins']} of {pb['n']} problems "
               f"({pb['significant']} significant at p < 0.05)")
     if verdicts["reach"]:
-        print(f"\n### convergence at {REACH_BUDGET} vs TPE at {REACH_OF} configuration-equivalents\n")
-        print("| problem | convergence@60 | TPE@100 | difference | calls used / TPE@100's | "
-              "p (conv > TPE) | p (TPE > conv) |")
+        print(f"\n### {head} at {REACH_BUDGET} vs TPE at {REACH_OF} configuration-equivalents\n")
+        print(f"| problem | {head}@{REACH_BUDGET} | TPE@{REACH_OF} | difference | calls used / TPE@{REACH_OF}'s | "
+              f"p ({head} > TPE) | p (TPE > {head}) |")
         print("|---|--:|--:|--:|--:|--:|--:|")
         for i in verdicts["reach"]:
             print(f"| {i['objective']} | {i['ours']:.4f} | {i['tpe']:.4f} | {i['diff']:+.4f} | "
                   f"{100 * i['call_share']:.0f} % | {i['p_ours_greater']:.3f} | {i['p_tpe_greater']:.3f} |")
-    print(f"\n### Every method over the {verdicts['overall'][0]['cells'] if verdicts['overall'] else 0} "
-          "problem x budget cells (budget 60 left out)\n")
-    print("| method | mean true value of returned | mean best evaluated (true) | mean returned vs best evaluated "
-          "| returned = best evaluated | convergence ahead in (cells) | convergence minus this (mean) |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print(f"\n### Every method over the problem x budget cells of budgets {verdicts['budgets']}\n")
+    print("| method | cells | mean true value of returned | mean best evaluated (true) | mean returned vs best "
+          f"evaluated | returned = best evaluated | {head} ahead in (cells) | {head} minus this (mean) |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for i in verdicts["overall"]:
-        ahead = (f"{i['convergence_ahead']} of {i['cells']} | {i['convergence_minus_this']:+.4f}"
-                 if "convergence_ahead" in i else "- | -")
-        print(f"| {noisy_label(i['method'])} | {i['mean_true']:.4f} | {i['mean_best_evaluated']:.4f} "
+        ahead = (f"{i['head_ahead']} | {i['head_minus_this']:+.4f}" if "head_ahead" in i else "- | -")
+        print(f"| {noisy_label(i['method'])} | {i['cells']} | {i['mean_true']:.4f} | {i['mean_best_evaluated']:.4f} "
               f"| -{i['mean_gap']:.4f} | {100 * i['returned_is_best_evaluated']:.0f} % | {ahead} |")
-    print("\n### Selection and racing diagnostics (share of runs, or mean per run)\n")
-    print("| problem | budget | method | returned = best evaluated | returned not complete | abandoned per run "
-          "| cases used by an abandoned config | best evaluated was abandoned | abandoned configs truly better "
-          "than the returned |")
-    print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
-    for t in tables:
-        for r in t["rows"]:
-            racing = r["method"] in noisy_variants() and noisy_variants()[r["method"]][1]
-            cases = f"{r['abandoned_cases']:.1f}" if r["abandoned_cases"] is not None else "-"
-            print(f"| {t['objective']} | {t['budget']} | {r['method']} | {100 * r['returned_is_best_evaluated']:.0f} % "
-                  f"| {r['returned_not_complete']} "
-                  + (f"| {r['abandoned']:.1f} | {cases} | {100 * r['best_evaluated_abandoned']:.0f} % "
-                     f"| {r['abandoned_better_than_returned']:.2f} |" if racing else "| - | - | - | - |"))
 
 
 def code_state() -> dict[str, Any]:
@@ -887,30 +1019,55 @@ def peer_versions(methods: list[str]) -> dict[str, str]:
     return out
 
 
+def noisy_jobs(problems: list[str], methods: list[str], budgets: list[int],
+               seeds: range) -> list[tuple[str, str, int, int]]:
+    """Every (problem, method, budget, seed), plus the headline rows at the reach budgets when 100 is run."""
+    import noisy_default
+
+    jobs = [(p, m, b, s) for p in problems for b in budgets for m in methods for s in seeds]
+    extra = {"convergence": [REACH_BUDGET], noisy_default.HEAD: noisy_default.REACH_BUDGETS}
+    for m, reach in extra.items():
+        if m in methods and REACH_OF in budgets:
+            jobs += [(p, m, b, s) for b in reach if b not in budgets for p in problems for s in seeds]
+    slow = {"smac": 0, "tpe_wilcoxon": 1}
+    jobs.sort(key=lambda j: (slow.get(j[1], 2), -j[2], j[1] not in OPTUNA_NOISY))  # longest first
+    return jobs
+
+
 def noisy_main(args: argparse.Namespace) -> None:
     _bench_on_path()
+    import noisy_default
     import noisy_problems as npb
+    import noisy_reuse
 
     problems = args.objectives or list(npb.PROBLEMS)
-    variants = noisy_variants()
-    methods = args.methods or [*OPTUNA_NOISY, *PEERS, *variants]
+    known = noisy_methods()
+    methods = args.methods or known
     for name in [*problems, *methods]:
-        if name not in npb.PROBLEMS and name not in OPTUNA_NOISY and name not in PEERS and name not in variants:
+        if name not in npb.PROBLEMS and name not in known:
             raise SystemExit(f"--noisy: unknown problem or method {name!r} (problems: {', '.join(npb.PROBLEMS)}; "
-                             f"methods: {', '.join([*OPTUNA_NOISY, *PEERS, *variants])})")
-    skipped = {m: why for m in methods if m in PEERS and (why := _peers().unavailable(m))}
-    for m, why in skipped.items():
-        print(f"skipping peer {m}: {why}", file=sys.stderr)
-    methods = [m for m in methods if m not in skipped]
+                             f"methods: {', '.join(known)})")
     seeds = args.seeds or (3 if args.quick else 20)
     budgets = args.budgets or ([50, 100] if args.quick else NOISY_BUDGETS)
     seed_range = range(args.first_seed, args.first_seed + seeds)
     code_before = code_state()
-    jobs = [(p, m, b, s) for p in problems for b in budgets for m in methods for s in seed_range]
-    if "convergence" in methods and REACH_OF in budgets and REACH_BUDGET not in budgets:
-        jobs += [(p, "convergence", REACH_BUDGET, s) for p in problems for s in seed_range]
-    slow = {"smac": 0, "tpe_wilcoxon": 1}
-    jobs.sort(key=lambda j: (slow.get(j[1], 2), -j[2], j[1] not in OPTUNA_NOISY))  # longest first
+    reused = noisy_reuse.load(args.reuse or [], code_sha=code_before["sources_sha1"],
+                              code_free={*OPTUNA_NOISY, *PEERS}, known=set(known), problems=problems,
+                              n_cases=npb.N_CASES)
+    for line in reused.messages:
+        print(line, file=sys.stderr)
+    jobs = [j for j in noisy_jobs(problems, methods, budgets, seed_range) if j not in reused.runs]
+    skipped = {}
+    for m in dict.fromkeys(j[1] for j in jobs):
+        why = (_peers().unavailable(m) if m in PEERS else
+               noisy_default.unavailable(m) if m in noisy_default.ROWS else None)
+        if why:
+            skipped[m] = why
+            print(f"skipping {m}: {why}", file=sys.stderr)
+    jobs = [j for j in jobs if j[1] not in skipped]
+    if not jobs and not reused.runs:
+        raise SystemExit("--noisy: nothing to run (every method asked for was skipped, see above)")
+    ran = list(dict.fromkeys(j[1] for j in jobs))
     started = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -918,22 +1075,26 @@ def noisy_main(args: argparse.Namespace) -> None:
     else:
         results = [run_noisy_job(j) for j in jobs]
     wall = time.perf_counter() - started
+    results += list(reused.runs.values())
     optima = {p: npb.PROBLEMS[p].optimum for p in problems}
     tables = summarize_noisy(results, optima)
-    verdicts = noisy_verdicts(tables, results)
+    verdicts = noisy_verdicts(tables, results, budgets)
     import optuna
 
+    in_tables = [m for m in known if any(r["method"] == m for r in results)]
     meta = {
         "mode": "noisy", "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets,
-        "reach_budget": REACH_BUDGET, "problems": problems, "methods": methods,
-        "labels": {m: noisy_label(m) for m in methods}, "selection_available": selection_available(),
+        "reach_budget": REACH_BUDGET, "reach_budgets": noisy_default.REACH_BUDGETS, "problems": problems,
+        "methods": in_tables, "labels": {m: noisy_label(m) for m in in_tables}, "head": verdicts["head"],
+        "selection_available": selection_available(),
         "headline": HEADLINE, "society": NOISY_SOCIETY, "selection_on": SELECTION_ON, "selection_off": SELECTION_OFF,
         "n_cases": npb.N_CASES, "optima": optima,
         "optimum_configs": {p: npb.PROBLEMS[p].optimum_config for p in problems},
         "population": {b: population_for(b) for b in sorted({*budgets, REACH_BUDGET})},
         "code": code_before, "code_changed_during_run": code_state()["sources_sha1"] != code_before["sources_sha1"],
-        "workers": args.workers, "wall_seconds": wall,
-        "optuna": optuna.__version__, "peers_skipped": skipped, "peer_versions": peer_versions(methods),
+        "workers": args.workers, "wall_seconds": wall, "runs_here": len(jobs), "runs_reused": len(reused.runs),
+        "reused": reused.files, "optuna": optuna.__version__, "peers_skipped": skipped,
+        "peer_versions": {**reused.peer_versions, **peer_versions(ran)},
         "python": sys.version.split()[0], "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
     }
     document = {"meta": meta, "tables": tables, "verdicts": verdicts, "runs": results}
@@ -951,20 +1112,27 @@ def noisy_main(args: argparse.Namespace) -> None:
           + (f" + {len(code['uncommitted'])} uncommitted file(s) in convergence/" if code["uncommitted"] else "")
           + f", sources sha1 {code['sources_sha1']}"
           + (" (CHANGED during the run: the runs may mix two versions)." if meta["code_changed_during_run"] else "."))
+    for f in reused.files:
+        print(f"\nReused {f['taken']} run(s) from {f['path']} (Convergence sources {f['code_sha']})"
+              + (f"; refused {f['refused']} Convergence run(s) made by other code" if f["refused"] else "") + ".")
     for m, why in skipped.items():
-        print(f"\nPeer {m} skipped: {why}.")
+        print(f"\n{m} skipped: {why}.")
     if meta["peer_versions"]:
         print(f"\nPeer versions: {meta['peer_versions']}.")
     if not meta["selection_available"]:
         print("\noptimization.selection is not in this Convergence: the selection on/off rows are left out, "
               "and the Convergence rows run the library's default selection of the returned best.")
-    print(f"\nConvergence population per budget: {meta['population']}; elite 1; generational, concurrency 8.")
+    print(f"\nThe {noisy_default.HEAD} rows run the library's defaults (only seed and budget set; the default "
+          "async mode is not seed-deterministic). The older rows: population per budget "
+          f"{meta['population']}; elite 1; generational, concurrency 8.")
     print_noisy(tables, verdicts)
     print("\nTrue value = mean over the 30 cases of the success probability (noise-free). Regret = grid optimum "
-          "- true value. 'returned vs best evaluated' = true value of the returned configuration minus the true "
-          "value of the best configuration the method evaluated (loss at selection). MWU: one-sided "
-          "Mann-Whitney U test (* p < 0.05). 'convergence > this (paired)': one-sided Wilcoxon signed-rank test "
-          "on the per-seed pairs (the same seed, so the same case difficulties and job seed).")
+          "- true value. 'loss at selection' = true value of the best configuration the method evaluated minus "
+          "that of the one it returned. 'abandoned truly better than returned' = abandoned configurations whose "
+          "true value is above the returned one's, as a share of all abandoned (a false-abandon rate against "
+          "the returned configuration). MWU: one-sided Mann-Whitney U test (* p < 0.05). "
+          f"'{verdicts['head']} > this (paired)': one-sided Wilcoxon signed-rank test on the seeds both have (n "
+          "pairs; the same seed, so the same case difficulties and job seed).")
 
 
 # --------------------------------------------------------------------------- main
@@ -1005,6 +1173,9 @@ def main() -> None:
                     help="noisy LLM-like problems (Bernoulli outcomes over 30 cases), judged by the true value of "
                          "the returned configuration; budgets 50 100 200 (+60) x 30 calls, 20 seeds (quick: 50 100, 3)")
     ap.add_argument("--json-out", default=None, help="--noisy: also write the JSON document to this file")
+    ap.add_argument("--reuse", nargs="+", default=None, metavar="FILE",
+                    help="--noisy: runs from earlier --json-out documents; their jobs are not run again (Convergence "
+                         "rows only when made by the same Convergence sources)")
     args = ap.parse_args()
     if args.noisy:
         noisy_main(args)

@@ -53,10 +53,12 @@ computed here with numpy).
 
 Noisy mode (``--noisy``): LLM-like problems from ``benchmarks/noisy_problems.py``, where a configuration's
 score is the mean of Bernoulli outcomes over 30 test cases. Every method gets B x 30 case calls
-(B = 50, 100, 200 configuration-equivalents, plus 60 for Convergence alone) and is judged by the true
+(B = 50, 100, 200 configuration-equivalents, plus 30, 40, 60 for Convergence alone) and is judged by the true
 (noise-free) value of the configuration it returns: Optuna TPE's ``study.best_params`` (n_trials = B, a trial
-= 30 draws) against Convergence's ``RunOutcome.best`` (30 inline cases, ``budget.max_calls`` = B x 30,
-generational mode), with racing and ``optimization.selection`` on/off as ablation rows. Peers
+= 30 draws) against Convergence's ``RunOutcome.best`` (30 inline cases, ``budget.max_calls`` = B x 30). The
+headline row ``default`` sets nothing but seed and budget (the library's defaults; ``benchmarks/noisy_default.py``),
+with one-change ablation rows; the older set-up rows (generational, racing and ``optimization.selection``
+on/off) are kept. ``--reuse`` merges runs from earlier ``--json-out`` documents (``benchmarks/noisy_reuse.py``). Peers
 (``benchmarks/noisy_peers.py``, the ``bench`` extra): Optuna TPE + WilcoxonPruner, SMAC3's algorithm
 configuration facade and irace (R, through rpy2), each run as its documentation recommends; a peer that cannot
 run here is skipped with a line saying why. Five problems: llm_noisy, needle_noisy, cats_noisy, cells_noisy
@@ -68,6 +70,7 @@ run here is skipped with a line saying why. Five problems: llm_noisy, needle_noi
     python benchmarks/search_quality.py --noisy --methods tpe tpe_mv convergence convergence_mab no_racing \
         no_selection neither                              # without the peers: ~2,200 runs, about 20-25 min
     python benchmarks/search_quality.py --noisy --json-out noisy.json   # tables, and every run as JSON
+    python benchmarks/search_quality.py --noisy --methods default default-no_racing only_tpe --reuse peers/*.json
 """
 
 from __future__ import annotations
@@ -1105,7 +1108,8 @@ def noisy_main(args: argparse.Namespace) -> None:
         return
     print(f"# Noisy search quality: true value of the returned configuration ({seeds} seeds "
           f"{seed_range.start}..{seed_range.stop - 1}, budgets {budgets} configuration-equivalents x "
-          f"{npb.N_CASES} cases, {len(jobs)} runs in {wall:.0f} s on {args.workers} worker(s), "
+          f"{npb.N_CASES} cases, {len(jobs)} runs in {wall:.0f} s on {args.workers} worker(s)"
+          f"{f' + {len(reused.runs)} reused' if reused.runs else ''}, "
           f"load avg {meta['load_avg'][0]:.1f})")
     code = meta["code"]
     print(f"\nConvergence code: git {code['head']}"
@@ -1165,8 +1169,10 @@ def main() -> None:
                          "cells_noisy heavy_noisy)")
     ap.add_argument("--methods", nargs="+", default=None,
                     help=f"default: all ({', '.join(CONVERGENCE_METHODS + OPTUNA_METHODS)}; with --noisy: "
-                         "tpe tpe_mv tpe_wilcoxon smac irace convergence convergence_<other set-up> no_racing "
-                         "no_selection neither; smac and tpe_wilcoxon are slow: see benchmarks/README.md)")
+                         "tpe tpe_mv tpe_wilcoxon smac irace default default-no_racing default-no_confirm "
+                         "default+stochastic only_evolution only_bandit only_tpe only_surrogate default+synergy "
+                         "default+ppo convergence convergence_<other set-up> no_racing no_selection neither; smac and "
+                         "tpe_wilcoxon are slow: see benchmarks/README.md)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--noisy", action="store_true",

@@ -604,6 +604,13 @@ def _bench_on_path() -> None:
         sys.path.insert(0, bench)
 
 
+def config_sha1(text: str) -> str:
+    """Which YAML a Convergence run had (--reuse takes a run only when the row's YAML is still the same)."""
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> dict[str, Any]:
     import anyio
 
@@ -650,6 +657,7 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
             "abandoned_better_than_returned": sum(1 for t in abandoned if true_of[t.config_hash] > returned_true),
             "returned_is_best_evaluated": abs(returned_true - max(true_evaluated, default=-1.0)) < 1e-12,
             "stop_reason": out.stop_reason,
+            "config_sha1": config_sha1(text),
         }
 
     with tempfile.TemporaryDirectory(prefix="sqn-run-") as wd:
@@ -985,14 +993,26 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
 
 
 def code_state() -> dict[str, Any]:
-    """Which Convergence code ran: git HEAD, whether convergence/ differs from it, a hash of its sources."""
+    """Which Convergence code ran: git HEAD, whether convergence/ differs from it, a hash of the sources of the
+    package imported (and of the learner plugins', which the learner rows run)."""
     import hashlib
+    import importlib.util
     import subprocess
 
+    import convergence
+
+    def sources_sha1(package: Path) -> str:
+        digest = hashlib.sha1()
+        for f in sorted(package.rglob("*.py")):
+            digest.update(str(f.relative_to(package.parent)).encode() + b"\0" + f.read_bytes())
+        return digest.hexdigest()[:12]
+
     root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha1()
-    for f in sorted((root / "convergence").rglob("*.py")):
-        digest.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    plugins = {}
+    for name in ("convergence_synergy", "convergence_ppo"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin is not None:
+            plugins[name] = sources_sha1(Path(spec.origin).parent)
 
     def git(*cmd: str) -> str:
         try:
@@ -1002,7 +1022,8 @@ def code_state() -> dict[str, Any]:
 
     changed = git("diff", "--name-only", "HEAD", "--", "convergence")
     untracked = git("ls-files", "--others", "--exclude-standard", "--", "convergence")
-    return {"head": git("rev-parse", "--short", "HEAD"), "sources_sha1": digest.hexdigest()[:12],
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "sources_sha1": sources_sha1(Path(convergence.__file__).resolve().parent), "plugins_sha1": plugins,
             "uncommitted": [*changed.splitlines(), *untracked.splitlines()]}
 
 
@@ -1054,9 +1075,9 @@ def noisy_main(args: argparse.Namespace) -> None:
     budgets = args.budgets or ([50, 100] if args.quick else NOISY_BUDGETS)
     seed_range = range(args.first_seed, args.first_seed + seeds)
     code_before = code_state()
-    reused = noisy_reuse.load(args.reuse or [], code_sha=code_before["sources_sha1"],
+    reused = noisy_reuse.load(args.reuse or [], code={k: code_before[k] for k in ("sources_sha1", "plugins_sha1")},
                               code_free={*OPTUNA_NOISY, *PEERS}, known=set(known), problems=problems,
-                              n_cases=npb.N_CASES)
+                              n_cases=npb.N_CASES, config_sha1=lambda k: config_sha1(noisy_yaml(*k)))
     for line in reused.messages:
         print(line, file=sys.stderr)
     jobs = [j for j in noisy_jobs(problems, methods, budgets, seed_range) if j not in reused.runs]

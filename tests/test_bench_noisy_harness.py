@@ -94,17 +94,23 @@ def test_reuse_merges_earlier_runs_and_skips_their_jobs(tmp_path: Path, monkeypa
     assert (rows["tpe"]["n"], rows["default"]["n"], rows["tpe"]["n_paired"]) == (1, 2, 1)
 
 
-def test_reuse_refuses_convergence_runs_made_by_other_code(
+def test_reuse_refuses_convergence_runs_made_by_other_code_or_another_yaml(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """TPE's run is reused whatever made it; the default row's only from the same sources and the same YAML."""
     first = _run(monkeypatch, "--methods", "tpe", "default", "--seeds", "1", "--json-out", str(tmp_path / "a.json"))
-    first["meta"]["code"]["sources_sha1"] = "0123456789ab"
-    (tmp_path / "a.json").write_text(json.dumps(first))
-    second = _run(monkeypatch, "--methods", "tpe", "default", "--seeds", "1", "--reuse", str(tmp_path / "a.json"),
-                  "--json-out", str(tmp_path / "b.json"))
-    assert second["meta"]["runs_here"] == 1  # default again; tpe does not depend on Convergence's code
-    assert (second["meta"]["reused"][0]["taken"], second["meta"]["reused"][0]["refused"]) == (1, 1)
-    assert [r["method"] for r in second["runs"] if "reused_from" not in r] == ["default"]
-    assert "not reusing its 1 Convergence run(s)" in capsys.readouterr().err
+    ours = next(r for r in first["runs"] if r["method"] == "default")
+    for what, change in (("other_config", lambda: ours.update(config_sha1="0123456789ab")),
+                         ("refused", lambda: first["meta"]["code"].update(sources_sha1="0123456789ab"))):
+        change()
+        (tmp_path / "a.json").write_text(json.dumps(first))
+        second = _run(monkeypatch, "--methods", "tpe", "default", "--seeds", "1", "--reuse", str(tmp_path / "a.json"),
+                      "--json-out", str(tmp_path / "b.json"))
+        assert second["meta"]["runs_here"] == 1, what  # default again; tpe does not depend on Convergence's code
+        assert (second["meta"]["reused"][0]["taken"], second["meta"]["reused"][0][what]) == (1, 1)
+        assert [r["method"] for r in second["runs"] if "reused_from" not in r] == ["default"]
+    err = capsys.readouterr().err
+    assert "not reusing 1 Convergence run(s) whose row now has another YAML" in err
+    assert "not reusing its 1 Convergence run(s): they were made by other code" in err
 
 
 def _row(method: str, regret: float, calls: float = 3000.0, p: float = 0.5) -> dict[str, Any]:

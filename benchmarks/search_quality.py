@@ -874,8 +874,9 @@ def peer_summary(tables: list[dict[str, Any]], head: str, budgets: list[int]) ->
                        for m, rows in by.items()}
         complete = {m: all(p in rows for p in problems) for m, rows in by.items()}
         peer = best_peer(by, problems)
+        seeds = {m: min(rows[p]["n"] for p in problems if p in rows) for m, rows in by.items()}
         item: dict[str, Any] = {"budget": b, "problems": problems, "mean_regret": mean_regret,
-                                "all_problems": complete, "best_peer": peer}
+                                "all_problems": complete, "min_seeds": seeds, "best_peer": peer}
         if peer is not None:
             wins = [p for p in problems if by[head][p]["mean_regret"] < by[peer][p]["mean_regret"]]
             significant = [p for p in wins if by[peer][p].get("p_head_greater", 1.0) < 0.05]
@@ -949,10 +950,10 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
                 rel = f"{100 * i['relative']:+.0f} % lower" if i["relative"] >= 0 else \
                     f"{-100 * i['relative']:.0f} % higher"
                 won = f"{len(i['won'])} of {len(i['problems'])} ({len(i['won_significant'])})"
-            print(f"| {i['budget']} | {len(i['problems'])} | " + " | ".join(vals)
-                  + f" | {i['best_peer'] or '-'} | {rel} | {won} |")
+            peer = "-" if i["best_peer"] is None else f"{i['best_peer']} (n>={i['min_seeds'][i['best_peer']]})"
+            print(f"| {i['budget']} | {len(i['problems'])} | " + " | ".join(vals) + f" | {peer} | {rel} | {won} |")
         print("\n'(some)': the method did not run on every problem of the row (its mean is over those it ran). "
-              "Aim: the relative regret at least 20 % lower.")
+              "n>=: the fewest seeds the best peer has in a cell. Aim: the relative regret at least 20 % lower.")
     reach = summary["reach"]
     if reach:
         got = reach["budget"]

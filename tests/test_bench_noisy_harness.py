@@ -114,7 +114,7 @@ def test_reuse_refuses_convergence_runs_made_by_other_code_or_another_yaml(
 
 
 def _row(method: str, regret: float, calls: float = 3000.0, p: float = 0.5) -> dict[str, Any]:
-    return {"method": method, "mean_regret": regret, "calls": calls, "p_head_greater": p, "n_paired": 10}
+    return {"method": method, "n": 10, "mean_regret": regret, "calls": calls, "p_head_greater": p, "n_paired": 10}
 
 
 def test_the_summary_compares_default_with_the_best_peer_and_finds_its_reach() -> None:

@@ -594,10 +594,13 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
         path.write_text(text)
         loaded = parse_config(text, path)
         store = await Store.open(workdir / "db.sqlite")
+        optimizer = Optimizer(loaded, store)
         try:
-            out = await Optimizer(loaded, store).run()
+            out = await optimizer.run()
         finally:
             await store.close()
+        # racing's verdicts with the incumbent each was made against (older code does not record them)
+        verdicts = getattr(optimizer.state.racer if optimizer.state else None, "abandons", None)
         evaluated = {t.config_hash: t.config for t in out.trials if t.n_cases > 0}
         true_of = {h: prob.true_value(c) for h, c in evaluated.items()}
         true_evaluated = list(true_of.values())
@@ -619,6 +622,9 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
             "abandoned_cases": float(np.mean([t.n_cases for t in abandoned])) if abandoned else None,
             "best_evaluated_abandoned": any(t.config_hash == top for t in abandoned),
             "abandoned_better_than_returned": sum(1 for t in abandoned if true_of[t.config_hash] > returned_true),
+            "verdicts": len(verdicts) if verdicts is not None else None,
+            "false_abandons": (sum(1 for a in verdicts if true_of[a.config_hash] >= true_of[a.incumbent])
+                               if verdicts is not None else None),
             "returned_is_best_evaluated": abs(returned_true - max(true_evaluated, default=-1.0)) < 1e-12,
             "stop_reason": out.stop_reason,
         }
@@ -663,6 +669,8 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
         "abandoned_cases": None,
         "best_evaluated_abandoned": False,
         "abandoned_better_than_returned": 0,
+        "verdicts": None,
+        "false_abandons": None,
         "returned_is_best_evaluated": abs(prob.true_value(returned) - best_evaluated) < 1e-12,
         "stop_reason": f"{budget} trials",
     }
@@ -709,6 +717,9 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
                 "best_evaluated_abandoned": float(np.mean([r["best_evaluated_abandoned"] for r in rs])),
                 "abandoned_better_than_returned": float(np.mean([r["abandoned_better_than_returned"] for r in rs])),
                 "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rs])),
+                "false_abandon_share": (
+                    sum(r["false_abandons"] for r in checked) / max(1, sum(r["verdicts"] for r in checked))
+                    if (checked := [r for r in rs if r.get("verdicts") is not None]) else None),
                 "returned_not_complete": sum(r["returned_status"] != "complete" for r in rs),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
             }
@@ -837,8 +848,8 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
     print("\n### Selection and racing diagnostics (share of runs, or mean per run)\n")
     print("| problem | budget | method | returned = best evaluated | returned not complete | abandoned per run "
           "| cases used by an abandoned config | best evaluated was abandoned | abandoned configs truly better "
-          "than the returned |")
-    print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
+          "than the returned | abandoned while truly >= the incumbent (share of abandons) |")
+    print("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|")
     for t in tables:
         for r in t["rows"]:
             racing = r["method"] in noisy_variants() and noisy_variants()[r["method"]][1]
@@ -846,7 +857,12 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
             print(f"| {t['objective']} | {t['budget']} | {r['method']} | {100 * r['returned_is_best_evaluated']:.0f} % "
                   f"| {r['returned_not_complete']} "
                   + (f"| {r['abandoned']:.1f} | {cases} | {100 * r['best_evaluated_abandoned']:.0f} % "
-                     f"| {r['abandoned_better_than_returned']:.2f} |" if racing else "| - | - | - | - |"))
+                     f"| {r['abandoned_better_than_returned']:.2f} "
+                     f"| {_share(r['false_abandon_share'])} |" if racing else "| - | - | - | - | - |"))
+
+
+def _share(value: float | None) -> str:
+    return f"{100 * value:.1f} %" if value is not None else "-"
 
 
 def code_state() -> dict[str, Any]:

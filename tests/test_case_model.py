@@ -149,3 +149,50 @@ async def test_the_agents_see_abandoned_configurations_with_their_corrected_valu
     assert shown["bad"].adjusted < shown["fair"].adjusted < shown["good"].adjusted
     # the run's best stays a complete configuration
     assert out.best is not None and out.best.status == "complete"
+
+
+SEEDED = '''
+def graded(params, input):
+    """Right when a fixed pseudo-random draw for (configuration, case) is below the configuration's rate,
+    a case's difficulty shifting every configuration alike."""
+    x, i = int(params["x"]), int(input[1:])
+    p = 0.1 + 0.8 * x / 20 - 0.3 * (i % 3) / 2
+    u = ((x * 7919 + i * 104729 + 17) % 1009) / 1009.0
+    return "yes" if u < p else "no"
+'''
+
+
+async def test_a_seeded_generational_run_with_racing_repeats_exactly(tmp_path: Path) -> None:
+    outs = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "tgt_seeded.py").write_text(SEEDED)
+        inline = json.dumps([{"input": f"c{i}", "expected": "yes"} for i in range(30)])
+        text = textwrap.dedent(f"""
+            study: seeded
+            target: {{type: python, function: "tgt_seeded:graded", retry: {{max_retries: 0}}}}
+            storage: {{path: db.sqlite}}
+            search_space:
+              parameters:
+                x: {{type: discrete, min: 0, max: 20, step: 1}}
+            evaluation:
+              test_cases: {{inline: {inline}}}
+              metrics:
+                acc: {{function: exact_match}}
+            optimization:
+              seed: 4
+              warm_start: 0
+              evolution: {{population_size: 5, generations: 4, elite_size: 1}}
+              execution: {{mode: generational, concurrency: 4, early_stopping: {{enabled: false}}}}
+        """)
+        (d / "optimization.yaml").write_text(text)
+        loaded = parse_config(text, d / "optimization.yaml")
+        store = await Store.open(loaded.db_path)
+        try:
+            outs.append(await Optimizer(loaded, store).run())
+        finally:
+            await store.close()
+    seq = [[(t.generation, t.config_hash, t.status, t.n_cases, t.score, t.estimate) for t in o.trials] for o in outs]
+    assert seq[0] == seq[1]
+    assert any(t.status == "abandoned" for t in outs[0].trials)

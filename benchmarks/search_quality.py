@@ -630,10 +630,13 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
         path.write_text(text)
         loaded = parse_config(text, path)
         store = await Store.open(workdir / "db.sqlite")
+        optimizer = Optimizer(loaded, store)
         try:
-            out = await Optimizer(loaded, store).run()
+            out = await optimizer.run()
         finally:
             await store.close()
+        # racing's verdicts with the incumbent each was made against (older code does not record them)
+        verdicts = getattr(optimizer.state.racer if optimizer.state else None, "abandons", None)
         evaluated = {t.config_hash: t.config for t in out.trials if t.n_cases > 0}
         true_of = {h: prob.true_value(c) for h, c in evaluated.items()}
         true_evaluated = list(true_of.values())
@@ -655,6 +658,9 @@ def run_convergence_noisy(problem: str, method: str, budget: int, seed: int) -> 
             "abandoned_cases": float(np.mean([t.n_cases for t in abandoned])) if abandoned else None,
             "best_evaluated_abandoned": any(t.config_hash == top for t in abandoned),
             "abandoned_better_than_returned": sum(1 for t in abandoned if true_of[t.config_hash] > returned_true),
+            "verdicts": len(verdicts) if verdicts is not None else None,
+            "false_abandons": (sum(1 for a in verdicts if true_of[a.config_hash] >= true_of[a.incumbent])
+                               if verdicts is not None else None),
             "returned_is_best_evaluated": abs(returned_true - max(true_evaluated, default=-1.0)) < 1e-12,
             "stop_reason": out.stop_reason,
             "config_sha1": config_sha1(text),
@@ -700,6 +706,8 @@ def run_optuna_noisy(problem: str, method: str, budget: int, seed: int) -> dict[
         "abandoned_cases": None,
         "best_evaluated_abandoned": False,
         "abandoned_better_than_returned": 0,
+        "verdicts": None,
+        "false_abandons": None,
         "returned_is_best_evaluated": abs(prob.true_value(returned) - best_evaluated) < 1e-12,
         "stop_reason": f"{budget} trials",
     }
@@ -750,9 +758,12 @@ def summarize_noisy(results: list[dict[str, Any]], optima: dict[str, float]) -> 
                                                                  if r["abandoned_cases"] is not None]) else None,
                 "best_evaluated_abandoned": float(np.mean([r["best_evaluated_abandoned"] for r in rs])),
                 "abandoned_better_than_returned": float(np.mean([r["abandoned_better_than_returned"] for r in rs])),
-                "false_abandon_share": (sum(r["abandoned_better_than_returned"] for r in rs) / abandoned
-                                        if abandoned else None),
+                "abandoned_better_share": (sum(r["abandoned_better_than_returned"] for r in rs) / abandoned
+                                           if abandoned else None),
                 "returned_is_best_evaluated": float(np.mean([r["returned_is_best_evaluated"] for r in rs])),
+                "false_abandon_share": (
+                    sum(r["false_abandons"] for r in checked) / max(1, sum(r["verdicts"] for r in checked))
+                    if (checked := [r for r in rs if r.get("verdicts") is not None]) else None),
                 "returned_not_complete": sum(r["returned_status"] != "complete" for r in rs),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
                 "reused": sum("reused_from" in r for r in rs),
@@ -924,16 +935,18 @@ def print_noisy(tables: list[dict[str, Any]], verdicts: dict[str, Any]) -> None:
               f"({t['budget'] * 30} case calls), {'/'.join(map(str, ns))} seeds; grid optimum {t['optimum']:.4f}\n")
         print("| method | n | true value of returned (mean ± std) | regret | regret of best evaluated "
               "| loss at selection | configs seen | calls used | abandoned share | cases at abandonment "
-              "| abandoned truly better than returned (share of abandoned) | s/run | vs TPE (MWU) "
+              "| abandoned truly better than returned (share of abandoned) | abandoned while truly >= the incumbent "
+              "(false abandons, share) | s/run | vs TPE (MWU) "
               f"| {head} > this (paired Wilcoxon, n) |")
-        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
         for r in sorted(t["rows"], key=lambda r: -r["mean_true"]):
             cases = "-" if r["abandoned_cases"] is None else f"{r['abandoned_cases']:.1f}"
-            false = "-" if r["false_abandon_share"] is None else f"{100 * r['false_abandon_share']:.0f} %"
+            better = "-" if r["abandoned_better_share"] is None else f"{100 * r['abandoned_better_share']:.0f} %"
+            false = "-" if r["false_abandon_share"] is None else f"{100 * r['false_abandon_share']:.1f} %"
             paired = _p(r.get("p_head_greater"), r.get("n_paired"))
             print(f"| {r['label']} | {r['n']} | {r['mean_true']:.4f} ± {r['std_true']:.4f} | {r['mean_regret']:.4f} "
                   f"| {t['optimum'] - r['mean_best_evaluated']:.4f} | {r['mean_gap']:.4f} | {r['distinct']:.1f} "
-                  f"| {r['calls']:.0f} | {100 * r['abandoned_share']:.0f} % | {cases} | {false} "
+                  f"| {r['calls']:.0f} | {100 * r['abandoned_share']:.0f} % | {cases} | {better} | {false} "
                   f"| {r['seconds']:.1f} | {_p(r.get('p_vs_tpe'))} | {paired} |")
     summary = verdicts["summary"]
     if summary["per_budget"]:

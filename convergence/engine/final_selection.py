@@ -48,6 +48,10 @@ async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpa
     results = {h: list(by_case.values()) for h, by_case in (await store.case_results(st.run_id)).items()}
     for h, extra in (await store.repeat_results(st.run_id)).items():
         results.setdefault(h, []).extend(extra)
+    for t in trials:  # an abandoned trial counts the prefix racing judged, not the calls that landed after
+        if t.status == "abandoned" and t.config_hash in results:
+            judged = {c.id for c in st.ordered_cases[: t.n_cases]}
+            results[t.config_hash] = [r for r in results[t.config_hash] if r.case_id in judged]
     allowance = confirmation_allowance(opt, st)
 
     async def ask(trial: TrialRecord, case: TestCase, repeat: int) -> CaseResult | None:

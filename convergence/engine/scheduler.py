@@ -21,6 +21,7 @@ from convergence import tracing
 from convergence.config.models import OptimizationConfig
 from convergence.core.space import SearchSpace, config_hash
 from convergence.core.types import TrialRecord
+from convergence.engine import case_model
 from convergence.engine.events import LoopEvents
 from convergence.engine.learner_driver import GenerationFacts, cost_unit, generation_result
 from convergence.engine.state import Gen, RunState
@@ -38,6 +39,9 @@ benchmarks/throughput.py --only tails, C = 256, share of a bare pool: lognormal 
 2 in flight (a quick run), 97 % with 8; lognormal sigma 1.2 reached 67.5 % with 8 and 96.9 % with 16
 (2026-11-25, load average 3). New generations start only when slots would otherwise idle; the cap bounds
 how stale a proposal can be."""
+
+MODELLED = ("complete", "abandoned", "partial")
+"""Trials the case model fits and the agents see (a failed one, every case errored, measures nothing)."""
 
 
 class GenerationScheduler:
@@ -131,7 +135,7 @@ class GenerationScheduler:
             n_new = evo.population_size - (0 if gen == 0 else min(evo.elite_size, len(population)))
             proposals = self._warm_proposals() if gen == 0 else []
             rng = np.random.default_rng([st.seed, gen])
-            ctx = ProposalContext(self.space, gen, population, st.history + done, rng, st.seen)
+            ctx = ProposalContext(self.space, gen, population, st.tried + done, rng, st.seen)
             started = time.perf_counter()
             proposals += await self._propose(gen, ctx, n_new - len(proposals))
             st.propose_seconds = time.perf_counter() - started
@@ -179,10 +183,7 @@ class GenerationScheduler:
         new = g.trials or []
         usable = [t for t in new if t.usable]
         st.history.extend(usable)
-        if st.racer is not None:  # the incumbent changes only between generations: a seeded run repeats
-            for slot in g.slots:
-                if slot.record is not None and slot.record.usable:
-                    st.racer.add(slot.record, {r.case_id: self.runner.view(slot, r.case_id) for r in slot.results})
+        self._refit(g)
         self.society.observe(new)
         st.population[:] = sorted(st.population + usable, key=lambda t: -t.score)[: evo.population_size]
         best_before = st.best.score if st.best is not None else None
@@ -213,6 +214,22 @@ class GenerationScheduler:
             return "finished", (f"early stopping: no improvement >= {self.opt.execution.early_stopping.min_improvement}"
                                 f" for {st.stopper.stale} generation(s)")
         return None
+
+    def _refit(self, g: Gen) -> None:
+        """The case model refitted on every trial with results, each one's ``adjusted`` value refreshed (agents
+        learn from it), and racing's incumbent chosen by it. Only between generations: a seeded run repeats."""
+        st = self.st
+        for slot in g.slots:
+            t = slot.record
+            if t is not None and t.n_cases and t.status in MODELLED:
+                st.tried.append(t)
+                st.case_scores[t.config_hash] = self.runner.case_scores(slot)
+                if st.racer is not None and t.usable:
+                    st.racer.add(t, {r.case_id: self.runner.view(slot, r.case_id) for r in slot.results})
+        st.case_fit = case_model.fit(st.case_scores, [c.id for c in st.ordered_cases])
+        case_model.adjust(st.tried, st.case_fit)
+        if st.racer is not None:
+            st.racer.refit(st.case_fit)
 
     async def _learner_step(self, g: Gen, new: list[TrialRecord], best_before: float | None) -> None:
         """The society learner's step on a finished generation (its shares and controls for the next ones).

@@ -100,7 +100,7 @@ class NoiseModel:
 def fit(trials: Sequence[TrialRecord], scores: Mapping[str, CaseScores], case_ids: Sequence[str]) -> NoiseModel:
     """Fit the noise model on the trials that ran every case (first draws), with the draw-to-draw
     variance from cases asked more than once."""
-    s_draw = _within_draws(scores)
+    s_draw = within_draws(scores)
     full = [t for t in trials if all(scores.get(t.config_hash, {}).get(c) for c in case_ids)]
     if not full:
         means = [t.score for t in trials]
@@ -118,16 +118,23 @@ def fit(trials: Sequence[TrialRecord], scores: Mapping[str, CaseScores], case_id
     s_case = max(resid2 - s_draw, 0.0)
     model = NoiseModel(s_case, s_draw, 0.0, 0.0, effects)
     m = np.array([t.score for t in full], dtype=float)
-    noise = float(np.mean([model.noise(len(scores[t.config_hash]), _draws(scores[t.config_hash])) for t in full]))
-    tau2 = max(float(m.var(ddof=1)) - noise, 0.0) if len(full) > 1 else 0.0
+    tau2 = spread(m, [model.noise(len(scores[t.config_hash]), _draws(scores[t.config_hash])) for t in full])
     return NoiseModel(s_case, s_draw, tau2, float(m.mean()), effects)
+
+
+def spread(means: Sequence[float] | np.ndarray, noises: Sequence[float]) -> float:
+    """``tau^2``, the variance of true scores: the variance of the means less their average noise
+    (0 with fewer than two means)."""
+    if len(means) < 2:
+        return 0.0
+    return max(float(np.var(np.asarray(means, dtype=float), ddof=1)) - float(np.mean(noises)), 0.0)
 
 
 def _draws(scores: CaseScores) -> int:
     return sum(len(v) for v in scores.values())
 
 
-def _within_draws(scores: Mapping[str, CaseScores]) -> float:
+def within_draws(scores: Mapping[str, CaseScores]) -> float:
     """Pooled variance of repeated draws of the same configuration on the same case (0 without repeats)."""
     ss, df = 0.0, 0
     for by_case in scores.values():

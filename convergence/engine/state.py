@@ -20,6 +20,7 @@ from convergence.society.base import Proposal
 from convergence.society.society import AgentReport
 
 if TYPE_CHECKING:
+    from convergence.engine.case_model import CaseFit
     from convergence.engine.learner_driver import LearnerDriver
     from convergence.engine.racing import CaseView, Racer
 
@@ -153,6 +154,12 @@ class RunState:
     """Survivors, best first (the proposers' parents)."""
     history: list[TrialRecord] = field(default_factory=list)
     """Every usable trial of finished generations."""
+    tried: list[TrialRecord] = field(default_factory=list)
+    """Every trial with results of finished generations (complete, abandoned, partial): what the agents see."""
+    case_scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Per configuration hash, the first-draw score of each case it is scored on (the case model's data)."""
+    case_fit: CaseFit | None = None
+    """The case model fitted at the last generation's end (None before the first)."""
     seen: set[str] = field(default_factory=set)
     best: TrialRecord | None = None
     live_best: TrialRecord | None = None

@@ -231,6 +231,14 @@ class TrialRunner:
             view = slot.views[case_id] = self.st.racer.view(slot.by_case[case_id])
         return view
 
+    def case_scores(self, slot: Slot) -> dict[str, list[float]]:
+        """The first-draw score of each case the trial is scored on (an abandoned one: the prefix racing
+        judged), in the run's case order: the trial's row of the case model (engine/case_model.py)."""
+        results = sorted((r for r in slot.results if r.repeat == 0 and (slot.cut is None or r.case_id in slot.cut)),
+                         key=lambda r: self._case_order[r.case_id])
+        return {r.case_id: [view.score if (view := slot.views.get(r.case_id)) is not None
+                            else self.evaluator.score_means(r.metrics).score] for r in results}
+
     def _add_result(self, slot: Slot, result: CaseResult) -> None:
         """Keep a case result; with racing, abandon the trial once it is shown worse than the incumbent.
 
@@ -247,7 +255,7 @@ class TrialRunner:
             if slot.prefix not in racer.looks or racer.incumbent is None:
                 continue
             prefix = {c.id: self.view(slot, c.id) for c in order[: slot.prefix]}
-            reason = racer.verdict(prefix, len(self.cases))
+            reason = racer.verdict(prefix, len(self.cases), slot.proposal.config_hash)
             if reason is not None:
                 slot.abandoned = True
                 slot.abandon_reason = reason

@@ -26,7 +26,9 @@ class ProposalContext:
     population: list[TrialRecord]
     """Current survivors, best first."""
     history: list[TrialRecord]
-    """Every usable trial of this run so far (plus warm-start results)."""
+    """Every trial of this run so far with results: complete ones and, since racing and stops cut
+    configurations short, abandoned and partial ones (``usable`` tells them apart; ``adjusted`` holds the
+    case model's corrected estimate, comparable across them)."""
     rng: np.random.Generator
     seen: set[str] = field(default_factory=set)
     """Hashes already evaluated or proposed; proposers may use it to avoid repeats."""

@@ -96,6 +96,10 @@ class TrialRecord:
     estimate: float | None = None
     """Noise-aware estimate of the true score (see engine/selection.py): what ranks the run's best;
     None before the run's selection (then ``score`` ranks)."""
+    adjusted: float | None = None
+    """Case-difficulty-corrected estimate of the true score from the run's case model (engine/case_model.py),
+    refreshed at each generation's end for every trial with results, abandoned and partial ones included:
+    what the agents learn from. None before the first fit (agents then use ``score``)."""
 
     @property
     def usable(self) -> bool:

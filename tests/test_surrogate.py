@@ -19,7 +19,7 @@ from convergence.engine.loop import Optimizer
 from convergence.society.bandit import RandomProposer
 from convergence.society.base import ProposalContext
 from convergence.society.society import build_agent
-from convergence.society.surrogate import SurrogateProposer
+from convergence.society.surrogate import Features, Posterior, SurrogateProposer
 from convergence.storage.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -158,3 +158,29 @@ society:
     assert len([t for t in out.trials if t.proposer == "surrogate"]) >= 4
     mine = [r for r in log if r.agent == "surrogate" and r.generation >= 1]
     assert mine and all(r.status in ("ok", "idle") for r in mine) and mine[-1].detail["trials"] > 0
+
+
+@pytest.mark.parametrize("n", [20, 120])  # fewer trials than features (dual) and more (primal)
+def test_the_posterior_is_the_same_in_both_forms_and_its_draws_have_its_covariance(n: int) -> None:
+    """One fit on synthetic data: the dual (n x n) and primal (D x D) forms give the same noise estimate and
+    posterior mean, and each form's draws scatter with the posterior covariance ``sigma^2 A^{-1}``."""
+    rng = np.random.default_rng(0)
+    features = Features(SearchSpace.from_config(SearchSpaceConfig.model_validate({"parameters": {
+        "a": {"type": "categorical", "values": ["x", "y", "z"]},
+        "b": {"type": "categorical", "values": ["u", "v", "w", "t"]},
+        "c": {"type": "continuous", "min": 0.0, "max": 1.0},
+    }})))
+    configs = [features.space.sample(rng) for _ in range(n)]
+    phi = features.matrix([features.index(c) for c in configs])
+    y = 0.4 + 0.2 * phi[:, 0] - 0.1 * phi[:, 4] + rng.normal(0, 0.1, n)
+    w = rng.choice([6.0, 30.0], n)
+    dual = Posterior.fit(phi, y, w, features.is_pair, primal=False)
+    primal = Posterior.fit(phi, y, w, features.is_pair, primal=True)
+    assert dual.sigma2 == pytest.approx(primal.sigma2, rel=1e-6)
+    assert np.allclose(dual.mean(), primal.mean(), atol=1e-8)
+    X = primal.X
+    cov = primal.sigma2 * np.linalg.inv(X.T @ X + primal.sigma2 * np.diag(1.0 / primal.s0))
+    for post in (dual, primal):
+        draws = post.draw(np.random.default_rng(1), 20000)
+        assert np.allclose(draws.mean(axis=1), post.mean(), atol=0.05 * np.sqrt(cov.diagonal()).max())
+        assert np.allclose(draws.var(axis=1), cov.diagonal(), rtol=0.1)

@@ -29,18 +29,24 @@ covariance, in the dual (n trials, fewer than the D features)::
 
     K = X S0 X^T + sigma^2 I,     alpha = K^{-1} z,     E[beta] = S0 X^T alpha
     residuals = z - X E[beta] = sigma^2 alpha,          dof = n - tr(hat) = sigma^2 tr(K^{-1})
-    sigma^2 <- (|sigma^2 alpha|^2 + NU0 sigma0^2) / (dof + NU0)   (SIGMA_ROUNDS rounds; sigma0^2 = s_y^2 mean(w))
+    sigma^2 <- (|residuals|^2 + NU0 sigma0^2) / (dof + NU0)   (SIGMA_ROUNDS rounds; sigma0^2 = s_y^2 mean(w))
 
-Thompson sampling, one exact posterior draw per proposal (Matheron's rule)::
+or, with more trials than features, the same posterior in the primal::
+
+    A = X^T X + sigma^2 S0^{-1},  E[beta] = A^{-1} X^T z,  Cov[beta] = sigma^2 A^{-1},
+    dof = n - D + sigma^2 tr(A^{-1} S0^{-1})
+
+Thompson sampling, one exact posterior draw per proposal (dual: Matheron's rule; primal: ``A = L L^T``)::
 
     u ~ N(0, S0),  e ~ N(0, sigma^2 I),   beta~ = u + S0 X^T K^{-1} (z - X u - e)
+    xi ~ N(0, I),                         beta~ = E[beta] + sigma L^{-T} xi
 
 Candidates: ``POOL_RANDOM`` random configurations, ``POOL_MUTANTS`` one- or
 two-gene mutations and ``POOL_CROSSOVERS`` crossovers of the ``TOP_K`` trials
 of highest posterior mean, and every one-parameter neighbour of the best of
 them (each other value, or bin). Proposal ``j`` is the unseen candidate of
 highest ``phi(c)^T beta~_j``, distinct within the batch. Cost per generation:
-O(n^2 D + n^3), in a worker thread, on one BLAS thread; all randomness from
+O(n D m + m^3) with m = min(n, D), in a worker thread, on one BLAS thread; all randomness from
 the generation's rng.
 """
 
@@ -119,37 +125,55 @@ class Features:
 
 @dataclass(slots=True)
 class Posterior:
-    """The model's posterior over ``beta`` given whitened data (see the module docstring)."""
+    """The model's posterior over ``beta`` given whitened data (see the module docstring), in the dual
+    (n x n, when there are fewer trials than features) or the primal (D x D) form."""
 
     X: np.ndarray
     z: np.ndarray
     s0: np.ndarray
     sigma2: float
     chol: np.ndarray
-    """Lower Cholesky factor of ``K = X S0 X^T + sigma^2 I``."""
+    """Lower Cholesky factor of ``K = X S0 X^T + sigma^2 I`` (dual) or ``A = X^T X + sigma^2 S0^{-1}`` (primal)."""
+    primal: bool
 
     @classmethod
-    def fit(cls, phi: np.ndarray, y: np.ndarray, w: np.ndarray, is_pair: np.ndarray) -> Posterior:
+    def fit(cls, phi: np.ndarray, y: np.ndarray, w: np.ndarray, is_pair: np.ndarray, *,
+            primal: bool | None = None) -> Posterior:
+        """``primal``: None picks the smaller system (both give the same posterior)."""
         ybar = float(np.average(y, weights=w))
         var_y = max(float(np.average((y - ybar) ** 2, weights=w)), 1e-4)
         s0 = np.where(is_pair, PAIR_PRIOR, MAIN_PRIOR) * var_y
         sw = np.sqrt(w)
         X, z = phi * sw[:, None], (y - ybar) * sw
-        gram = (X * s0) @ X.T
-        eye = np.eye(len(y))
+        n, size = X.shape
+        primal = size < n if primal is None else primal
+        gram = X.T @ X if primal else (X * s0) @ X.T
+        ridge = 1.0 / s0 if primal else np.ones(n)
+        eye = np.eye(len(ridge))
         sigma0 = sigma2 = var_y * float(w.mean())
         for _ in range(SIGMA_ROUNDS):
-            chol = cholesky(gram + sigma2 * eye, lower=True)
-            alpha = cho_solve((chol, True), z)
-            dof = sigma2 * float(np.square(solve_triangular(chol, eye, lower=True)).sum())
-            sigma2 = (sigma2**2 * float(alpha @ alpha) + NU0 * sigma0) / (dof + NU0)
-        return cls(X, z, s0, sigma2, cholesky(gram + sigma2 * eye, lower=True))
+            chol = cholesky(gram + sigma2 * np.diag(ridge), lower=True)
+            inv = np.square(solve_triangular(chol, eye, lower=True)).sum(axis=0)  # diag of the system's inverse
+            if primal:  # residuals z - X m, m = A^{-1} X^T z; dof = n - D + sigma^2 tr(A^{-1} S0^{-1})
+                resid2 = float(np.square(z - X @ cho_solve((chol, True), X.T @ z)).sum())
+                dof = n - size + sigma2 * float((inv / s0).sum())
+            else:
+                alpha = cho_solve((chol, True), z)
+                resid2, dof = sigma2**2 * float(alpha @ alpha), sigma2 * float(inv.sum())
+            sigma2 = (resid2 + NU0 * sigma0) / (dof + NU0)
+        return cls(X, z, s0, sigma2, cholesky(gram + sigma2 * np.diag(ridge), lower=True), primal)
 
     def mean(self) -> np.ndarray:
+        if self.primal:
+            return cho_solve((self.chol, True), self.X.T @ self.z)
         return self.s0 * (self.X.T @ cho_solve((self.chol, True), self.z))
 
     def draw(self, rng: np.random.Generator, k: int) -> np.ndarray:
-        """``k`` exact posterior draws of ``beta`` (columns), by Matheron's rule."""
+        """``k`` exact posterior draws of ``beta`` (columns): ``m + sigma L^{-T} xi`` (primal, covariance
+        ``sigma^2 A^{-1}``) or Matheron's rule (dual)."""
+        if self.primal:
+            xi = rng.standard_normal((self.s0.size, k))
+            return self.mean()[:, None] + np.sqrt(self.sigma2) * solve_triangular(self.chol.T, xi, lower=False)
         u = rng.standard_normal((self.s0.size, k)) * np.sqrt(self.s0)[:, None]
         e = rng.standard_normal((self.z.size, k)) * np.sqrt(self.sigma2)
         return u + self.s0[:, None] * (self.X.T @ cho_solve((self.chol, True), self.z[:, None] - self.X @ u - e))

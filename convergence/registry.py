@@ -119,6 +119,7 @@ _BUILTINS: dict[str, dict[str, str]] = {
         "tpe": "convergence.society.builtin_agents:optuna_sampler",
         "gp": "convergence.society.builtin_agents:optuna_sampler",
         "cmaes": "convergence.society.builtin_agents:optuna_sampler",
+        "surrogate": "convergence.society.builtin_agents:surrogate",
     },
     "target": {
         "litellm": "convergence.targets.factory:litellm_target",

@@ -242,3 +242,43 @@ society:
     again, _ = await run(tmp_path / "b")
     assert [(t.proposer, t.config_hash, t.score) for t in again.trials] == [
         (t.proposer, t.config_hash, t.score) for t in out.trials]
+
+
+def abandoned_in_the_good_region(adjusted: float | None) -> list[TrialRecord]:
+    """The configurations of ``others(5)``, the 32 outside the good region complete with middling scores, the
+    8 in it abandoned by racing after 6 of 30 cases: their raw mean (0.0) is that of 6 hard cases;
+    ``adjusted`` is the case model's estimate."""
+    out = []
+    for i, t in enumerate(others(5)):
+        if peak(t.config):
+            t.status, t.n_cases, t.score, t.adjusted = "abandoned", 6, 0.0, adjusted
+        else:
+            t.n_cases, t.score = 30, 0.3 + 0.01 * i
+        out.append(t)
+    return out
+
+
+async def test_an_abandoned_trials_adjusted_value_steers_tpe() -> None:
+    """Abandoned trials are told with their case-corrected value: high in the good region, TPE proposes
+    there; the same trials corrected to low (or told as FAIL, as before) teach it nothing about the region."""
+    hits = {}
+    for adjusted in (1.0, 0.0):
+        agent = OptunaProposer("tpe", MIXED, seed=5)
+        agent.observe(abandoned_in_the_good_region(adjusted))
+        hits[adjusted] = sum(peak(c) for c in await agent.propose(ctx(MIXED), 20))
+    at_random = sum(peak(c) for c in await RandomProposer().propose(ctx(MIXED, seed=5), 20))
+    assert hits[0.0] <= 2 and at_random <= 2  # the region is 1/21 of the space
+    assert hits[1.0] >= 3 * max(hits[0.0], at_random, 1)
+
+
+async def test_its_own_abandoned_trial_is_told_complete_with_its_adjusted_value() -> None:
+    agent = OptunaProposer("tpe", MIXED, seed=2)
+    batch = await agent.propose(ctx(MIXED), 3)
+    agent.observe([
+        TrialRecord(batch[0], config_hash(batch[0]), 1, "tpe", score=0.1, n_cases=6, status="abandoned", adjusted=0.8),
+        TrialRecord(batch[1], config_hash(batch[1]), 1, "tpe", score=0.3, n_cases=4, status="partial"),
+        TrialRecord(batch[2], config_hash(batch[2]), 1, "tpe", score=0.0, n_cases=0, status="abandoned"),
+    ])
+    states = [(t.state, t.value) for t in agent.study.get_trials(deepcopy=False)]
+    assert states == [(TrialState.COMPLETE, 0.8), (TrialState.COMPLETE, 0.3), (TrialState.FAIL, None)]
+    assert agent.counts["own"] == 2 and agent.counts["failed"] == 1

@@ -20,7 +20,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from convergence.config.fields import At, EnvName, Float, Int, ModelName, Strict, Text, Url, short
 
-AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes")
+AGENT_NAMES = ("evolution", "bandit", "random", "rlp", "sao", "tpe", "gp", "cmaes", "surrogate")
 """Built-in society agents; plugins add more (``agent`` and ``sampler`` entries of the registry)."""
 
 

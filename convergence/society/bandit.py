@@ -10,6 +10,14 @@ interaction) must not be buried by its mean; a raw fractional-score update
 (alpha += score) did that, and found worse best scores on every objective
 and budget of benchmarks/search_quality.py. To propose, sample each arm's posterior and
 take the best arm per parameter.
+
+A trial's value is what society/observed.py says an agent learns from
+(``adjusted``, the case-corrected estimate, else ``score``), abandoned and
+partial trials included, each weighted by the share of cases it ran:
+``w_i = n_i / max_j n_j``, ``alpha = 1 + sum_i w_i win_i``,
+``beta = 1 + sum_i w_i (1 - win_i)``. A configuration racing dropped after 6
+of 30 cases counts a fifth of a complete one, on its corrected value, not
+on the raw mean of its first (easy or hard) cases.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from convergence.config.models import MABConfig
 from convergence.core.space import SearchSpace
 from convergence.core.types import Config, TrialRecord
 from convergence.society.base import ProposalContext
+from convergence.society.observed import learned_value, weight
 
 
 class BanditProposer:
@@ -37,7 +46,8 @@ class BanditProposer:
         self.alpha: dict[str, np.ndarray] = {name: np.ones(len(a)) for name, a in self.arms.items()}
         self.beta: dict[str, np.ndarray] = {name: np.ones(len(a)) for name, a in self.arms.items()}
         self._arm_idx: dict[str, list[int]] = {name: [] for name in self.arms}
-        self._scores: list[float] = []
+        self._trials: list[TrialRecord] = []
+        """Every trial learnt from; re-read at each update, as the case model refreshes ``adjusted``."""
         self.exploration = "configured"
 
     RATES: ClassVar[Mapping[str, float]] = {"exploit": 0.0, "explore": 0.5}
@@ -73,20 +83,23 @@ class BanditProposer:
     def observe(self, trials: Sequence[TrialRecord]) -> None:
         added = False
         for t in trials:
-            if t.status == "partial" or any(name not in t.config for name in self.space.dims):
+            if learned_value(t) is None or any(name not in t.config for name in self.space.dims):
                 continue
             for name, d in self.space.dims.items():
                 self._arm_idx[name].append(d.arm_of(t.config[name], self.cfg.bins, self.arms[name]))
-            self._scores.append(min(max(t.score, 0.0), 1.0))
+            self._trials.append(t)
             added = True
         if not added:
             return
-        scores = np.asarray(self._scores)
+        values = [learned_value(t) for t in self._trials]  # None if the case model dropped it since: the raw score
+        scores = np.clip([t.score if v is None else v for v, t in zip(values, self._trials, strict=True)], 0.0, 1.0)
+        cases = np.asarray([weight(t) for t in self._trials])
+        share = cases / cases.max()
         wins = (scores >= np.quantile(scores, 1.0 - self.TOP_FRACTION)).astype(float)
         for name, arms in self.arms.items():
             idx = np.asarray(self._arm_idx[name], dtype=np.intp)
-            w = np.bincount(idx, weights=wins, minlength=len(arms))
-            n = np.bincount(idx, minlength=len(arms))
+            w = np.bincount(idx, weights=share * wins, minlength=len(arms))
+            n = np.bincount(idx, weights=share, minlength=len(arms))
             self.alpha[name] = 1.0 + w
             self.beta[name] = 1.0 + n - w
 

@@ -56,6 +56,12 @@ def random_search(ctx: AgentContext) -> Proposer:
     return RandomProposer()
 
 
+def surrogate(ctx: AgentContext) -> Proposer:
+    from convergence.society.surrogate import SurrogateProposer
+
+    return SurrogateProposer(ctx.space)
+
+
 def optuna_sampler(ctx: AgentContext) -> Proposer:
     """tpe, gp, cmaes: Optuna's sampler of that name behind the proposer interface."""
     from convergence.society.optuna_agents import OptunaProposer

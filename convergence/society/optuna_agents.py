@@ -25,6 +25,13 @@ The search space maps once onto fixed Optuna distributions:
 
 Configurations go back canonical (snapped onto the space's grid), and a
 configuration already seen is never proposed: the agent asks again.
+
+What a study is told (society/observed.py): a trial's ``adjusted`` value (the
+case model's estimate of its true score, case difficulty removed), else its
+``score``; an abandoned or partial trial too, COMPLETE with that value, since
+it estimates the same true score as a complete trial's, only with less
+precision. Told FAIL (as before), TPE would drop it, and a configuration
+racing saw on 6 cases would teach it nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import numpy as np
 from convergence.core.space import Dimension, SearchSpace, config_hash
 from convergence.core.types import Config, TrialRecord
 from convergence.society.base import ProposalContext
+from convergence.society.observed import learned_value
 
 if TYPE_CHECKING:
     import optuna
@@ -203,7 +211,7 @@ class OptunaProposer:
         self._cma_gen = 0
         self._cma_counts: Counter[int] = Counter()
         self.counts: Counter[str] = Counter()
-        """own (told a score), failed (own, unusable), dropped (own, never evaluated), others (added),
+        """own (told a score), failed (own, no result), dropped (own, never evaluated), others (added),
         redrawn (asked again: already seen)."""
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
@@ -268,12 +276,12 @@ class OptunaProposer:
         return out
 
     def observe(self, trials: Sequence[TrialRecord]) -> None:
-        """Every trial the society evaluated goes into the study once: its own
-        with ``tell`` (FAIL when unusable), the others' usable ones with
-        ``add_trial``. Its asked trials of these generations that did not come
-        back (dropped as duplicates, or cut by the budget) are told FAIL here,
-        so the constant liar only counts what is really pending: the batch being
-        proposed and, in async mode, a generation still being evaluated."""
+        """Every trial the society evaluated goes into the study once, with its learned value
+        (``adjusted`` or ``score``; abandoned and partial trials included): its own with ``tell``
+        (FAIL when it has no result), the others' with results with ``add_trial``. Its asked trials of
+        these generations that did not come back (dropped as duplicates, or cut by the budget) are told
+        FAIL here, so the constant liar only counts what is really pending: the batch being proposed
+        and, in async mode, a generation still being evaluated."""
         import optuna
         from optuna.trial import TrialState
 
@@ -283,8 +291,9 @@ class OptunaProposer:
             if own is None:
                 others.append(t)
                 continue
-            ok = t.usable and math.isfinite(t.score)
-            self._finish(own[1], float(t.score) if ok else None, TrialState.COMPLETE if ok else TrialState.FAIL)
+            value = learned_value(t)
+            ok = value is not None
+            self._finish(own[1], value, TrialState.COMPLETE if ok else TrialState.FAIL)
             self._told.add(t.config_hash)
             self.counts["own" if ok else "failed"] += 1
         done = max((t.generation for t in trials), default=None)
@@ -293,18 +302,19 @@ class OptunaProposer:
                 self._finish(trial, None, TrialState.FAIL)
                 del self._pending[h]
                 self.counts["dropped"] += 1
-        fresh: list[tuple[TrialRecord, dict[str, Any]]] = []
+        fresh: list[tuple[TrialRecord, float, dict[str, Any]]] = []
         for t in others:
-            if t.config_hash in self._told or not t.usable or not math.isfinite(t.score):
+            value = learned_value(t)
+            if t.config_hash in self._told or value is None:
                 continue
             params = {name: p.encode(t.config.get(name, _NO_FIT)) for name, p in self.params.items()}
             if all(v is not _NO_FIT for v in params.values()):  # else not of this space (warm start from an older one)
-                fresh.append((t, params))
-        inject = self._cma_injected([t.score for t, _ in fresh]) if self.name == "cmaes" else set()
-        for i, (t, params) in enumerate(fresh):
+                fresh.append((t, value, params))
+        inject = self._cma_injected([v for _, v, _ in fresh]) if self.name == "cmaes" else set()
+        for i, (t, value, params) in enumerate(fresh):
             attrs = {_CMA_GENERATION: self._cma_gen} if i in inject else None
             self.study.add_trial(optuna.trial.create_trial(params=params, distributions=self._dists,
-                                                           value=float(t.score), system_attrs=attrs))
+                                                           value=value, system_attrs=attrs))
             self._told.add(t.config_hash)
             self.counts["others"] += 1
 

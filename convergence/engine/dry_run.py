@@ -459,9 +459,9 @@ def _budgets(est: Forecast, cfg: ConvergenceConfig) -> None:
     if reached:
         first = min(reached, key=lambda x: x.reached_at or 0.0)
         est.stops_first = f"{first.name} (at ~{first.reached_at:.0%} of the plan)"
-    elif est.until_budget and len(est.per_generation) == est.generations and b.max_calls is not None:
+    elif est.until_budget and b.max_calls is not None and est.needed_calls >= b.max_calls:
         est.stops_first = f"max_calls ({b.max_calls}): generations go on until the budget is spent"
-    elif len(est.per_generation) < est.generations:
+    elif len(est.per_generation) < est.generations or est.until_budget:
         est.stops_first = f"the search space (exhausted after generation {len(est.per_generation)})"
     else:
         est.stops_first = f"the generation limit ({est.generations} generation(s))"

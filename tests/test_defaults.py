@@ -22,6 +22,7 @@ from convergence.engine.loop import Optimizer
 from convergence.engine.preflight import check
 from convergence.engine.stochastic import PROBES, from_config
 from convergence.errors import ConvergenceError
+from convergence.reporting.files import selection_markdown
 from convergence.storage.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -108,6 +109,8 @@ async def test_auto_finds_a_target_that_draws_at_random_stochastic_and_confirms_
     assert repeat_rows(tmp_path) == sel["stochastic_probes"] + sel["confirm_calls"]
     top = sel["top"][0]
     assert top["repeats"] > 0
+    assert "Target: stochastic (probed: a finished case asked again answered differently" in "\n".join(
+        selection_markdown(sel, {}))  # the report says what was decided and how
 
 
 async def test_auto_finds_a_deterministic_target_deterministic_paying_only_the_probes(tmp_path: Path) -> None:
@@ -124,6 +127,8 @@ async def test_auto_finds_a_deterministic_target_deterministic_paying_only_the_p
     assert sel["stochastic_probes"] == PROBES
     assert out.total_calls == sum(t.n_cases for t in out.trials) + PROBES  # the probes, nothing more
     assert repeat_rows(tmp_path) == PROBES and sel["confirm_calls"] == 0
+    assert "Target: deterministic (probed: 10 finished case(s) asked again, every answer identical)" in "\n".join(
+        selection_markdown(sel, {}))
 
 
 async def test_a_deterministic_target_hands_the_calls_kept_for_confirmation_back_to_the_search(

@@ -55,7 +55,6 @@ class Decision:
     how: str
     probes: int = 0
     """Repeat draws compared with the first draw (stored pairs included)."""
-    differed: int = 0
 
     @property
     def pending(self) -> bool:
@@ -143,7 +142,6 @@ class Probe:
         # outputs as stored (a resumed run compares a stored first draw with a new one)
         if output_text(first.call.output) != output_text(again.call.output) or self.quality(first) != self.quality(
                 again):
-            d.differed += 1
             d.stochastic = True
             d.how = f"probed: a finished case asked again answered differently (probe {d.probes} of at most {PROBES})"
         elif d.probes >= PROBES:

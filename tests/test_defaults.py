@@ -20,7 +20,7 @@ from convergence.engine.dry_run import forecast
 from convergence.engine.events import NoEvents
 from convergence.engine.loop import Optimizer
 from convergence.engine.preflight import check
-from convergence.engine.stochastic import PROBES, from_config
+from convergence.engine.stochastic import PER_CONFIG, PROBES, from_config
 from convergence.errors import ConvergenceError
 from convergence.reporting.files import selection_markdown
 from convergence.storage.store import Store
@@ -165,14 +165,15 @@ async def test_a_resumed_run_does_not_pay_its_probes_again(tmp_path: Path, monke
         """
     with pytest.raises(ConvergenceError, match="stopped after generation 0"):
         await run(make(tmp_path, "fixed", body), events=StopAfter())
-    assert repeat_rows(tmp_path) == PROBES, "generation 0 (4 x 5 cases) finished the probe before the stop"
+    # generation 0's 4 configurations were probed on 2 cases each (PER_CONFIG) before the stop
+    assert repeat_rows(tmp_path) == 4 * PER_CONFIG == PROBES - 2
     before = len(log.read_text().splitlines())
     out = await run(make(tmp_path, "fixed", body), resume=True)
     sel = selection_of(tmp_path)
     assert sel["stochastic"] is False and sel["stochastic_probes"] == PROBES
     new_calls = len(log.read_text().splitlines()) - before
     new_search = sum(t.n_cases for t in out.trials if t.generation > 0)
-    assert new_calls == new_search, "the resumed run asked nothing again: the stored probes decided"
+    assert new_calls == new_search + 2, "the resumed run paid only the 2 probes it was missing"
     assert repeat_rows(tmp_path) == PROBES
 
 

@@ -10,17 +10,22 @@ config are taken as given. ``auto`` (the default) decides
    default, 1 for OpenAI-compatible APIs and 0.8 for the embedded model) samples, unless a fixed
    ``seed`` is sent (then it is probed); an ``llm_judge`` metric with temperature > 0 scores by
    sampling;
-2. else by probing, early and cheaply: once a configuration has finished, some of its cases are
-   asked again as draw 1 (stored with ``repeat = 1`` like confirmation's draws: paid once, counted
-   in the budget, reused by confirmation, found again by a resumed run). One probe whose per-case
-   quality metrics or output differ from the first draw -> stochastic; :data:`PROBES` identical
-   ones -> deterministic. A call that failed (either draw) is no evidence.
+2. else by probing, early and cheaply: as configurations finish, :data:`PER_CONFIG` of each one's
+   cases are asked again as draw 1 (stored with ``repeat = 1`` like confirmation's draws: paid
+   once, counted in the budget, reused by confirmation, found again by a resumed run). One probe
+   whose per-case quality metrics or output differ from the first draw -> stochastic;
+   :data:`PROBES` identical ones -> deterministic. A call that failed (either draw) is no evidence.
 
 How many probes: a case whose outcome is a Bernoulli draw with success probability p gives two
 different draws with probability ``2 p (1 - p)``, at least 0.32 for p in [0.2, 0.8]. ``k``
-probes all agree with probability at most ``(1 - 0.32)^k = 0.68^k``; k = 10 gives 0.021, so such a
-target is found stochastic with probability >= 0.979 (>= 0.999 at p = 0.5: ``0.5^10``), usually after
-one or two probes, while a deterministic target pays exactly 10 calls.
+independent probes all agree with probability at most ``(1 - 0.32)^k = 0.68^k``; k = 10 gives
+0.021, so such a target is found stochastic with probability >= 0.979 (>= 0.999 at p = 0.5:
+``0.5^10``), usually after one or two probes, while a deterministic target pays exactly 10 calls.
+The probes are spread over configurations (at most 2 each, so at least 5 configurations) because p
+depends on the configuration: one whose p is near 0 or 1 (a bad or a great configuration) looks
+deterministic on every case. With p uniform over configurations a pair of draws agrees with
+probability ``q = p^2 + (1 - p)^2``, ``E[q] = 2/3``: 10 probes on 5 configurations miss with
+probability ``E[q^2]^5 = (7/15)^5 = 0.022``, all 10 on one configuration with ``E[q^10] = 0.10``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 PROBES = 10
 """Identical repeat draws that make a target deterministic (``0.68^10 = 0.021``: see the module docstring)."""
+PER_CONFIG = 2
+"""Probes per configuration at most: the probes see at least ``PROBES / PER_CONFIG`` configurations."""
 
 
 @dataclass(slots=True)
@@ -125,8 +132,8 @@ class Probe:
         self.evaluator = evaluator
         self.asked: set[tuple[str, str]] = set()
         """(configuration hash, case id) already asked again."""
-        self.running = False
-        """A trial is probing (one at a time)."""
+        self.in_flight = 0
+        """Probe calls sent and not compared yet (no more than ``PROBES`` are ever asked for)."""
 
     def quality(self, r: CaseResult) -> dict[str, float]:
         """What must repeat for the target to be deterministic: every metric but latency and cost."""
@@ -157,11 +164,24 @@ class Probe:
                 if r.repeat == 1 and base is not None:
                     self.compare(h, base, r)
 
-    def cases_to_ask(self, config_hash: str, results: Iterable[CaseResult]) -> list[CaseResult]:
-        """A finished configuration's first draws still worth asking again (successful, not asked yet)."""
-        left = PROBES - self.decision.probes
-        todo = [r for r in results if not r.call.error and (config_hash, r.case_id) not in self.asked]
-        return todo[:left]
+    def take(self, config_hash: str, results: Iterable[CaseResult]) -> list[CaseResult]:
+        """The first draws of a finished configuration to ask again now (successful, not asked yet; at most
+        ``PER_CONFIG`` per configuration and ``PROBES`` in all, those in flight counted); they are in flight
+        until :meth:`landed`."""
+        if not self.decision.pending:
+            return []
+        mine = sum(1 for h, _ in self.asked if h == config_hash)
+        left = min(PER_CONFIG - mine, PROBES - self.decision.probes - self.in_flight)
+        todo = [r for r in results if not r.call.error and (config_hash, r.case_id) not in self.asked][:max(left, 0)]
+        self.asked.update((config_hash, r.case_id) for r in todo)
+        self.in_flight += len(todo)
+        return todo
+
+    def landed(self, config_hash: str, sent: int, pairs: Iterable[tuple[CaseResult, CaseResult]]) -> None:
+        """``sent`` probe calls are back (or were never made: the budget); ``pairs`` (first, again) landed."""
+        self.in_flight -= sent
+        for first, again in pairs:
+            self.compare(config_hash, first, again)
 
     def settle(self) -> None:
         """The run ends still probing: what it has decides (identical draws, however few: deterministic)."""

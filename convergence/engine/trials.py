@@ -151,32 +151,26 @@ class TrialRunner:
             slot.pending -= left - 1
             self._case_done(slot)
         record = slot.record or self.score(slot.generation, slot.proposal, slot.results)
-        if st.probe is not None and not st.probe.running and not slot.abandoned:
+        if st.probe is not None and not slot.abandoned:
             await self._probe(slot)
         return record
 
     async def _probe(self, slot: Slot) -> None:
-        """``selection.stochastic: auto``: ask some of a finished trial's cases again (draw 1), a few at a
-        time, until the target shows itself stochastic or enough identical draws make it deterministic
-        (``engine/stochastic.py``). One trial probes at a time; the next finished one goes on if needed."""
+        """``selection.stochastic: auto``: ask a few of a finished trial's cases again (draw 1) until the
+        target shows itself stochastic or enough identical draws make it deterministic
+        (``engine/stochastic.py``: at most 2 per configuration, so the probes see several)."""
         probe = self.st.probe
         assert probe is not None
         h = slot.proposal.config_hash
-        probe.running = True
+        todo = probe.take(h, sorted(slot.results, key=lambda r: self._case_order[r.case_id]))
+        if not todo:
+            return
+        landed: list[tuple[CaseResult, CaseResult]] = []
         try:
-            while probe.decision.pending:
-                first = sorted(slot.results, key=lambda r: self._case_order[r.case_id])
-                todo = probe.cases_to_ask(h, first)[: self.concurrency]
-                if not todo:
-                    return
-                landed = await self._ask_again(slot, todo)
-                if not landed:
-                    return  # the budget (or a broken target) stopped every call
-                for r, result in sorted(landed, key=lambda x: self._case_order[x[0].case_id]):
-                    probe.compare(h, r, result)
+            landed = await self._ask_again(slot, todo)
         finally:
-            probe.running = False
-            if not probe.decision.pending:
+            probe.landed(h, len(todo), sorted(landed, key=lambda x: self._case_order[x[0].case_id]))
+            if not probe.decision.pending and self.st.probe is probe:
                 self.decided()
 
     async def _ask_again(self, slot: Slot, first: list[CaseResult]) -> list[tuple[CaseResult, CaseResult]]:

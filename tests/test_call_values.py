@@ -58,6 +58,7 @@ def _write_project(folder: Path, target: str) -> Path:
         optimization:
           seed: 1
           evolution: {{population_size: 2, generations: 1}}
+          selection: {{stochastic: false}}  # the rows are counted: no probe or confirmation draws
         """).format(target=target, cases=cases))
     return folder
 
@@ -222,6 +223,7 @@ async def test_a_litellm_price_map_giving_nan_fails_those_cases_and_the_run_fini
             optimization:
               seed: 1
               evolution: {{population_size: 2, generations: 1}}
+              selection: {{stochastic: false}}  # the rows are counted: no confirmation draws
             """))
         outcome = await convergence.optimize(folder / "optimization.yaml", write_outputs=False)
     assert outcome.status == "finished"

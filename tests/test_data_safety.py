@@ -106,6 +106,7 @@ optimization:
   evolution: {population_size: 4, generations: 3, elite_size: 1}
   execution: {mode: generational, early_stopping: {enabled: false}}
 """
+EXACT = BODY + "  selection: {stochastic: false}  # deterministic: no probe calls (calls are counted exactly)\n"
 
 
 _TEST_TARGET = 'target: {type: python, function: "tgt:peak", retry: {max_retries: 0}}'
@@ -138,7 +139,7 @@ async def test_resume_after_editing_the_search_space_is_refused_with_what_change
 
 
 async def test_resume_keeps_counting_calls_and_seconds_from_before_the_kill(tmp_path: Path) -> None:
-    loaded = make_config(tmp_path, BODY)
+    loaded = make_config(tmp_path, EXACT)
     store = await Store.open(tmp_path / "db.sqlite")
     try:
         opt = Optimizer(loaded, store)
@@ -195,7 +196,7 @@ def test_two_processes_on_one_fresh_database_lose_nothing(tmp_path: Path) -> Non
     for name in ("a", "b"):
         d = tmp_path / name
         d.mkdir()
-        loaded = make_config(d, BODY.replace("generations: 3", "generations: 4"))
+        loaded = make_config(d, EXACT.replace("generations: 3", "generations: 4"))
         text = loaded.path.read_text().replace("study: loop-test", f"study: s-{name}").replace(
             "storage: {path: db.sqlite}", f"storage: {{path: {tmp_path / 'shared.db'}}}")
         loaded.path.write_text(text)
@@ -323,7 +324,7 @@ async def test_retries_count_as_paid_calls_in_the_run_totals(tmp_path: Path) -> 
         "        seen.add(key)\n"
         "        raise ConnectionError('connection reset')\n"
         "    return 'yes'\n",
-        retry="max_retries: 2, backoff_initial_seconds: 0.001",
+        retry="max_retries: 2, backoff_initial_seconds: 0.001", body=EXACT,
     )
     out = await run(loaded)
     n_cases = sum(t.n_cases for t in out.trials)

@@ -57,6 +57,7 @@ def make(tmp_path: Path, mode: str) -> Any:
           evolution: {{population_size: 6, generations: 20, elite_size: 1}}
           execution: {{mode: {mode}, concurrency: {CONCURRENCY}, early_stopping: {{enabled: false}}}}
           racing: {{enabled: false}}
+          selection: {{stochastic: false}}
         """)
     path = tmp_path / "optimization.yaml"
     path.write_text(text)

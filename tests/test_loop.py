@@ -86,6 +86,7 @@ optimization:
   seed: 1
   evolution: {population_size: 6, generations: 8, elite_size: 2}
   execution: {mode: generational, concurrency: 4, early_stopping: {enabled: false}}
+  selection: {stochastic: false}  # deterministic: no probe calls (calls are counted exactly)
 """)
     out = await run(loaded)
     assert out.best is not None and out.best.score == 1.0
@@ -228,6 +229,7 @@ optimization:
   seed: 8
   evolution: {{population_size: 6, generations: 6, elite_size: 1}}
   execution: {{mode: {mode}, concurrency: 2, early_stopping: {{enabled: false}}}}
+  selection: {{stochastic: false}}  # deterministic: no probe calls (every call is checked against the store)
 """)
     log = tmp_path / "calls.jsonl"
     env = {**os.environ, "CALL_LOG": str(log), "CALL_SLEEP": "0.05", "PYTHONUNBUFFERED": "1"}

@@ -142,6 +142,7 @@ async def test_racing_off_pays_for_every_case(tmp_path: Path) -> None:
           evolution: {population_size: 3, generations: 1, elite_size: 0}
           racing: {enabled: false}
           execution: {mode: generational, concurrency: 1, early_stopping: {enabled: false}}
+          selection: {stochastic: false}
     """, "quality", cases=30)
     out = await run(loaded)
     assert all(t.status == "complete" and t.n_cases == 30 for t in out.trials)

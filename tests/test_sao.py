@@ -88,7 +88,9 @@ async def test_sao_off_costs_nothing(tmp_path: Path) -> None:
         assert opt.society.agent("sao") is None
         assert await store.sao_pairs(run_id=out.run_id) == []
         assert await store.sao_ratings(out.run_id) == {}
-        assert out.total_calls == sum(t.n_cases for t in out.trials)  # every call was an evaluation
+        # every call was an evaluation: the search's, or the repeat draws of selection.stochastic: auto's probe
+        repeats = sum(len(v) for v in (await store.repeat_results(out.run_id)).values())
+        assert out.total_calls == sum(t.n_cases for t in out.trials) + repeats
         assert all("sao" not in t.metrics for t in out.trials)
     finally:
         await store.close()

@@ -70,6 +70,7 @@ optimization:
   seed: 11
   evolution: {{population_size: 2, generations: 2, elite_size: 1}}
   execution: {{concurrency: 2}}
+  selection: {{stochastic: false}}  # the trace's calls are counted: no probe calls
 storage: {{path: conv.db}}
 tracing:
   weave: {{enabled: {enabled}, project: conv-tests}}

@@ -181,7 +181,7 @@ async def _optimize(
         console.print(
             f"[bold]Convergence[/] study [cyan]{escape(cfg.study_name)}[/]: {t.type} target, "
             f"{len(optimizer.space.names)} parameter(s), {len(optimizer.cases)} test case(s), "
-            f"{cfg.optimization.evolution.generations} generation(s) x {cfg.optimization.evolution.population_size}, "
+            f"{_length(optimizer.cfg, optimizer.budget_plan)}, "
             f"concurrency {cfg.optimization.execution.concurrency}, {society_line(cfg)}"
             + (f", calls on Ray at {escape(cfg.optimization.execution.ray.address)}"
                if cfg.optimization.execution.backend == "ray" else "")
@@ -320,11 +320,13 @@ def validate(config: Path = ConfigArg) -> None:
         text = str(value)
         return _escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
+    from convergence.config.budget_plan import apply_plan, budget_plan
+
     space = SearchSpace.from_config(cfg.search_space)
     t = cfg.resolved_target
     size = space.size()
     n_cases = len(result.cases)
-    evo = cfg.optimization.evolution
+    plan = budget_plan(cfg, n_cases)
     what = getattr(t, "model", None) or getattr(t, "endpoint", None) or getattr(t, "function", "")
     out = [
         f"[bold]{show(config)}[/]: study [cyan]{show(cfg.study_name)}[/]",
@@ -334,8 +336,7 @@ def validate(config: Path = ConfigArg) -> None:
         f"  test cases: {n_cases}",
         "  metrics: "
         + show(", ".join(f"{k} (w={m.weight:g}, {m.direction})" for k, m in cfg.evaluation.metrics.items()), 400),
-        f"  plan: {evo.generations} generation(s) x {evo.population_size} configuration(s), "
-        f"{_calls_line(cfg, n_cases)}",
+        f"  plan: {_length(apply_plan(cfg, plan), plan)}, {_calls_line(cfg, n_cases)}",
         f"  proposers: {society_line(cfg)}",
     ]
     for line in out:
@@ -345,6 +346,17 @@ def validate(config: Path = ConfigArg) -> None:
                   highlight=False, emoji=False)
         raise typer.Exit(2)
     console.print("[green]valid[/]", highlight=False)
+
+
+def _length(cfg: Any, plan: Any) -> str:
+    """How long the run is and how many configurations a generation has, saying what the budget set
+    (``cfg`` with ``plan``, a :class:`~convergence.config.budget_plan.BudgetPlan`, applied)."""
+    evo, es = cfg.optimization.evolution, cfg.optimization.execution.early_stopping
+    gens = "generations until the budget is spent" if plan.generations is not None else \
+        f"{evo.generations} generation(s)"
+    pop = f"population {evo.population_size}" + (" (from the budget)" if plan.population is not None else "")
+    early = ", early stopping off (the budget sets the length)" if plan.early_stopping_off and not es.enabled else ""
+    return f"{gens} x {pop}{early}"
 
 
 def _calls_line(cfg: Any, n_cases: int) -> str:

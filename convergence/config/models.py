@@ -338,11 +338,14 @@ class SelectionConfig(Strict):
     confirmed against its runners-up)."""
     confirm_share: Float = Field(0.1, ge=0, le=0.9)
     """Stochastic target: the share of max_calls the search leaves for confirmation (without max_calls,
-    confirmation may spend this share of all calls). A deterministic target keeps nothing back."""
-    stochastic: bool = False
+    confirmation may spend this share of all calls). A deterministic target keeps nothing back; while
+    ``auto`` has not decided yet, the share is kept (and handed back to the search if it is deterministic)."""
+    stochastic: bool | Literal["auto"] = "auto"
     """The target answers differently when asked again (temperature > 0, a sampled judge): confirmation
     repeats test cases with fresh draws. Otherwise it only asks the cases a top configuration skipped
-    (racing or a stop cut it short), with the budget left."""
+    (racing or a stop cut it short), with the budget left. auto: known from the config when it can be (a
+    LiteLLM target or judge whose temperature can be > 0 is stochastic), else probed early by asking a
+    few finished cases again (see convergence/engine/stochastic.py)."""
 
     @field_validator("confirm_top")
     @classmethod

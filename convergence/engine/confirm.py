@@ -26,6 +26,7 @@ import numpy as np
 from convergence.config.models import SelectionConfig
 from convergence.core.types import CaseResult, TestCase, TrialRecord
 from convergence.engine import selection
+from convergence.engine.stochastic import Decision
 
 if TYPE_CHECKING:
     from convergence.evaluation.scorer import Evaluator
@@ -43,12 +44,16 @@ class Selection:
 
 
 class Confirmer:
-    def __init__(self, cfg: SelectionConfig, evaluator: Evaluator, cases: Sequence[TestCase], alpha: float) -> None:
+    def __init__(self, cfg: SelectionConfig, evaluator: Evaluator, cases: Sequence[TestCase], alpha: float,
+                 decision: Decision | None = None) -> None:
         self.cfg = cfg
         self.evaluator = evaluator
         self.cases = list(cases)
         self.alpha = alpha
         self.case_ids = [c.id for c in self.cases]
+        self.decision = decision or Decision(cfg.stochastic is True, "selection.stochastic in the config")
+        """Whether the target is stochastic (``engine/stochastic.py``): fresh draws, or skipped cases only."""
+        self.stochastic = bool(self.decision.stochastic)
 
     async def run(self, trials: list[TrialRecord], results: dict[str, list[CaseResult]], allowance: int,
                   ask: AskCase) -> Selection:
@@ -104,7 +109,7 @@ class Confirmer:
         """The cases to ask next, with the draw number: skipped cases first; then, for a stochastic
         target, one more draw of every case (cases behind the others catch up first)."""
         missing = [(c, 0) for c in self.cases if c.id not in scores]
-        if missing or not self.cfg.stochastic:
+        if missing or not self.stochastic:
             return missing
         draws = {c.id: len(scores[c.id]) for c in self.cases}
         top = max(draws.values())
@@ -148,7 +153,7 @@ class Confirmer:
         p = selection.paired_p(scores[ranked[0].config_hash], scores[ranked[1].config_hash]) \
             if len(ranked) > 1 else None
         return {
-            "estimate": self.cfg.estimate, "stochastic": self.cfg.stochastic, "confirm_top": self.cfg.confirm_top,
+            "estimate": self.cfg.estimate, **self.decision.summary(), "confirm_top": self.cfg.confirm_top,
             "case_sd": math.sqrt(model.s_case), "draw_sd": math.sqrt(model.s_draw),
             "spread_sd": math.sqrt(model.tau2), "confirm_calls": spent, "confirm_allowance": allowance,
             "confirm_rounds": rounds, "confirmed": len(confirmed),

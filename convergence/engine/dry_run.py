@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from convergence.config.budget_plan import BudgetPlan, apply_plan, budget_plan
 from convergence.config.loader import LoadedConfig, resolve_path
 from convergence.config.models import ConvergenceConfig, LiteLLMTargetConfig
 from convergence.core.space import SearchSpace
@@ -106,6 +107,8 @@ class Forecast:
     budgets: list[BudgetCheck] = field(default_factory=list)
     stops_first: str = ""
     notes: list[str] = field(default_factory=list)
+    until_budget: bool = False
+    """Generations go on until ``max_calls`` is spent (``config/budget_plan.py``)."""
 
     @property
     def needed_calls(self) -> int:
@@ -144,8 +147,9 @@ class Forecast:
         plan = " + ".join(map(str, self.per_generation)) or "0"
         short = f"; the space runs out after {len(self.per_generation)}" if len(
             self.per_generation) < self.generations else ""
+        until = " until the budget is spent" if self.until_budget else ""
         out.append(("configurations", f"{sum(self.per_generation)} ({plan})",
-                    f"{self.generations} generation(s): population_size, then population_size - elite_size "
+                    f"{self.generations} generation(s){until}: population_size, then population_size - elite_size "
                     f"(elites are not re-evaluated){short}"))
         out.append(("evaluation calls", str(self.evaluation_calls),
                     f"configurations x {self.cases} test case(s)"))
@@ -206,13 +210,17 @@ def _usd(value: float | None) -> str:
 # --------------------------------------------------------------------------- the plan
 
 
-def plan(cfg: ConvergenceConfig, space: SearchSpace) -> list[int]:
+def plan(cfg: ConvergenceConfig, space: SearchSpace, until: int | None = None) -> list[int]:
     """New configurations per generation: population_size, then population_size
-    - elite_size, while the space lasts (a configuration is evaluated once per run)."""
+    - elite_size, while the space lasts (a configuration is evaluated once per run);
+    ``until``: a run that goes on until its budget is spent plans generations up to this
+    many configurations (``max_calls`` / test cases), the budget's end."""
     evo = cfg.optimization.evolution
     left = space.size()
     out: list[int] = []
     for gen in range(evo.generations):
+        if until is not None and sum(out) >= until:
+            break
         n = evo.population_size if gen == 0 else evo.population_size - min(evo.elite_size, evo.population_size)
         n = int(min(n, left))
         if n <= 0:
@@ -360,10 +368,20 @@ def _litellm_figures(cfg: ConvergenceConfig, t: LiteLLMTargetConfig, space: Sear
 # --------------------------------------------------------------------------- the estimate
 
 
+def resolved_plan(cfg: ConvergenceConfig, n_cases: int) -> tuple[ConvergenceConfig, BudgetPlan, int | None]:
+    """``cfg`` with what ``max_calls`` sets (``config/budget_plan.py``), what that is, and the
+    configurations a run until the budget is spent plans for (None: the generation limit stands)."""
+    bp = budget_plan(cfg, n_cases)
+    max_calls = cfg.optimization.budget.max_calls
+    until = math.ceil(max_calls / max(n_cases, 1)) if bp.generations is not None and max_calls else None
+    return apply_plan(cfg, bp), bp, until
+
+
 def target_calls(cfg: ConvergenceConfig, n_cases: int) -> tuple[int, int]:
     """(target calls the plan needs, target calls expected once max_calls caps them): the numbers
     ``validate`` prints and :func:`forecast` reports, from the same plan."""
-    per_gen = plan(cfg, SearchSpace.from_config(cfg.search_space))
+    cfg, _, until = resolved_plan(cfg, n_cases)
+    per_gen = plan(cfg, SearchSpace.from_config(cfg.search_space), until)
     needed = sum(per_gen) * n_cases + society_calls(cfg, per_gen)[1]
     cap = cfg.optimization.budget.max_calls
     return needed, needed if cap is None else min(needed, cap)
@@ -372,12 +390,12 @@ def target_calls(cfg: ConvergenceConfig, n_cases: int) -> tuple[int, int]:
 def forecast(loaded: LoadedConfig, cases: list[TestCase], *, history: History | None = None) -> Forecast:
     """The estimate of a run of ``loaded`` on ``cases`` (from the preflight), with the
     study's earlier calls (:func:`load_history`) as the measured latency when given."""
-    cfg = loaded.config
+    n_cases = len(cases)
+    cfg, bp, until = resolved_plan(loaded.config, n_cases)
     t = cfg.resolved_target
     opt = cfg.optimization
     space = SearchSpace.from_config(cfg.search_space)
-    per_gen = plan(cfg, space)
-    n_cases = len(cases)
+    per_gen = plan(cfg, space, until)
     llm_calls, sao_calls, sao_gens = society_calls(cfg, per_gen)
     measured = history is not None and history.calls > 0
     earlier = f"{history.calls} earlier call(s) of study {history.study!r}" if history is not None and measured else ""
@@ -404,12 +422,14 @@ def forecast(loaded: LoadedConfig, cases: list[TestCase], *, history: History | 
     judges = [m for m in cfg.evaluation.metrics.values() if m.function == "llm_judge"]
     est = Forecast(
         study=cfg.study_name, cases=n_cases, space_size=space.size(), per_generation=per_gen,
-        generations=opt.evolution.generations, evaluation_calls=sum(per_gen) * n_cases, sao_calls=sao_calls,
+        generations=len(per_gen) if until is not None else opt.evolution.generations,
+        evaluation_calls=sum(per_gen) * n_cases, sao_calls=sao_calls,
         sao_generations=sao_gens, max_calls=opt.budget.max_calls, max_retries=t.retry.max_retries,
         concurrency=opt.execution.concurrency, prompt_tokens=prompt, completion_tokens=completion,
         cost_per_call=cost, latency_s=latency, rate_limit=t.rate_limit_per_second,
         society_llm_calls=llm_calls, judge_calls=sum(per_gen) * n_cases * len(judges),
         judge_model=", ".join(sorted({(m.judge.model if m.judge else "local/gemma-3-270m") for m in judges})),
+        until_budget=until is not None,
     )
     if llm_calls:
         soc = cfg.society
@@ -420,6 +440,7 @@ def forecast(loaded: LoadedConfig, cases: list[TestCase], *, history: History | 
                            + ("; in-process: no cost" if local else "; their cost (counted by max_cost_usd) "
                               "is not estimated"))
     _budgets(est, cfg)
+    est.notes[:0] = [f"{note}: budget.max_calls is set and the config does not say" for note in bp.notes()]
     return est
 
 
@@ -438,7 +459,9 @@ def _budgets(est: Forecast, cfg: ConvergenceConfig) -> None:
     if reached:
         first = min(reached, key=lambda x: x.reached_at or 0.0)
         est.stops_first = f"{first.name} (at ~{first.reached_at:.0%} of the plan)"
-    elif len(est.per_generation) < est.generations:
+    elif est.until_budget and b.max_calls is not None and est.needed_calls >= b.max_calls:
+        est.stops_first = f"max_calls ({b.max_calls}): generations go on until the budget is spent"
+    elif len(est.per_generation) < est.generations or est.until_budget:
         est.stops_first = f"the search space (exhausted after generation {len(est.per_generation)})"
     else:
         est.stops_first = f"the generation limit ({est.generations} generation(s))"

@@ -31,7 +31,7 @@ def confirmation_allowance(opt: OptimizationConfig, st: RunState) -> int:
     max_calls = opt.budget.max_calls
     if max_calls is None:  # the share of all calls (a deterministic target: at most the skipped cases)
         return math.ceil(sel.confirm_share / (1 - sel.confirm_share) * budget.calls)
-    if sel.stochastic:  # the calls the search left for it
+    if st.decision is not None and st.decision.stochastic:  # the calls the search left for it
         return min(held, max(0, max_calls - budget.calls))
     return max(0, max_calls - budget.calls)  # only skipped cases, with whatever the search left
 
@@ -46,8 +46,12 @@ async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpa
     await store.flush()
     trials = await store.trials(st.run_id)
     results = {h: list(by_case.values()) for h, by_case in (await store.case_results(st.run_id)).items()}
-    for h, extra in (await store.repeat_results(st.run_id)).items():
-        results.setdefault(h, []).extend(extra)
+    if st.probe is not None:  # the search ended before the probe could decide: what it saw decides
+        st.probe.settle()
+        runner.decided()
+    if st.decision is None or st.decision.stochastic:  # a deterministic target's repeats (probes) say nothing new
+        for h, extra in (await store.repeat_results(st.run_id)).items():
+            results.setdefault(h, []).extend(extra)
     for t in trials:  # an abandoned trial counts the prefix racing judged, not the calls that landed after
         if t.status == "abandoned" and t.config_hash in results:
             judged = {c.id for c in st.ordered_cases[: t.n_cases]}
@@ -62,7 +66,7 @@ async def select_best(st: RunState, *, opt: OptimizationConfig, space: SearchSpa
         events.case_finished(Proposal(trial.config, trial.config_hash, "confirmation"), result, False)
         return result
 
-    confirmer = Confirmer(sel, evaluator, st.ordered_cases, opt.racing.alpha)
+    confirmer = Confirmer(sel, evaluator, st.ordered_cases, opt.racing.alpha, decision=st.decision)
     outcome = await confirmer.run(trials, results, allowance if sel.confirm_top else 0, ask)
     for t in outcome.trials:
         store.record_trial(st.run_id, t)

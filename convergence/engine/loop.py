@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from convergence import tracing
+from convergence.config.budget_plan import with_budget_plan
 from convergence.config.loader import LoadedConfig
 from convergence.core.space import SearchSpace
 from convergence.core.types import TestCase, TrialRecord
@@ -86,22 +87,26 @@ class Optimizer:
         from convergence.evaluation.cases import TestCaseError, load_test_cases
         from convergence.evaluation.scorer import Evaluator
 
-        self.loaded = loaded
-        self.cfg = loaded.config
+        self.cases = cases if cases is not None else load_test_cases(loaded.config.evaluation.test_cases,
+                                                                     loaded.base_dir)
+        if not self.cases:
+            raise TestCaseError("no test cases: the optimization needs at least one")
+        self.as_written = loaded.config
+        """The config as the user wrote it (what a resumed run must keep: the run fingerprint)."""
+        self.loaded, self.budget_plan = with_budget_plan(loaded, len(self.cases))
+        """The config with what ``budget.max_calls`` sets resolved (``config/budget_plan.py``)."""
+        self.cfg = self.loaded.config
         self.opt = self.cfg.optimization
         self.store = store
         self.events: LoopEvents = events or NoEvents()
         self.space = SearchSpace.from_config(self.cfg.search_space)
-        self.cases = cases if cases is not None else load_test_cases(self.cfg.evaluation.test_cases, loaded.base_dir)
-        if not self.cases:
-            raise TestCaseError("no test cases: the optimization needs at least one")
         self.evaluator = Evaluator(self.cfg.evaluation, loaded.base_dir)
         self.society = society or Society.from_config(self.cfg, self.space)
         self._target = target
         self._executor = executor
         self.on_run_started: Callable[[int], None] | None = None
         """Called with the run id once the run row is committed (the CLI's resume hint)."""
-        self._redactor = redactor_for(loaded.written, loaded.raw)
+        self._redactor = redactor_for(self.loaded.written, self.loaded.raw)
         self._secrets = self._redactor.values
         guard_logs(self._redactor)  # a library's or the judge's log line quoting a key
         """Scrubs error texts (and outputs, for exact secret values) before they are stored or shown."""
@@ -130,7 +135,8 @@ class Optimizer:
         """Open the run, run its generations, select the best, finish: the session, the scheduler,
         the trial runner and the end-of-run selection share one :class:`RunState`."""
         study, store, events = self.cfg.study_name, self.store, self.events
-        session = RunSession(self.loaded, store, self.cases, self.evaluator, self._redactor, events.message)
+        session = RunSession(self.loaded, store, self.cases, self.evaluator, self._redactor, events.message,
+                             as_written=self.as_written)
         self.state = st = await session.open(resume)
         if self.on_run_started is not None:
             self.on_run_started(st.run_id)

@@ -71,7 +71,10 @@ class GenerationScheduler:
             async with anyio.create_task_group() as tg:
                 while True:
                     st.wake = anyio.Event()  # set by a finished generation or a queue running low
-                    if starting and next_gen < evo.generations and (not in_flight or (
+                    # a spent budget starts no new generation (with generations "until the budget is
+                    # spent", async mode would otherwise propose ones that cannot make a call)
+                    if starting and next_gen < evo.generations and (
+                            next_gen in st.stored_gens or not budget.exhausted) and (not in_flight or (
                             asynchronous and len(in_flight) < MAX_IN_FLIGHT and self.runner.running_low()
                             and (next_gen in st.stored_gens or not self._replay_unsettled()))):
                         g = await self.start_generation(next_gen)

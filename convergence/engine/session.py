@@ -21,12 +21,14 @@ from convergence.core.fingerprint import changed_sections, dumps as fp_dumps, ru
 from convergence.core.types import CaseResult, TestCase
 from convergence.engine.racing import Racer
 from convergence.engine.state import ALL_FAILED_PREFIX, FailureWatch, RunState
+from convergence.engine.stochastic import Decision, Probe, from_config
 from convergence.errors import ConvergenceError
 from convergence.storage.store import LeaseLostError, RunInUseError, Store
 from convergence.tracing.redact import Redactor
 
 if TYPE_CHECKING:
     from convergence.config.loader import LoadedConfig
+    from convergence.config.models import ConvergenceConfig
     from convergence.evaluation.scorer import Evaluator
 
 
@@ -38,9 +40,13 @@ class RunSession:
     """Opens and finishes one run of ``loaded``'s study in ``store``."""
 
     def __init__(self, loaded: LoadedConfig, store: Store, cases: list[TestCase], evaluator: Evaluator,
-                 redactor: Redactor, message: Callable[[str], None]) -> None:
+                 redactor: Redactor, message: Callable[[str], None],
+                 as_written: ConvergenceConfig | None = None) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
+        self.as_written = as_written or loaded.config
+        """The config as written (``budget_plan`` not applied): what the run fingerprint hashes, so a
+        budget may change under ``--resume`` as it always could."""
         self.opt = loaded.config.optimization
         self.store = store
         self.cases = cases
@@ -54,7 +60,7 @@ class RunSession:
         study = self.cfg.study_name
         budget = Budget(self.opt.budget)
         stored_context: dict[int, dict[str, Any]] = {}
-        fp = run_fingerprint(self.cfg, self.loaded.written, self.cases)
+        fp = run_fingerprint(self.as_written, self.loaded.written, self.cases)
         prev = await self.store.latest_unfinished_run(study) if resume else None
         if resume and prev is None:
             runs = await self.store.list_runs(study, limit=1)
@@ -106,8 +112,11 @@ class RunSession:
                 f"resuming run {prev.id}: {sum(len(v) for v in cached.values())} finished case results reused "
                 f"({prev.total_calls} calls, {prev.elapsed_seconds:.1f}s so far)"
             )
+        decision, probe = await self._stochastic(prev.id if prev is not None else None, cached)
         sel = self.opt.selection
-        if sel.confirm_top and sel.stochastic and self.opt.budget.max_calls is not None:
+        # kept for confirmation while the target may be stochastic: a probe that finds it deterministic
+        # hands the calls back to the search (``Budget.release``)
+        if sel.confirm_top and decision.stochastic is not False and self.opt.budget.max_calls is not None:
             budget.held = round(sel.confirm_share * self.opt.budget.max_calls)
         racer = Racer(self.opt.racing, self.evaluator, len(self.cases)) if self.opt.racing.enabled else None
         # racing compares configurations on the same cases in the same order: one seeded order for the run
@@ -119,8 +128,24 @@ class RunSession:
             limiter=anyio.CapacityLimiter(self.opt.execution.concurrency),
             all_failed=FailureWatch(any_success=any(r.call.ok for by_case in cached.values()
                                                     for r in by_case.values())),
-            racer=racer,
+            racer=racer, decision=decision, probe=probe,
         )
+
+    async def _stochastic(self, prev_run: int | None, cached: dict[str, dict[str, CaseResult]]
+                          ) -> tuple[Decision, Probe | None]:
+        """What the config says about the target's draws; with ``auto`` and nothing said, a probe that
+        starts from the draws a resumed run already paid for (probes and confirmation draws alike)."""
+        decision = from_config(self.cfg)
+        if not decision.pending:
+            self.message(decision.line())
+            return decision, None
+        probe = Probe(decision, self.evaluator)
+        if prev_run is not None:
+            probe.absorb(cached, await self.store.repeat_results(prev_run))
+            if not decision.pending:
+                self.message(decision.line() + " (stored draws)")
+                return decision, None
+        return decision, probe
 
     async def warm_start(self, st: RunState, space_contains: Any) -> None:
         """The best configurations of the study's earlier runs seed a new run's first generation."""

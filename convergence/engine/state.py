@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from convergence.engine.case_model import CaseFit
     from convergence.engine.learner_driver import LearnerDriver
     from convergence.engine.racing import CaseView, Racer
+    from convergence.engine.stochastic import Decision, Probe
 
 
 @dataclass(slots=True, eq=False)
@@ -149,6 +150,10 @@ class RunState:
     """Held by the trial feeding the concurrency limit; trials take turns in the order they started."""
     warm: list[dict[str, Any]] = field(default_factory=list)
     racer: Racer | None = None
+    decision: Decision | None = None
+    """Whether the target is stochastic, and how that was decided (``engine/stochastic.py``)."""
+    probe: Probe | None = None
+    """``selection.stochastic: auto`` still probing: asks finished cases again."""
     learner: LearnerDriver | None = None
     population: list[TrialRecord] = field(default_factory=list)
     """Survivors, best first (the proposers' parents)."""

@@ -40,6 +40,7 @@ class TrialRunner:
         self.space = space
         self.cases = cases
         self._case_order = {c.id: i for i, c in enumerate(cases)}
+        self._case_by_id = {c.id: c for c in cases}
         self.evaluator = evaluator
         self.store = store
         self.executor = executor
@@ -149,7 +150,56 @@ class TrialRunner:
         if left:  # the cases never sent (abandoned by racing, or the budget is spent)
             slot.pending -= left - 1
             self._case_done(slot)
-        return slot.record or self.score(slot.generation, slot.proposal, slot.results)
+        record = slot.record or self.score(slot.generation, slot.proposal, slot.results)
+        if st.probe is not None and not slot.abandoned:
+            await self._probe(slot)
+        return record
+
+    async def _probe(self, slot: Slot) -> None:
+        """``selection.stochastic: auto``: ask a few of a finished trial's cases again (draw 1) until the
+        target shows itself stochastic or enough identical draws make it deterministic
+        (``engine/stochastic.py``: at most 2 per configuration, so the probes see several)."""
+        probe = self.st.probe
+        assert probe is not None
+        h = slot.proposal.config_hash
+        todo = probe.take(h, sorted(slot.results, key=lambda r: self._case_order[r.case_id]))
+        if not todo:
+            return
+        landed: list[tuple[CaseResult, CaseResult]] = []
+        try:
+            landed = await self._ask_again(slot, todo)
+        finally:
+            probe.landed(h, len(todo), sorted(landed, key=lambda x: self._case_order[x[0].case_id]))
+            if not probe.decision.pending and self.st.probe is probe:
+                self.decided()
+
+    async def _ask_again(self, slot: Slot, first: list[CaseResult]) -> list[tuple[CaseResult, CaseResult]]:
+        """Draw 1 of each of ``first``'s cases, at once (the concurrency limit paces them): (first, again)
+        pairs for the calls the budget allowed."""
+        st, h = self.st, slot.proposal.config_hash
+        landed: list[tuple[CaseResult, CaseResult]] = []
+
+        async def again(r: CaseResult) -> None:
+            async with st.limiter:
+                if st.all_failed.tripped or not st.budget.reserve_call():
+                    return
+                result = await self.call(slot.params, self._case_by_id[r.case_id], h, repeat=1)
+            landed.append((r, result))
+            self.events.case_finished(Proposal(slot.proposal.config, h, "probe"), result, False)
+
+        async with anyio.create_task_group() as tg:
+            for r in first:
+                tg.start_soon(again, r)
+        return landed
+
+    def decided(self) -> None:
+        """The probe decided: a deterministic target hands the calls kept for confirmation back to the search."""
+        st = self.st
+        assert st.decision is not None
+        st.probe = None
+        if not st.decision.stochastic:
+            st.budget.release()
+        self.events.message(st.decision.line())
 
     async def _eval_case(self, slot: Slot, case: TestCase, token: object) -> None:
         """One reserved call holding the slot ``token`` took (released when it lands)."""

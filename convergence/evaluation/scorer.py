@@ -111,6 +111,8 @@ class Evaluator:
         self._failed_template = {s.name: s.failure for s in per_case if s.operational is None}
         self._latency_names = tuple((s.name, s.ref) for s in specs if s.operational == "latency")
         self._cost_names = tuple(s.name for s in specs if s.operational == "cost")
+        self.operational: frozenset[str] = frozenset(s.name for s in specs if s.operational is not None)
+        """Metrics of the call itself (latency, cost): they differ between draws of any target."""
         self._norm = tuple((s.name, s.higher, s.ref, s.weight) for s in specs)
         self._thresholds = tuple((s.name, s.higher, s.threshold) for s in specs if s.threshold is not None)
         self.errors: dict[str, tuple[int, str]] = {}

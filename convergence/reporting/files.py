@@ -345,6 +345,9 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
            "(earlier generation, then the trial stored first). "
            f"Noise of one case score: sd {_num(sel.get('case_sd'))} across cases, sd {_num(sel.get('draw_sd'))} "
            f"between draws of a case; spread of true scores: sd {_num(sel.get('spread_sd'))}.", ""]
+    if sel.get("stochastic_how"):  # runs stored before the decision was recorded have none
+        out += [f"Target: {'stochastic' if sel.get('stochastic') else 'deterministic'} "
+                f"({sel['stochastic_how']}).", ""]
     calls = sel.get("confirm_calls") or 0
     if calls:
         kind = "fresh draws of their cases (stochastic target)" if sel.get("stochastic") else "the cases they skipped"
@@ -356,7 +359,7 @@ def selection_markdown(sel: dict[str, Any], trials: dict[str, TrialRecord]) -> l
         out += ["Confirmation: no calls (the budget had none left).", ""]
     else:
         out += ["Confirmation: no calls (every top configuration ran every case"
-                + ("" if sel.get("stochastic") else ", and the target is not marked `stochastic`") + ").", ""]
+                + ("" if sel.get("stochastic") else ", and the target is deterministic: no fresh draws") + ").", ""]
     rows = []
     for i, row in enumerate(sel.get("top") or [], 1):
         t = trials.get(row.get("config_hash", ""))

@@ -20,7 +20,7 @@ from convergence.engine.dry_run import forecast
 from convergence.engine.events import NoEvents
 from convergence.engine.loop import Optimizer
 from convergence.engine.preflight import check
-from convergence.engine.stochastic import PER_CONFIG, PROBES, from_config
+from convergence.engine.stochastic import MIN_PROBES, PER_CONFIG, PROBES, from_config, probe_limit
 from convergence.errors import ConvergenceError
 from convergence.reporting.files import selection_markdown
 from convergence.storage.store import Store
@@ -144,7 +144,7 @@ async def test_a_deterministic_target_hands_the_calls_kept_for_confirmation_back
     out = await run(loaded)
     assert selection_of(tmp_path)["stochastic"] is False
     # 10 % of max_calls was kept while the target could be stochastic; the search spent it once it was not
-    assert out.total_calls == 100 and sum(t.n_cases for t in out.trials) == 100 - PROBES
+    assert out.total_calls == 100 and sum(t.n_cases for t in out.trials) == 100 - probe_limit(100)
 
 
 class StopAfter(NoEvents):
@@ -260,3 +260,10 @@ def test_validate_and_the_dry_run_show_what_the_budget_set(tmp_path: Path) -> No
     est = forecast(loaded, check(loaded).cases)
     assert est.until_budget and est.calls == 400 and est.stops_first.startswith("max_calls")
     assert any("population 12 (from the budget)" in n for n in est.notes)
+
+
+def test_a_small_budget_pays_fewer_probes() -> None:
+    """A user with a budget of 60 calls does not give 10 of them (17 %) to the question "is it stochastic?"."""
+    assert probe_limit(None) == PROBES and probe_limit(10_000) == PROBES
+    assert probe_limit(500) == PROBES and probe_limit(250) == 5
+    assert probe_limit(60) == MIN_PROBES and probe_limit(1) == MIN_PROBES

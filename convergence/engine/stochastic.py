@@ -26,10 +26,16 @@ depends on the configuration: one whose p is near 0 or 1 (a bad or a great confi
 deterministic on every case. With p uniform over configurations a pair of draws agrees with
 probability ``q = p^2 + (1 - p)^2``, ``E[q] = 2/3``: 10 probes on 5 configurations miss with
 probability ``E[q^2]^5 = (7/15)^5 = 0.022``, all 10 on one configuration with ``E[q^10] = 0.10``.
+
+On a small budget the probes would be a large share of it (10 of 60 calls is 17 %, which a whole-evaluation
+problem with one test case feels as 10 fewer configurations): with ``max_calls`` set, at most
+:data:`BUDGET_SHARE` of it is spent on probes, never fewer than :data:`MIN_PROBES` (``0.68^3 = 0.31``: a
+small budget buys a weaker answer, said in the decision's text).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +55,11 @@ if TYPE_CHECKING:
 
 PROBES = 10
 """Identical repeat draws that make a target deterministic (``0.68^10 = 0.021``: see the module docstring)."""
+BUDGET_SHARE = 0.02
+"""The share of ``max_calls`` probes may take (10 probes from 500 calls on)."""
+MIN_PROBES = 3
+"""Probes on any budget (3 identical draws: a Bernoulli target with p in [0.2, 0.8] is missed with
+probability at most 0.31)."""
 PER_CONFIG = 2
 """Probes per configuration at most: the probes see at least ``PROBES / PER_CONFIG`` configurations."""
 
@@ -62,6 +73,8 @@ class Decision:
     how: str
     probes: int = 0
     """Repeat draws compared with the first draw (stored pairs included)."""
+    limit: int = PROBES
+    """Identical probes that make the target deterministic (:func:`probe_limit`)."""
 
     @property
     def pending(self) -> bool:
@@ -85,7 +98,15 @@ def from_config(cfg: ConvergenceConfig) -> Decision:
     why = sampling(cfg)
     if why is not None:
         return Decision(True, why)
-    return Decision(None, f"probing: {PROBES} finished case(s) asked again")
+    limit = probe_limit(cfg.optimization.budget.max_calls)
+    return Decision(None, f"probing: {limit} finished case(s) asked again", limit=limit)
+
+
+def probe_limit(max_calls: int | None) -> int:
+    """:data:`PROBES`, or fewer on a small budget: ``BUDGET_SHARE`` of ``max_calls``, at least ``MIN_PROBES``."""
+    if max_calls is None:
+        return PROBES
+    return max(MIN_PROBES, min(PROBES, math.floor(BUDGET_SHARE * max_calls)))
 
 
 def sampling(cfg: ConvergenceConfig) -> str | None:
@@ -133,7 +154,7 @@ class Probe:
         self.asked: set[tuple[str, str]] = set()
         """(configuration hash, case id) already asked again."""
         self.in_flight = 0
-        """Probe calls sent and not compared yet (no more than ``PROBES`` are ever asked for)."""
+        """Probe calls sent and not compared yet (no more than the decision's ``limit`` are ever asked for)."""
 
     def quality(self, r: CaseResult) -> dict[str, float]:
         """What must repeat for the target to be deterministic: every metric but latency and cost."""
@@ -150,8 +171,8 @@ class Probe:
         if output_text(first.call.output) != output_text(again.call.output) or self.quality(first) != self.quality(
                 again):
             d.stochastic = True
-            d.how = f"probed: a finished case asked again answered differently (probe {d.probes} of at most {PROBES})"
-        elif d.probes >= PROBES:
+            d.how = f"probed: a finished case asked again answered differently (probe {d.probes} of at most {d.limit})"
+        elif d.probes >= d.limit:
             d.stochastic = False
             d.how = f"probed: {d.probes} finished case(s) asked again, every answer identical"
 
@@ -166,12 +187,12 @@ class Probe:
 
     def take(self, config_hash: str, results: Iterable[CaseResult]) -> list[CaseResult]:
         """The first draws of a finished configuration to ask again now (successful, not asked yet; at most
-        ``PER_CONFIG`` per configuration and ``PROBES`` in all, those in flight counted); they are in flight
-        until :meth:`landed`."""
+        ``PER_CONFIG`` per configuration and the decision's ``limit`` in all, those in flight counted); they
+        are in flight until :meth:`landed`."""
         if not self.decision.pending:
             return []
         mine = sum(1 for h, _ in self.asked if h == config_hash)
-        left = min(PER_CONFIG - mine, PROBES - self.decision.probes - self.in_flight)
+        left = min(PER_CONFIG - mine, self.decision.limit - self.decision.probes - self.in_flight)
         todo = [r for r in results if not r.call.error and (config_hash, r.case_id) not in self.asked][:max(left, 0)]
         self.asked.update((config_hash, r.case_id) for r in todo)
         self.in_flight += len(todo)
@@ -188,5 +209,5 @@ class Probe:
         d = self.decision
         if d.pending:
             d.stochastic = False
-            d.how = (f"probed: only {d.probes} finished case(s) could be asked again (of {PROBES}), every answer "
+            d.how = (f"probed: only {d.probes} finished case(s) could be asked again (of {d.limit}), every answer "
                      f"identical" if d.probes else "not probed: no finished case could be asked again")

@@ -280,6 +280,7 @@ def python_yaml(*, study: str, function: str, db: Path, seed: int, population: i
         f"  evolution: {{population_size: {population}, generations: {generations}, elite_size: {elite}}}\n"
         f"  execution: {{mode: {mode}, concurrency: {concurrency}, early_stopping: {{enabled: false}}}}\n"
         "  racing: {enabled: false}\n"
+        "  selection: {stochastic: false}\n"  # deterministic targets: the call counts checked have no probe draws
         f"output: {{save_path: results}}\n"
         f"storage: {{path: {json.dumps(str(db))}}}\n"
     )

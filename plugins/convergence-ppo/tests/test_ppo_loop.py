@@ -70,6 +70,7 @@ def _bowl(tmp: Path, generations: int = 12, extra: str = "", mode: str = "genera
           evolution: {{population_size: 6, generations: {generations}, elite_size: 1}}
           execution: {{mode: {mode}, concurrency: 2, early_stopping: {{enabled: false}}}}
           racing: {{enabled: false}}
+          selection: {{stochastic: false}}  # a deterministic target: no probe draws among the calls counted
         society:
           enabled: true
           agents: {{evolution: 0.5, bandit: 0.25, random: 0.25}}

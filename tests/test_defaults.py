@@ -267,3 +267,39 @@ def test_a_small_budget_pays_fewer_probes() -> None:
     assert probe_limit(None) == PROBES and probe_limit(10_000) == PROBES
     assert probe_limit(500) == PROBES and probe_limit(250) == 5
     assert probe_limit(60) == MIN_PROBES and probe_limit(1) == MIN_PROBES
+
+
+@pytest.mark.parametrize("mode", ["generational", "async"])
+async def test_a_budget_spent_exactly_at_a_generations_end_proposes_no_empty_generation(
+        tmp_path: Path, mode: str) -> None:
+    """60 calls = 2 generations of 3 configurations x 10 cases: the run stops there, saying the budget ended it,
+    instead of proposing (and storing) a third generation that could make no call."""
+    loaded = make(tmp_path, "fixed", f"""
+        optimization:
+          seed: 5
+          warm_start: 0
+          evolution: {{population_size: 3, elite_size: 0}}
+          execution: {{mode: {mode}, concurrency: 1}}
+          racing: {{enabled: false}}
+          selection: {{stochastic: false, confirm_top: 0}}
+          budget: {{max_calls: 60}}
+        """, n_cases=10)
+    out = await run(loaded)
+    assert out.total_calls == 60
+    assert [t.n_cases for t in out.trials if t.n_cases == 0] == []
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        gens = db.execute("SELECT COUNT(DISTINCT generation) FROM trials").fetchone()[0]
+    assert gens == 2
+    assert "max_calls" in out.stop_reason
+
+
+def test_probes_spread_over_the_cases_of_the_configurations_they_ask() -> None:
+    """Each configuration probes the next cases in the run's order: a case every configuration answers the same
+    way does not take every probe (it would make a stochastic target look deterministic)."""
+    from convergence.core.types import CallResult, CaseResult
+    from convergence.engine.stochastic import Decision, Probe
+
+    probe = Probe(Decision(None, "probing", limit=PROBES), evaluator=None)  # type: ignore[arg-type]
+    results = [CaseResult(f"c{i}", CallResult(output="x"), {"acc": 1.0}) for i in range(10)]
+    asked = [[r.case_id for r in probe.take(h, results)] for h in ("a", "b", "c")]
+    assert asked == [["c0", "c1"], ["c2", "c3"], ["c4", "c5"]]

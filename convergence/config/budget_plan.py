@@ -3,8 +3,7 @@
 A user who writes only ``budget: {max_calls: N}`` asked for N calls. The fixed defaults (8
 configurations x 5 generations, early stopping after 3 stale generations) would spend 40
 configurations' worth and stop, whatever N is; Optuna, irace and SMAC spend the budget. So when
-``max_calls`` is set and the user set neither ``evolution.generations`` nor the population
-(``evolution.population_size`` or ``execution.experiments_per_generation``), the run is sized by the
+``max_calls`` is set and the user did not set ``evolution.generations``, the run is sized by the
 budget, once the test cases are known (``n_cases``):
 
 * generations: until the budget is spent (the cap is ``max_calls``: every generation pays at least

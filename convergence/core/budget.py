@@ -44,6 +44,20 @@ class Budget:
             return None
         return max(0.0, self.cfg.max_seconds - self.elapsed())
 
+    def calls_spent(self, queued: int = 0) -> bool:
+        """Every call ``max_calls`` allows the search is made, reserved or ``queued`` (waiting for a slot of
+        the concurrency limit: async mode): a new generation could make none, so none is proposed (an LLM
+        agent's proposing costs too). Marks the budget exhausted once nothing is queued."""
+        if self.cfg.max_calls is None or self.exhausted:
+            return self.exhausted is not None and self.exhausted.startswith("budget: max_calls")
+        if self.calls + self.pending + queued >= self.cfg.max_calls - self.held:
+            if queued:
+                return True
+            kept = f" ({self.held} kept to confirm the best)" if self.held else ""
+            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached{kept}"
+            return True
+        return False
+
     def reserve_call(self) -> bool:
         if self.exhausted:
             return False

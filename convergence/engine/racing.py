@@ -111,7 +111,7 @@ class Racer:
 
     def refit(self, case_fit: CaseFit | None) -> None:
         """The generation's case model: the incumbent is the complete configuration with the best
-        shrunk estimate (the earliest on a tie)."""
+        shrunk estimate (then the best corrected mean, then the earliest)."""
         self.fit = case_fit
         self.incumbent = None
         if case_fit is None:
@@ -119,7 +119,9 @@ class Racer:
         fitted = [h for h in self.complete if h in case_fit.mean]
         if not fitted:
             return
-        best = max(fitted, key=case_fit.shrunk)  # max keeps the first of equals
+        # with no detectable spread every shrunk estimate is the same: the corrected mean breaks the tie
+        # (as in selection), then the earliest (max keeps the first of equals)
+        best = max(fitted, key=lambda h: (case_fit.shrunk(h), case_fit.mean[h]))
         self.incumbent = self.complete[best]
         self.value = case_fit.shrunk(best)
         self.value_var = case_fit.posterior_variance(best)
@@ -143,6 +145,8 @@ class Racer:
             from scipy.stats import t as student_t  # imported lazily (engine/warmup.py)
 
             z = float(student_t.isf(self.cfg.alpha / max(1, len(self.looks)), len(ids) - 1))
+        if se == 0:  # no noise measured at all: a shortfall on a few cases proves nothing
+            return None
         if not self.value - m > z * se:
             return None
         for metric in self.metrics:  # dominated on every weighted objective, or kept (it may be on the Pareto front)
@@ -151,7 +155,7 @@ class Racer:
         self.abandoned += 1
         self.abandons.append(Abandon(config_hash, self.incumbent[0].config_hash, len(ids)))
         return (f"case-corrected mean {m:.3g} below the incumbent's estimate {self.value:.3g} by more than "
-                f"{self.z:.2f} x {se:.2g} after {len(ids)} of {n_cases} cases")
+                f"{z:.2f} x {se:.2g} after {len(ids)} of {n_cases} cases")
 
 
 def _scatter(values: Sequence[float]) -> float:

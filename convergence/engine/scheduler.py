@@ -72,9 +72,10 @@ class GenerationScheduler:
                 while True:
                     st.wake = anyio.Event()  # set by a finished generation or a queue running low
                     # a spent budget starts no new generation (with generations "until the budget is
-                    # spent", async mode would otherwise propose ones that cannot make a call)
-                    if starting and next_gen < evo.generations and (
-                            next_gen in st.stored_gens or not budget.exhausted) and (not in_flight or (
+                    # spent", async mode would otherwise propose ones that cannot make a call); spent also
+                    # when every call is made or reserved, though no reservation has failed yet
+                    if starting and next_gen < evo.generations and (next_gen in st.stored_gens or not (
+                            budget.exhausted or budget.calls_spent(st.waiting))) and (not in_flight or (
                             asynchronous and len(in_flight) < MAX_IN_FLIGHT and self.runner.running_low()
                             and (next_gen in st.stored_gens or not self._replay_unsettled()))):
                         g = await self.start_generation(next_gen)
@@ -100,6 +101,8 @@ class GenerationScheduler:
                     if not in_flight:
                         break
                     await st.wake.wait()
+        if status == "finished" and starting and next_gen < evo.generations and budget.exhausted:
+            status, stop_reason = "stopped", budget.exhausted  # the budget ended it, not the generations
         if scope.cancelled_caught:
             if not budget.exhausted:
                 budget.exhausted = f"budget: max_seconds ({self.opt.budget.max_seconds}s) reached"

@@ -20,7 +20,8 @@ How many probes: a case whose outcome is a Bernoulli draw with success probabili
 different draws with probability ``2 p (1 - p)``, at least 0.32 for p in [0.2, 0.8]. ``k``
 independent probes all agree with probability at most ``(1 - 0.32)^k = 0.68^k``; k = 10 gives
 0.021, so such a target is found stochastic with probability >= 0.979 (>= 0.999 at p = 0.5:
-``0.5^10``), usually after one or two probes, while a deterministic target pays exactly 10 calls.
+``0.5^10``), usually after one or two probes, while a deterministic target pays 10 calls (a probe
+call that fails is paid but is no evidence).
 The probes are spread over configurations (at most 2 each, so at least 5 configurations) because p
 depends on the configuration: one whose p is near 0 or 1 (a bad or a great configuration) looks
 deterministic on every case. With p uniform over configurations a pair of draws agrees with
@@ -193,7 +194,11 @@ class Probe:
             return []
         mine = sum(1 for h, _ in self.asked if h == config_hash)
         left = min(PER_CONFIG - mine, self.decision.limit - self.decision.probes - self.in_flight)
-        todo = [r for r in results if not r.call.error and (config_hash, r.case_id) not in self.asked][:max(left, 0)]
+        ok = [r for r in results if not r.call.error and (config_hash, r.case_id) not in self.asked]
+        # each configuration probes the next cases in the run's order, so the probes spread over cases too:
+        # a case every configuration gets right (or wrong) would make a stochastic target look deterministic
+        k = (len({h for h, _ in self.asked}) * PER_CONFIG) % max(1, len(ok))
+        todo = (ok[k:] + ok[:k])[:max(left, 0)]
         self.asked.update((config_hash, r.case_id) for r in todo)
         self.in_flight += len(todo)
         return todo

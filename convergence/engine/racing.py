@@ -139,14 +139,16 @@ class Racer:
         s, z = fit.model.s_case + fit.model.s_draw, self.z
         if fit.df >= 1 and s > 0:
             se = math.sqrt(s / len(ids) + fit.effect_variance(ids) + self.value_var)
-        else:  # noise not measured (one configuration) or none: its own scatter about the model, Student's t
+        elif fit.df >= 1:  # noise measured, and none (a deterministic, additive target): any shortfall is real
+            se = math.sqrt(self.value_var)
+        else:  # noise not measured (one configuration): its own scatter about the model, Student's t
             se = math.sqrt(_scatter([views[c].score - fit.model.case_effect.get(c, 0.0) for c in ids]) / len(ids)
                            + self.value_var)
             from scipy.stats import t as student_t  # imported lazily (engine/warmup.py)
 
             z = float(student_t.isf(self.cfg.alpha / max(1, len(self.looks)), len(ids) - 1))
-        if se == 0:  # no noise measured at all: a shortfall on a few cases proves nothing
-            return None
+            if se == 0:  # nothing measured the noise: a shortfall on a few cases proves nothing
+                return None
         if not self.value - m > z * se:
             return None
         for metric in self.metrics:  # dominated on every weighted objective, or kept (it may be on the Pareto front)

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 
 from convergence.config.models import BudgetConfig, EarlyStoppingConfig
 
+_MAX_CALLS = "budget: max_calls"
+"""How every stop reason for ``max_calls`` starts (``release`` and ``calls_spent`` recognise it)."""
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +35,7 @@ class Budget:
 
     def release(self) -> None:
         """Hand the held-back calls to what comes after the search."""
-        if self.held and self.exhausted and self.exhausted.startswith("budget: max_calls"):
+        if self.held and self.exhausted and self.exhausted.startswith(_MAX_CALLS):
             self.exhausted = None
         self.held = 0
 
@@ -48,22 +51,27 @@ class Budget:
         """Every call ``max_calls`` allows the search is made, reserved or ``queued`` (waiting for a slot of
         the concurrency limit: async mode): a new generation could make none, so none is proposed (an LLM
         agent's proposing costs too). Marks the budget exhausted once nothing is queued."""
-        if self.cfg.max_calls is None or self.exhausted:
-            return self.exhausted is not None and self.exhausted.startswith("budget: max_calls")
-        if self.calls + self.pending + queued >= self.cfg.max_calls - self.held:
-            if queued:
-                return True
-            kept = f" ({self.held} kept to confirm the best)" if self.held else ""
-            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached{kept}"
-            return True
-        return False
+        if self.exhausted:
+            return self.exhausted.startswith(_MAX_CALLS)
+        if not self._calls_full(queued):
+            return False
+        if not queued:
+            self._calls_exhausted()
+        return True
+
+    def _calls_full(self, queued: int = 0) -> bool:
+        """The search's part of ``max_calls`` (the calls held back aside) is made, reserved or queued."""
+        return self.cfg.max_calls is not None and self.calls + self.pending + queued >= self.cfg.max_calls - self.held
+
+    def _calls_exhausted(self) -> None:
+        kept = f" ({self.held} kept to confirm the best)" if self.held else ""
+        self.exhausted = f"{_MAX_CALLS} ({self.cfg.max_calls}) reached{kept}"
 
     def reserve_call(self) -> bool:
         if self.exhausted:
             return False
-        if self.cfg.max_calls is not None and self.calls + self.pending >= self.cfg.max_calls - self.held:
-            kept = f" ({self.held} kept to confirm the best)" if self.held else ""
-            self.exhausted = f"budget: max_calls ({self.cfg.max_calls}) reached{kept}"
+        if self._calls_full():
+            self._calls_exhausted()
             return False
         if self.cfg.max_cost_usd is not None and self.cost_usd >= self.cfg.max_cost_usd:
             self.exhausted = f"budget: max_cost_usd (${self.cfg.max_cost_usd}) reached"
